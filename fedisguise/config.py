@@ -1,0 +1,317 @@
+"""Typed experiment configuration: TOML in, validated dataclasses out.
+
+One `Config` describes one reproducible run. It is validated once, before anything starts
+(unknown key, wrong type, unknown dataset/model/strategy name, out-of-range value), and the
+resolved form is saved with every result. Flower's run config holds flat scalars only, so
+`to_flat()` / `from_flat()` carry a Config through `[tool.flwr.app.config]` and `--run-config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+MODES = ("simulation", "deployment")
+DEVICES = ("auto", "cpu", "cuda")
+# Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
+STRUCTURED_KEYS = ("disguise", "attacks")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message says which key and what is allowed."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"  # results go to <out>/<name>/
+    seed: int = 0  # fixes partitions, model init, sampling and training order
+    rounds: int = 3
+    clients: int = 4
+    out: str = "results"
+    mode: str = "simulation"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""  # searched first; empty = the default places (see fedisguise.data)
+    partitioner: str = "iid"
+    alpha: float = 0.5  # Dirichlet concentration, used by the `dirichlet` partitioner
+    train_per_client: int = 0  # 0 = the whole partition; >0 caps it (fast runs)
+    val_fraction: float = 0.1  # share of each partition kept for the client's own evaluation
+    test_samples: int = 0  # 0 = the whole test split for the server's evaluation
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet"
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "sgd"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    proximal_mu: float = 0.0  # FedProx only
+
+
+@dataclass
+class ResourcesConfig:
+    num_cpus: float = 1.0  # per simulated client
+    num_gpus: float = 0.0  # per simulated client; fractions share one GPU
+    device: str = "auto"  # auto = CUDA when present
+
+
+SECTIONS: dict[str, type] = {
+    "experiment": ExperimentConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "strategy": StrategyConfig,
+    "resources": ResourcesConfig,
+}
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    disguise: str | dict[str, Any] = "none"
+    attacks: list[dict[str, Any]] = field(default_factory=list)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build and validate from a nested mapping (as parsed from TOML)."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config must be a table, got {type(raw).__name__}")
+        known = list(SECTIONS) + list(STRUCTURED_KEYS)
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid top-level keys: {known}")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            table = raw.get(name, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"[{name}] must be a table, got {type(table).__name__}")
+            sections[name] = _build_section(name, section_cls, table)
+        cfg = cls(
+            **sections,
+            disguise=copy.deepcopy(raw.get("disguise", "none")),
+            attacks=copy.deepcopy(raw.get("attacks", [])),
+        )
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> Config:
+        """Inverse of `to_flat`: dotted scalar keys plus JSON-encoded structured keys."""
+        nested: dict[str, Any] = {}
+        for key, value in flat.items():
+            if key in STRUCTURED_KEYS:
+                try:
+                    nested[key] = json.loads(value) if isinstance(value, str) else value
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{key}: expected a JSON string, got {value!r}") from err
+                continue
+            section, _, name = key.partition(".")
+            if not name:
+                raise ConfigError(f"unknown config key {key!r}; expected <section>.<name>")
+            nested.setdefault(section, {})[name] = value
+        return cls.from_dict(nested)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """Flower run-config form: scalars only, nested tables as dotted keys."""
+        flat: dict[str, bool | int | float | str] = {}
+        for section in SECTIONS:
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                flat[f"{section}.{key}"] = value
+        for key in STRUCTURED_KEYS:
+            flat[key] = json.dumps(getattr(self, key))
+        return flat
+
+    # ---- overrides ----------------------------------------------------------------------
+    def with_overrides(self, assignments: list[str]) -> Config:
+        """Apply `section.key=value` strings, typed by the field they set; returns a new Config."""
+        raw = self.to_dict()
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            key = key.strip()
+            if not sep:
+                raise ConfigError(f"--set expects key=value, got {assignment!r}")
+            if key in STRUCTURED_KEYS:
+                raw[key] = _parse_structured(key, text)
+                continue
+            section, _, name = key.partition(".")
+            if section not in SECTIONS:
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid sections: {list(SECTIONS)} "
+                    f"and {list(STRUCTURED_KEYS)}"
+                )
+            hints = get_type_hints(SECTIONS[section])
+            if name not in hints:
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid keys in [{section}]: {list(hints)}"
+                )
+            raw[section][name] = _parse_scalar(key, text, hints[name])
+        return Config.from_dict(raw)
+
+    # ---- validation ---------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check names against the registries and values against their ranges."""
+        from strategies import STRATEGIES
+
+        from fedisguise.attacks import ATTACKS
+        from fedisguise.data import DATASETS, PARTITIONERS
+        from fedisguise.disguise import DISGUISES
+        from fedisguise.models import MODELS
+        from fedisguise.training import OPTIMIZERS
+
+        e, d, t, s, r = self.experiment, self.data, self.train, self.strategy, self.resources
+        _choice("experiment.mode", e.mode, MODES)
+        _choice("data.dataset", d.dataset, DATASETS)
+        _choice("data.partitioner", d.partitioner, PARTITIONERS)
+        _choice("model.name", self.model.name, MODELS)
+        _choice("train.optimizer", t.optimizer, OPTIMIZERS)
+        _choice("strategy.name", s.name, STRATEGIES)
+        _choice("resources.device", r.device, DEVICES)
+        _check(e.name != "" and "/" not in e.name and e.name not in (".", ".."),
+               "experiment.name", e.name, "a non-empty name without '/'")
+        _check(e.rounds >= 1, "experiment.rounds", e.rounds, ">= 1")
+        _check(e.clients >= 1, "experiment.clients", e.clients, ">= 1")
+        _check(d.alpha > 0, "data.alpha", d.alpha, "> 0")
+        _check(d.train_per_client >= 0, "data.train_per_client", d.train_per_client, ">= 0")
+        _check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in [0, 1)")
+        _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
+        _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
+        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
+        _check(t.lr > 0, "train.lr", t.lr, "> 0")
+        _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
+        _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+        _check(0 < s.fraction_train <= 1, "strategy.fraction_train", s.fraction_train, "in (0, 1]")
+        _check(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate",
+               s.fraction_evaluate, "in [0, 1]")
+        _check(s.proximal_mu >= 0, "strategy.proximal_mu", s.proximal_mu, ">= 0")
+        _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
+        _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
+
+        disguise_name = self.disguise_name
+        _choice("disguise", disguise_name, DISGUISES)
+        if not isinstance(self.attacks, list):
+            raise ConfigError(f"attacks must be a list of tables, got {self.attacks!r}")
+        for i, attack in enumerate(self.attacks):
+            if not isinstance(attack, dict) or "name" not in attack:
+                raise ConfigError(f"attacks[{i}] must be a table with a 'name', got {attack!r}")
+            _choice(f"attacks[{i}].name", attack["name"], ATTACKS)
+
+    @property
+    def disguise_name(self) -> str:
+        spec = self.disguise
+        if isinstance(spec, str):
+            return spec
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            return spec["name"]
+        raise ConfigError(f"disguise must be a name or a table with a 'name', got {spec!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.experiment.out) / self.experiment.name
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open("rb") as fh:
+        try:
+            raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    try:
+        return Config.from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _build_section(name: str, section_cls: type, table: dict[str, Any]) -> Any:
+    hints = get_type_hints(section_cls)
+    unknown = sorted(set(table) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; "
+            f"valid keys in [{name}]: {list(hints)}"
+        )
+    values = {}
+    for key, value in table.items():
+        expected = hints[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(
+                f"{name}.{key} must be {expected.__name__}, "
+                f"got {type(value).__name__} ({value!r})"
+            )
+        values[key] = value
+    return section_cls(**values)
+
+
+def _parse_scalar(key: str, text: str, expected: type) -> Any:
+    text = text.strip()
+    try:
+        if expected is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if expected is int:
+            return int(text)
+        if expected is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be {expected.__name__}, got {text!r}") from None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return text
+
+
+def _parse_structured(key: str, text: str) -> Any:
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if key == "disguise":  # a bare name is the common case
+            return text
+        raise ConfigError(f"{key} expects JSON (e.g. '[{{\"name\": ...}}]'), got {text!r}") from None
+
+
+def _choice(key: str, value: Any, choices: Any) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {key} {value!r}; valid choices: {sorted(choices)}")
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")

@@ -1,0 +1,256 @@
+"""Datasets with local-first resolution, and deterministic partitioners.
+
+Images are float32 tensors N×C×H×W in [0, 1] (disguises need that range), labels int64.
+Fashion-MNIST is looked for in `data_dir`, then in Debian's `dataset-fashion-mnist` copy, then
+downloaded through torchvision where the network allows; otherwise the error says how to get it.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CACHE_DIR = Path(os.environ.get("FEDISGUISE_DATA", Path.home() / ".cache" / "fedisguise"))
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    images: torch.Tensor  # N×C×H×W float32 in [0, 1]
+    labels: torch.Tensor  # N int64
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> ImageDataset:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return ImageDataset(self.images[idx], self.labels[idx], self.num_classes)
+
+
+# ---- Fashion-MNIST from IDX files -------------------------------------------------------
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): the format of (Fashion-)MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).astype(np.int64)
+    expected = int(np.prod(dims)) + 4 + 4 * ndim
+    if len(raw) != expected:
+        raise ValueError(f"{path}: truncated IDX file ({len(raw)} bytes, expected {expected})")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(dims))
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for folder in (directory, directory / "FashionMNIST" / "raw"):
+        for name in (stem + ".gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _fashion_mnist_from(directory: Path, split: str) -> ImageDataset | None:
+    image_stem, label_stem = _IDX_FILES[split]
+    image_path, label_path = _find_idx(directory, image_stem), _find_idx(directory, label_stem)
+    if image_path is None or label_path is None:
+        return None
+    images = read_idx(image_path)
+    labels = read_idx(label_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{directory}: IDX image/label files do not match")
+    return _from_uint8(images[:, None], labels, num_classes=10)
+
+
+def _from_uint8(images: np.ndarray, labels: np.ndarray, num_classes: int) -> ImageDataset:
+    tensor = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
+    return ImageDataset(tensor, torch.from_numpy(np.asarray(labels, dtype=np.int64)), num_classes)
+
+
+def load_fashion_mnist(split: str, data_dir: str = "") -> ImageDataset:
+    searched = []
+    for directory in ([Path(data_dir)] if data_dir else []) + [DEBIAN_FASHION_MNIST]:
+        searched.append(str(directory))
+        found = _fashion_mnist_from(directory, split)
+        if found is not None:
+            return found
+    root = Path(data_dir) if data_dir else CACHE_DIR
+    return _torchvision_download("FashionMNIST", root, split, searched)
+
+
+def _torchvision_download(name: str, root: Path, split: str, searched: list[str]) -> ImageDataset:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name)
+    try:
+        if name == "CIFAR10":
+            ds = cls(str(root), train=split == "train", download=True)
+            images = np.asarray(ds.data).transpose(0, 3, 1, 2)
+        else:
+            ds = cls(str(root), train=split == "train", download=True)
+            images = ds.data.numpy()[:, None]
+    except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
+        hint = (
+            "install Debian's copy with `apt-get install dataset-fashion-mnist`, or "
+            if name == "FashionMNIST" else ""
+        )
+        raise FileNotFoundError(
+            f"{name} ({split}) not found in {searched or [str(root)]} and the download into "
+            f"{root} failed ({type(err).__name__}: {err}). To get it: {hint}run once on a "
+            f"machine with network access, or pass --set data.data_dir=<folder with the files>."
+        ) from err
+    return _from_uint8(images, np.asarray(ds.targets), num_classes=10)
+
+
+def load_mnist(split: str, data_dir: str = "") -> ImageDataset:
+    root = Path(data_dir) if data_dir else CACHE_DIR
+    return _torchvision_download("MNIST", root, split, [str(root)])
+
+
+def load_cifar10(split: str, data_dir: str = "") -> ImageDataset:
+    root = Path(data_dir) if data_dir else CACHE_DIR
+    return _torchvision_download("CIFAR10", root, split, [str(root)])
+
+
+def load_synthetic(split: str, data_dir: str = "") -> ImageDataset:
+    """Ten learnable classes of 1×28×28 images: a smooth template per class plus noise.
+
+    For tests and smoke runs: fixed contents (independent of the experiment seed), no files.
+    """
+    num_classes, size = 10, 28
+    gen = torch.Generator().manual_seed(1234)
+    coarse = torch.rand(num_classes, 1, 7, 7, generator=gen)
+    templates = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
+    n = 2400 if split == "train" else 600
+    split_gen = torch.Generator().manual_seed(1 if split == "train" else 2)
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=split_gen)]
+    noise = 0.25 * torch.randn(n, 1, size, size, generator=split_gen)
+    images = (templates[labels] + noise).clamp_(0.0, 1.0)
+    return ImageDataset(images, labels, num_classes)
+
+
+DATASETS: dict[str, Callable[[str, str], ImageDataset]] = {
+    "fashion-mnist": load_fashion_mnist,
+    "mnist": load_mnist,
+    "cifar10": load_cifar10,
+    "synthetic": load_synthetic,
+}
+
+
+@functools.lru_cache(maxsize=8)
+def load_dataset(name: str, split: str, data_dir: str = "") -> ImageDataset:
+    """Load a whole split once per process (clients reuse it across rounds)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {sorted(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid choices: {list(SPLITS)}")
+    return DATASETS[name](split, data_dir)
+
+
+# ---- partitioners -----------------------------------------------------------------------
+def partition_iid(labels: np.ndarray, num_partitions: int, seed: int, alpha: float = 0.0
+                  ) -> list[np.ndarray]:
+    """Shuffle once with the seed, then cut into near-equal parts."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return [np.sort(part) for part in np.array_split(order, num_partitions)]
+
+
+def partition_dirichlet(labels: np.ndarray, num_partitions: int, seed: int, alpha: float,
+                        min_size: int = 10, max_tries: int = 100) -> list[np.ndarray]:
+    """Label skew: each class is split over partitions by proportions ~ Dir(alpha).
+
+    Redraws (deterministically) until every partition holds at least `min_size` samples,
+    as Flower Datasets' DirichletPartitioner does, so no client ends up empty.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    min_size = min(min_size, len(labels) // num_partitions)
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
+        for cls in classes:
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            proportions = rng.dirichlet(np.full(num_partitions, alpha))
+            cuts = (np.cumsum(proportions)[:-1] * len(idx)).astype(int)
+            for pid, chunk in enumerate(np.split(idx, cuts)):
+                parts[pid].append(chunk)
+        result = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in result) >= min_size:
+            return result
+    raise ValueError(
+        f"dirichlet partitioner: could not give each of {num_partitions} partitions "
+        f">= {min_size} samples with alpha={alpha} in {max_tries} draws; raise alpha"
+    )
+
+
+PARTITIONERS: dict[str, Callable[..., list[np.ndarray]]] = {
+    "iid": partition_iid,
+    "dirichlet": partition_dirichlet,
+}
+
+
+def partition_indices(labels: torch.Tensor | np.ndarray, partitioner: str, num_partitions: int,
+                      seed: int, alpha: float = 0.5) -> list[np.ndarray]:
+    """Indices of every partition; each sample lands in exactly one."""
+    if partitioner not in PARTITIONERS:
+        raise ValueError(f"unknown partitioner {partitioner!r}; valid: {sorted(PARTITIONERS)}")
+    labels = np.asarray(labels)
+    if not 1 <= num_partitions <= len(labels):
+        raise ValueError(f"num_partitions must be in [1, {len(labels)}], got {num_partitions}")
+    return PARTITIONERS[partitioner](labels, num_partitions, seed, alpha)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    train: ImageDataset
+    val: ImageDataset
+
+
+def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
+                partition_id: int, num_partitions: int, train_per_client: int = 0,
+                val_fraction: float = 0.1) -> ClientData:
+    """One client's share of the training split, cut into local train / validation."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
+    full = load_dataset(dataset, "train", data_dir)
+    parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
+    own = np.random.default_rng([seed, partition_id]).permutation(parts[partition_id])
+    if train_per_client:
+        own = own[:train_per_client]
+    n_val = int(round(len(own) * val_fraction))
+    return ClientData(train=full.subset(own[n_val:]), val=full.subset(own[:n_val]))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_partitions(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
+                       num_partitions: int) -> list[np.ndarray]:
+    labels = load_dataset(dataset, "train", data_dir).labels
+    return partition_indices(labels, partitioner, num_partitions, seed, alpha)
+
+
+def server_test_set(dataset: str, data_dir: str, test_samples: int, seed: int) -> ImageDataset:
+    """The server's evaluation set: the whole test split, or a seeded subset of it."""
+    full = load_dataset(dataset, "test", data_dir)
+    if not test_samples or test_samples >= len(full):
+        return full
+    return full.subset(np.sort(np.random.default_rng(seed).permutation(len(full))[:test_samples]))

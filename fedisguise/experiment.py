@@ -1,0 +1,63 @@
+"""One run end to end from the CLI side: dispatch a validated Config to a mode, return results.
+
+Simulation runs Flower's simulation engine in this process (the ServerApp in a thread, the
+ClientApps in Ray actors with the configured per-client resources). Deployment starts real
+SuperLink/SuperNode processes (fedisguise.deployment). Both end with results/<run>/ on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fedisguise.config import Config
+
+
+def run_experiment(cfg: Config) -> dict[str, Any]:
+    """Run `cfg` in its configured mode and return the metrics record it wrote."""
+    # Results are written by the ServerApp, which in deployment runs in another process with
+    # another working directory: pin the output folder to an absolute path first.
+    cfg = replace(cfg, experiment=replace(cfg.experiment,
+                                          out=str(Path(cfg.experiment.out).resolve())))
+    if cfg.experiment.mode == "simulation":
+        run_simulation(cfg)
+    else:
+        from fedisguise.deployment import run_deployment
+
+        run_deployment(cfg)
+    metrics_path = cfg.run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise RuntimeError(f"the run ended without writing {metrics_path}; see the log above")
+    return json.loads(metrics_path.read_text())
+
+
+def run_simulation(cfg: Config) -> None:
+    """Flower simulation: N virtual SuperNodes, each a ClientApp with its own partition."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from fedisguise.client_app import make_client_app
+    from fedisguise.server_app import make_server_app
+
+    resources = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus}
+    backend_config = {
+        "client_resources": resources,
+        # Ray must see at least one client's worth of CPUs/GPUs or it schedules nothing.
+        "init_args": {"num_cpus": max(os.cpu_count() or 1, int(cfg.resources.num_cpus + 0.999))},
+    }
+    if cfg.resources.num_gpus > 0:
+        import torch
+
+        backend_config["init_args"]["num_gpus"] = max(torch.cuda.device_count(), 1)
+    # The Python entry point is marked deprecated in favour of `flwr run`, but it is the one
+    # that lets the ServerApp share this process (and its observers) with the CLI.
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_run_simulation(
+        server_app=make_server_app(cfg, mode="simulation"),
+        client_app=make_client_app(cfg),
+        num_supernodes=cfg.experiment.clients,
+        backend_config=backend_config,
+    )

@@ -1,0 +1,138 @@
+"""Model registry: a name in a config maps to one builder.
+
+Every builder takes `in_channels`, `num_classes` and the input `image_size` so that any model
+fits any dataset; flatten sizes are computed, never hard-coded to 28×28 or 32×32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class LeNet(nn.Module):
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling, as used for (Fashion-)MNIST."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        side = (image_size // 2 - 4) // 2
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(),
+            nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and a linear head: the DisguisedNets paper's 'simple CNN' scale."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR-style ResNet-20 (He et al. 2016, §4.2): 3 stages of 3 basic blocks, 16/32/64."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        )
+        blocks, planes = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                blocks.append(_BasicBlock(planes, width, stride if i == 0 else 1))
+                planes = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+_VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG16BN(nn.Module):
+    """VGG-16 with batch norm (Simonyan & Zisserman 2015, config D), CIFAR-style head.
+
+    Pooling stops once the map is 1×1, so 28×28 inputs work as well as 32×32.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, side = in_channels, image_size
+        for item in _VGG16:
+            if item == "M":
+                if side >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    side //= 2
+                continue
+            layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.BatchNorm2d(int(item)),
+                       nn.ReLU()]
+            channels = int(item)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "lenet": LeNet,
+    "cnn-small": SmallCNN,
+    "resnet20": ResNet20,
+    "vgg16_bn": VGG16BN,
+}
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Instantiate a registered model for C×S×S inputs."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid choices: {sorted(MODELS)}")
+    if in_channels < 1 or num_classes < 2:
+        raise ValueError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels}, "
+                         f"{num_classes}")
+    if name == "lenet" and image_size < 12:
+        raise ValueError(f"lenet needs images of at least 12×12, got {image_size}")
+    if name == "cnn-small" and image_size < 4:
+        raise ValueError(f"cnn-small needs images of at least 4×4, got {image_size}")
+    return MODELS[name](in_channels, num_classes, image_size)

@@ -1,0 +1,71 @@
+"""results/<run>/: metrics.json, rounds.csv, updates.json and summary.md for one run.
+
+Everything a reader needs to trust the figures sits beside them: the resolved config, the
+seed, library versions, timings. Tables are generated from these files, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROUND_COLUMNS = ("round", "train_loss", "test_accuracy", "test_loss", "round_seconds",
+                 "bytes_up", "bytes_down", "client_eval_accuracy", "clients")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for pkg in ("fedisguise", "flwr", "torch", "torchvision", "numpy", "opacus"):
+        try:
+            found[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            found[pkg] = "not installed"
+    return found
+
+
+def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:
+    """Write all result files of a finished run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    (run_dir / "updates.json").write_text(
+        json.dumps([dataclasses.asdict(e) for e in ledger], indent=2) + "\n"
+    )
+    with (run_dir / "rounds.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ROUND_COLUMNS)
+        writer.writeheader()
+        for row in record["rounds"]:
+            writer.writerow({k: (" ".join(map(str, row[k])) if k == "clients" else row[k])
+                             for k in ROUND_COLUMNS})
+    (run_dir / "summary.md").write_text(summary_markdown(record))
+
+
+def summary_markdown(record: dict[str, Any]) -> str:
+    cfg = record["config"]
+    e = cfg["experiment"]
+    lines = [
+        f"# {e['name']}",
+        "",
+        f"{cfg['data']['dataset']}, {e['clients']} clients ({cfg['data']['partitioner']}), "
+        f"model {cfg['model']['name']}, strategy {cfg['strategy']['name']}, "
+        f"disguise {json.dumps(cfg['disguise'])}, mode {record['mode']}, seed {e['seed']}.",
+        "",
+        f"**Final test accuracy: {record['final']['test_accuracy']:.4f}** "
+        f"(initial {record['initial']['test_accuracy']:.4f}) after {len(record['rounds'])} "
+        f"rounds in {record['wall_seconds']:.1f} s.",
+        "",
+        "| round | train loss | test acc | test loss | s/round | MB up | MB down |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in record["rounds"]:
+        lines.append(
+            f"| {r['round']} | {r['train_loss']:.4f} | {r['test_accuracy']:.4f} | "
+            f"{r['test_loss']:.4f} | {r['round_seconds']:.2f} | {r['bytes_up'] / 1e6:.2f} | "
+            f"{r['bytes_down'] / 1e6:.2f} |"
+        )
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), ""]
+    return "\n".join(lines)

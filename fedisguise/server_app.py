@@ -1,0 +1,117 @@
+"""Flower ServerApp: build the observed strategy, run it, evaluate centrally, write results.
+
+Runs in the driver process in simulation and in Flower's `flwr-serverapp` process in
+deployment; either way it writes results/<run>/ itself, so both modes produce the same files.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from tqdm.auto import tqdm
+
+from fedisguise.config import Config
+from fedisguise.data import server_test_set
+from fedisguise.models import build_model
+from fedisguise.results import versions, write_run
+from fedisguise.training import evaluate, resolve_device
+from strategies import UpdateLedger, build_strategy
+
+
+def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
+    """One federated run end to end on the server side; returns the metrics record."""
+    started = time.perf_counter()
+    seed = cfg.experiment.seed
+    random.seed(seed)  # Flower samples nodes with `random`
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    device = resolve_device(cfg.resources.device)
+    test_set = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples, seed)
+    c, h, _ = test_set.image_shape
+    model = build_model(cfg.model.name, c, test_set.num_classes, h)
+    ledger = UpdateLedger()
+    strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=[ledger])
+
+    central: dict[int, dict[str, float]] = {}
+    progress = tqdm(total=cfg.experiment.rounds, desc=f"{cfg.experiment.name} rounds",
+                    unit="round")
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        # FedAvg averages buffers too (BatchNorm's counters come back as float): cast back.
+        state = {k: v.to(model.state_dict()[k].dtype) for k, v in
+                 arrays.to_torch_state_dict().items()}
+        model.load_state_dict(state)
+        loss, acc = evaluate(model, test_set, device=device)
+        central[server_round] = {"test_loss": loss, "test_accuracy": acc,
+                                 "finished": time.perf_counter()}
+        if server_round > 0:
+            progress.update(1)
+            progress.set_postfix(test_acc=f"{acc:.4f}")
+        return MetricRecord({"test_loss": loss, "test_accuracy": acc})
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.experiment.rounds,
+        evaluate_fn=evaluate_fn,
+    )
+    progress.close()
+
+    rounds = []
+    for r in range(1, cfg.experiment.rounds + 1):
+        train = result.train_metrics_clientapp.get(r, {})
+        client_eval = result.evaluate_metrics_clientapp.get(r, {})
+        rounds.append({
+            "round": r,
+            "train_loss": float(train.get("train_loss", float("nan"))),
+            "test_accuracy": central[r]["test_accuracy"],
+            "test_loss": central[r]["test_loss"],
+            "round_seconds": central[r]["finished"] - strategy.round_started[r],
+            "bytes_up": strategy.bytes_up.get(r, 0),
+            "bytes_down": strategy.bytes_down.get(r, 0),
+            "client_eval_accuracy": float(client_eval.get("eval_accuracy", float("nan"))),
+            "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
+        })
+    record = {
+        "run": cfg.experiment.name,
+        "mode": mode,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "device": str(device),
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "initial": {k: central[0][k] for k in ("test_accuracy", "test_loss")},
+        "rounds": rounds,
+        "final": {
+            "test_accuracy": rounds[-1]["test_accuracy"],
+            "test_loss": rounds[-1]["test_loss"],
+            "train_loss": rounds[-1]["train_loss"],
+        },
+        "wall_seconds": time.perf_counter() - started,
+        "privacy": {},
+        "attacks": {},
+    }
+    write_run(cfg.run_dir.resolve(), record, ledger.entries)
+    return record
+
+
+def make_server_app(config: Config | None = None, mode: str = "simulation") -> ServerApp:
+    """A ServerApp bound to `config`, or reading it from the run config when None."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = config if config is not None else Config.from_flat(dict(context.run_config))
+        run_server(grid, cfg, mode if config is not None else cfg.experiment.mode)
+
+    return app
+
+
+app = make_server_app()

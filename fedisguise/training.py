@@ -1,0 +1,87 @@
+"""Local training and evaluation loops, free of Flower so they test on their own.
+
+Batches are drawn from in-memory tensors with a seeded permutation: the seed fixes the
+training order, and there is no DataLoader worker start-up on every round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from fedisguise.data import ImageDataset
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float, float], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda params, lr, momentum, wd: torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=wd
+    ),
+    "adam": lambda params, lr, momentum, wd: torch.optim.Adam(
+        params, lr=lr, betas=(momentum or 0.9, 0.999), weight_decay=wd
+    ),
+}
+
+
+def resolve_device(preference: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("resources.device = 'cuda' but torch sees no CUDA device")
+    return torch.device(preference)
+
+
+def train_local(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: int,
+                optimizer: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                proximal_mu: float = 0.0, device: torch.device | str = "cpu",
+                generator: torch.Generator | None = None) -> float:
+    """Train in place for `epochs` passes; returns the mean cross-entropy over all batches.
+
+    `proximal_mu > 0` adds FedProx's (mu/2)·||w − w_global||² (Li et al. 2020, eq. 2) with
+    w_global the weights the model held on entry.
+    """
+    if len(data) == 0:
+        raise ValueError("cannot train on an empty dataset")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid choices: {sorted(OPTIMIZERS)}")
+    device = torch.device(device)
+    model.to(device).train()
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr, momentum, weight_decay)
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
+    images, labels = data.images.to(device), data.labels.to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    total, batches = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator).to(device)
+        for idx in order.split(batch_size):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images[idx]), labels[idx])
+            if proximal_mu:
+                prox = sum((p - g).pow(2).sum() for p, g in zip(model.parameters(), global_params))
+                loss = loss + 0.5 * proximal_mu * prox
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            batches += 1
+    return total / batches
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
+             device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on `data`."""
+    if len(data) == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    device = torch.device(device)
+    model.to(device).eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = data.images[start:start + batch_size].to(device)
+        y = data.labels[start:start + batch_size].to(device)
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum / len(data), correct / len(data)

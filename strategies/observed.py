@@ -1,0 +1,141 @@
+"""The observed strategy: where every client update reaches the server's attackers.
+
+`ObservedStrategy` wraps any message-based Flower strategy (FedAvg, FedProx, a DP wrapper ...).
+Before the wrapped strategy aggregates, each received train reply is handed, exactly as it
+arrived, to every registered observer. Only `aggregate_train` gains behaviour; `start()` is
+Flower's own, never copied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedisguise.messages import (
+    CLIENT,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    UPDATE_SHA256,
+    arrays_digest,
+    arrays_nbytes,
+)
+
+
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """One client's train reply as the server holds it; `arrays` is the received record itself."""
+
+    server_round: int
+    node_id: int
+    partition_id: int | None
+    num_examples: int
+    arrays: ArrayRecord
+    metrics: MetricRecord
+    message: Message
+
+
+class UpdateObserver(Protocol):
+    def observe(self, update: ReceivedUpdate) -> None: ...
+
+
+class ObservedStrategy(Strategy):
+    """Delegates to `inner`; hands train replies to observers first; counts bytes and time."""
+
+    def __init__(self, inner: Strategy, observers: Iterable[UpdateObserver] = ()) -> None:
+        self.inner = inner
+        self.observers: list[UpdateObserver] = list(observers)
+        self.bytes_down: dict[int, int] = {}
+        self.bytes_up: dict[int, int] = {}
+        self.round_started: dict[int, float] = {}
+
+    def add_observer(self, observer: UpdateObserver) -> None:
+        self.observers.append(observer)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.round_started[server_round] = time.perf_counter()
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._count_down(server_round, messages)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)  # may be a one-shot iterator; observers and inner both read it
+        for message in replies:
+            if message.has_error():
+                continue
+            update = _to_update(server_round, message)
+            self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + arrays_nbytes(
+                update.arrays)
+            for observer in self.observers:
+                observer.observe(update)
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        self._count_down(server_round, messages)
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def _count_down(self, server_round: int, messages: list[Message]) -> None:
+        sent = sum(arrays_nbytes(rec) for m in messages for rec in m.content.array_records.values())
+        self.bytes_down[server_round] = self.bytes_down.get(server_round, 0) + sent
+
+
+def _to_update(server_round: int, message: Message) -> ReceivedUpdate:
+    content = message.content
+    (arrays,) = content.array_records.values()
+    (metrics,) = content.metric_records.values()
+    client = content.config_records.get(CLIENT, ConfigRecord())
+    partition = client.get(PARTITION_ID)
+    return ReceivedUpdate(
+        server_round=server_round,
+        node_id=message.metadata.src_node_id,
+        partition_id=int(partition) if partition is not None else None,
+        num_examples=int(metrics[NUM_EXAMPLES]),
+        arrays=arrays,
+        metrics=metrics,
+        message=message,
+    )
+
+
+@dataclass
+class LedgerEntry:
+    server_round: int
+    node_id: int
+    partition_id: int | None
+    num_examples: int
+    sha256: str
+    client_sha256: str | None  # what the client says it sent; equal to sha256 unless altered
+
+
+class UpdateLedger:
+    """Records who contributed what in each round, with digests of the arrays as received."""
+
+    def __init__(self) -> None:
+        self.entries: list[LedgerEntry] = []
+
+    def observe(self, update: ReceivedUpdate) -> None:
+        client = update.message.content.config_records.get(CLIENT, ConfigRecord())
+        claimed = client.get(UPDATE_SHA256)
+        self.entries.append(LedgerEntry(
+            server_round=update.server_round,
+            node_id=update.node_id,
+            partition_id=update.partition_id,
+            num_examples=update.num_examples,
+            sha256=arrays_digest(update.arrays),
+            client_sha256=str(claimed) if claimed is not None else None,
+        ))
