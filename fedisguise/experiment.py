@@ -17,8 +17,11 @@ from typing import Any
 from fedisguise.config import Config
 
 
-def run_experiment(cfg: Config) -> dict[str, Any]:
-    """Run `cfg` in its configured mode and return the metrics record it wrote."""
+def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
+    """Run `cfg` in its configured mode and return the metrics record it wrote.
+
+    `superlink` (deployment only) submits to an existing SuperLink instead of starting one.
+    """
     # Results are written by the ServerApp, which in deployment runs in another process with
     # another working directory: pin the output folder to an absolute path first.
     cfg = replace(cfg, experiment=replace(cfg.experiment,
@@ -28,7 +31,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     else:
         from fedisguise.deployment import run_deployment
 
-        run_deployment(cfg)
+        run_deployment(cfg, superlink)
     metrics_path = cfg.run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"the run ended without writing {metrics_path}; see the log above")

@@ -1,0 +1,28 @@
+"""Shared fixtures: synthetic configs and Flower's task identity for messages built in tests."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedisguise.config import Config
+
+DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.fixture
+def task_identity():
+    """Messages created outside a Flower task need a run/task/node identity (Flower >= 1.41)."""
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def synthetic_config(tmp_path, **sections) -> Config:
+    """A small, fast config on the synthetic dataset, results under tmp_path."""
+    overrides = [
+        f"experiment.out={tmp_path}", "experiment.name=t", "data.dataset=synthetic",
+        "experiment.clients=2", "experiment.rounds=2", "train.lr=0.05",
+    ] + [f"{k}={v}" for k, v in sections.items()]
+    return Config().with_overrides(overrides)

@@ -1,0 +1,85 @@
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedisguise.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"train.learning_rate.*valid keys in \[train\].*'lr'"):
+        Config.from_dict({"train": {"learning_rate": 0.1}})
+    with pytest.raises(ConfigError, match="unknown config key.*'optimiser'.*valid top-level"):
+        Config.from_dict({"optimiser": {}})
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="experiment.rounds must be int, got str"):
+        Config.from_dict({"experiment": {"rounds": "3"}})
+    with pytest.raises(ConfigError, match="experiment.rounds must be int, got bool"):
+        Config.from_dict({"experiment": {"rounds": True}})
+    assert Config.from_dict({"train": {"lr": 1}}).train.lr == 1.0  # an int is a valid float
+
+
+@pytest.mark.parametrize("key,value,listed", [
+    ("data.dataset", "imagenet", "fashion-mnist"),
+    ("model.name", "vit", "resnet20"),
+    ("strategy.name", "scaffold", "fedprox"),
+    ("data.partitioner", "shards", "dirichlet"),
+    ("disguise", "rot13", "none"),
+])
+def test_unknown_names_list_the_valid_choices(key, value, listed):
+    with pytest.raises(ConfigError, match=f"unknown {key} '{value}'; valid choices:.*{listed}"):
+        Config().with_overrides([f"{key}={value}"])
+
+
+def test_out_of_range_values_are_errors():
+    for assignment, message in [("experiment.rounds=0", "experiment.rounds must be >= 1"),
+                                ("strategy.fraction_train=1.5", "fraction_train must be in"),
+                                ("resources.num_gpus=-1", "num_gpus must be >= 0")]:
+        with pytest.raises(ConfigError, match=message):
+            Config().with_overrides([assignment])
+
+
+def test_set_overrides_are_typed_by_their_field():
+    cfg = Config().with_overrides(["train.lr=0.01", "experiment.rounds=7",
+                                   "resources.num_gpus=0.25", "data.partitioner=dirichlet",
+                                   'attacks=[]', "disguise=none"])
+    assert (cfg.train.lr, cfg.experiment.rounds, cfg.resources.num_gpus) == (0.01, 7, 0.25)
+    assert cfg.data.partitioner == "dirichlet"
+    with pytest.raises(ConfigError, match="experiment.rounds must be int, got '2.5'"):
+        Config().with_overrides(["experiment.rounds=2.5"])
+    with pytest.raises(ConfigError, match="expects key=value"):
+        Config().with_overrides(["train.lr"])
+
+
+def test_flat_round_trip_keeps_everything():
+    cfg = Config().with_overrides(["train.lr=0.2", "data.alpha=0.1", "disguise=none"])
+    assert Config.from_flat(cfg.to_flat()) == cfg
+
+
+def test_pyproject_flower_defaults_mirror_the_config_defaults():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == Config().to_flat()
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.toml")
+    assert cfg.data.dataset == "fashion-mnist" and cfg.model.name == "lenet"
+    assert cfg.experiment.clients == 4 and cfg.experiment.rounds >= 3
+    assert cfg.disguise == "none" and cfg.attacks == []
+
+
+def test_cli_rejects_a_bad_config_before_starting_anything(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "--set", "model.name=vit", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "unknown model.name 'vit'; valid choices" in result.stderr
+    assert not any(tmp_path.iterdir())
