@@ -66,16 +66,20 @@ class ObservedStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)  # may be a one-shot iterator; observers and inner both read it
-        for message in replies:
-            if message.has_error():
-                continue
-            update = _to_update(server_round, message)
+        # A one-shot iterator in Flower; observers and inner both read it. Sorted by partition
+        # so that aggregation (a float sum) does not depend on the order replies arrived in.
+        replies = list(replies)
+        updates = sorted(
+            (_to_update(server_round, msg) for msg in replies if not msg.has_error()),
+            key=lambda u: (u.partition_id is None, u.partition_id or 0, u.node_id),
+        )
+        errors = [msg for msg in replies if msg.has_error()]
+        for update in updates:
             self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + arrays_nbytes(
                 update.arrays)
             for observer in self.observers:
                 observer.observe(update)
-        return self.inner.aggregate_train(server_round, replies)
+        return self.inner.aggregate_train(server_round, [u.message for u in updates] + errors)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
