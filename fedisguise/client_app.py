@@ -24,16 +24,23 @@ from fedisguise.training import evaluate, resolve_device, train_local
 _PREPARED: dict[tuple, ClientData] = {}
 
 
-def node_partition(context: Context) -> tuple[int, int]:
-    """(partition-id, num-partitions) of this node, with a clear error when they are missing."""
-    cfg = context.node_config
-    missing = [k for k in ("partition-id", "num-partitions") if k not in cfg]
+def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
+    """(partition-id, num-partitions) of this node; missing or inconsistent values are errors,
+    since a mismatch would silently give clients overlapping or missing data."""
+    node = context.node_config
+    missing = [k for k in ("partition-id", "num-partitions") if k not in node]
     if missing:
         raise ValueError(
             f"node_config lacks {missing}; start the SuperNode with "
             "--node-config 'partition-id=<i> num-partitions=<n>'"
         )
-    return int(cfg["partition-id"]), int(cfg["num-partitions"])
+    partition_id, num_partitions = int(node["partition-id"]), int(node["num-partitions"])
+    if num_partitions != cfg.experiment.clients:
+        raise ValueError(
+            f"this SuperNode has num-partitions={num_partitions} but experiment.clients="
+            f"{cfg.experiment.clients}; they must agree"
+        )
+    return partition_id, num_partitions
 
 
 def prepared_data(cfg: Config, partition_id: int, num_partitions: int) -> ClientData:
@@ -62,7 +69,7 @@ def _model_from(msg: Message, cfg: Config, data: ImageDataset) -> torch.nn.Modul
 
 
 def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
-    partition_id, num_partitions = node_partition(context)
+    partition_id, num_partitions = node_partition(context, cfg)
     torch.set_num_threads(max(1, int(cfg.resources.num_cpus)))
     data = prepared_data(cfg, partition_id, num_partitions).train
     model = _model_from(msg, cfg, data)
@@ -89,7 +96,7 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
-    partition_id, num_partitions = node_partition(context)
+    partition_id, num_partitions = node_partition(context, cfg)
     data = prepared_data(cfg, partition_id, num_partitions).val
     metrics = {"eval_loss": 0.0, "eval_accuracy": 0.0, m.NUM_EXAMPLES: len(data)}
     if len(data):

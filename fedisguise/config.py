@@ -31,7 +31,7 @@ class ExperimentConfig:
     name: str = "default"  # results go to <out>/<name>/
     seed: int = 0  # fixes partitions, model init, sampling and training order
     rounds: int = 3
-    clients: int = 4
+    clients: int = 2  # = SuperNodes; 2 matches Flower's default local simulation federation
     out: str = "results"
     mode: str = "simulation"
 

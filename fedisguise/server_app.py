@@ -24,6 +24,29 @@ from fedisguise.training import evaluate, resolve_device
 from strategies import UpdateLedger, build_strategy
 
 
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> None:
+    """Block until `expected` SuperNodes are connected; a clear error instead of a silent hang.
+
+    Flower's sampling would wait forever for nodes that never come (say, experiment.clients
+    = 4 on a 2-node federation).
+    """
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"experiment.clients = {expected} but only {connected} SuperNode(s) connected "
+                f"within {timeout:.0f} s: start more SuperNodes, or set experiment.clients "
+                f"= {connected} (e.g. `flwr run . --run-config 'experiment.clients={connected}'`)"
+            )
+        time.sleep(1.0)
+    if connected > expected:
+        raise RuntimeError(
+            f"experiment.clients = {expected} but {connected} SuperNodes are connected: every "
+            "node's partition-id must be < experiment.clients; set experiment.clients = "
+            f"{connected}"
+        )
+
+
 def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     """One federated run end to end on the server side; returns the metrics record."""
     started = time.perf_counter()
@@ -32,6 +55,7 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
+    wait_for_nodes(grid, cfg.experiment.clients)
     device = resolve_device(cfg.resources.device)
     test_set = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples, seed)
     c, h, _ = test_set.image_shape
