@@ -78,19 +78,20 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
     order_seed = int(np.random.SeedSequence([cfg.experiment.seed, server_round, partition_id])
                      .generate_state(1)[0])
     t = cfg.train
+    device = resolve_device(cfg.resources.device)
     loss = train_local(
         model, data, epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer,
         lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-        device=resolve_device(cfg.resources.device),
-        generator=torch.Generator().manual_seed(order_seed),
+        device=device, generator=torch.Generator().manual_seed(order_seed),
     )
     arrays = ArrayRecord(model.cpu().state_dict())
     content = RecordDict({
         m.ARRAYS: arrays,
         m.METRICS: MetricRecord({"train_loss": loss, m.NUM_EXAMPLES: len(data)}),
         m.CLIENT: ConfigRecord({m.PARTITION_ID: partition_id,
-                                m.UPDATE_SHA256: m.arrays_digest(arrays)}),
+                                m.UPDATE_SHA256: m.arrays_digest(arrays),
+                                m.DEVICE: str(device)}),
     })
     return Message(content=content, reply_to=msg)
 

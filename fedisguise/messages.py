@@ -16,6 +16,7 @@ CLIENT = "client"
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
 UPDATE_SHA256 = "update-sha256"
+DEVICE = "device"
 
 
 def arrays_digest(arrays: ArrayRecord) -> str:

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedisguise.messages import (
     CLIENT,
+    DEVICE,
     NUM_EXAMPLES,
     PARTITION_ID,
     UPDATE_SHA256,
@@ -124,6 +125,7 @@ class LedgerEntry:
     num_examples: int
     sha256: str
     client_sha256: str | None  # what the client says it sent; equal to sha256 unless altered
+    client_device: str | None  # where the client trained (cpu, cuda:0, ...)
 
 
 class UpdateLedger:
@@ -142,4 +144,5 @@ class UpdateLedger:
             num_examples=update.num_examples,
             sha256=arrays_digest(update.arrays),
             client_sha256=str(claimed) if claimed is not None else None,
+            client_device=str(client[DEVICE]) if DEVICE in client else None,
         ))
