@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         if args.superlink and cfg.experiment.mode != "deployment":
             raise ConfigError("--superlink needs --mode deployment")
+        if not args.superlink:  # with a remote SuperLink the data lives on other machines
+            from fedisguise.experiment import preflight
+
+            preflight(cfg)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

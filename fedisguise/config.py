@@ -213,6 +213,9 @@ class Config:
         _check(0 < s.fraction_train <= 1, "strategy.fraction_train", s.fraction_train, "in (0, 1]")
         _check(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate",
                s.fraction_evaluate, "in [0, 1]")
+        _check(s.fraction_evaluate == 0 or d.val_fraction > 0, "strategy.fraction_evaluate",
+               s.fraction_evaluate, "0 when data.val_fraction = 0 (clients have nothing to "
+               "evaluate on)")
         _check(s.proximal_mu >= 0, "strategy.proximal_mu", s.proximal_mu, ">= 0")
         _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
         _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")

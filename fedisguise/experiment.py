@@ -17,6 +17,14 @@ from typing import Any
 from fedisguise.config import Config
 
 
+def preflight(cfg: Config) -> None:
+    """Fail before any Flower process starts when the data cannot be had (offline, no copy)."""
+    from fedisguise.data import load_dataset
+
+    for split in ("train", "test"):
+        load_dataset(cfg.data.dataset, split, cfg.data.data_dir)
+
+
 def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
     """Run `cfg` in its configured mode and return the metrics record it wrote.
 

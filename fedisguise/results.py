@@ -31,7 +31,7 @@ def versions() -> dict[str, str]:
 def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:
     """Write all result files of a finished run."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     (run_dir / "updates.json").write_text(
         json.dumps([dataclasses.asdict(e) for e in ledger], indent=2) + "\n"
     )
@@ -42,6 +42,10 @@ def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:
             writer.writerow({k: (" ".join(map(str, row[k])) if k == "clients" else row[k])
                              for k in ROUND_COLUMNS})
     (run_dir / "summary.md").write_text(summary_markdown(record))
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def summary_markdown(record: dict[str, Any]) -> str:
@@ -63,7 +67,7 @@ def summary_markdown(record: dict[str, Any]) -> str:
     ]
     for r in record["rounds"]:
         lines.append(
-            f"| {r['round']} | {r['train_loss']:.4f} | {r['test_accuracy']:.4f} | "
+            f"| {r['round']} | {_fmt(r['train_loss'])} | {r['test_accuracy']:.4f} | "
             f"{r['test_loss']:.4f} | {r['round_seconds']:.2f} | {r['bytes_up'] / 1e6:.2f} | "
             f"{r['bytes_down'] / 1e6:.2f} |"
         )

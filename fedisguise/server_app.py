@@ -94,13 +94,13 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         client_eval = result.evaluate_metrics_clientapp.get(r, {})
         rounds.append({
             "round": r,
-            "train_loss": float(train.get("train_loss", float("nan"))),
+            "train_loss": _number(train.get("train_loss")),
             "test_accuracy": central[r]["test_accuracy"],
             "test_loss": central[r]["test_loss"],
             "round_seconds": central[r]["finished"] - strategy.round_started[r],
             "bytes_up": strategy.bytes_up.get(r, 0),
             "bytes_down": strategy.bytes_down.get(r, 0),
-            "client_eval_accuracy": float(client_eval.get("eval_accuracy", float("nan"))),
+            "client_eval_accuracy": _number(client_eval.get("eval_accuracy")),
             "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
         })
     record = {
@@ -124,6 +124,11 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     }
     write_run(cfg.run_dir.resolve(), record, ledger.entries)
     return record
+
+
+def _number(value: object) -> float | None:
+    """A metric, or None where no client reported it (JSON has no NaN)."""
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def make_server_app(config: Config | None = None, mode: str = "simulation") -> ServerApp:
