@@ -68,10 +68,8 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
                     unit="round")
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        # FedAvg averages buffers too (BatchNorm's counters come back as float): cast back.
-        state = {k: v.to(model.state_dict()[k].dtype) for k, v in
-                 arrays.to_torch_state_dict().items()}
-        model.load_state_dict(state)
+        # FedAvg averages BatchNorm's integer counters into floats; load_state_dict casts back.
+        model.load_state_dict(arrays.to_torch_state_dict())
         loss, acc = evaluate(model, test_set, device=device)
         central[server_round] = {"test_loss": loss, "test_accuracy": acc,
                                  "finished": time.perf_counter()}
