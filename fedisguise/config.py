@@ -186,6 +186,7 @@ class Config:
         from fedisguise.attacks import ATTACKS
         from fedisguise.data import DATASETS, PARTITIONERS
         from fedisguise.disguise import DISGUISES
+        from fedisguise.disguise.base import check_params, spec_params
         from fedisguise.models import MODELS
         from fedisguise.training import OPTIMIZERS
 
@@ -222,6 +223,10 @@ class Config:
 
         disguise_name = self.disguise_name
         _choice("disguise", disguise_name, DISGUISES)
+        try:
+            check_params(DISGUISES[disguise_name], spec_params(self.disguise)[1])
+        except ValueError as err:
+            raise ConfigError(f"disguise: {err}") from None
         if not isinstance(self.attacks, list):
             raise ConfigError(f"attacks must be a list of tables, got {self.attacks!r}")
         for i, attack in enumerate(self.attacks):

@@ -1,5 +1,10 @@
-"""Client-side disguises: one module per defence family, one registry (see base.py)."""
+"""Client-side disguises: one module per defence family, one registry (base.DISGUISES).
 
+Importing this package registers every defence, so `build(spec, key)` knows all names.
+"""
+
+from fedisguise.disguise import aes, disguisednets, instahide  # noqa: F401  (registration)
 from fedisguise.disguise.base import DISGUISES, Disguise, NoDisguise, build, check_images
+from fedisguise.disguise.keys import DisguiseKey
 
-__all__ = ["DISGUISES", "Disguise", "NoDisguise", "build", "check_images"]
+__all__ = ["DISGUISES", "Disguise", "DisguiseKey", "NoDisguise", "build", "check_images"]

@@ -1,20 +1,20 @@
-"""The disguise interface and registry.
+"""The disguise interface, input validation and the registry.
 
 A disguise maps a float batch N×C×H×W in [0, 1] to its disguised form on the client, before
-any model sees it. Inputs are validated here, once, at the public entry.
+any model sees it. Inputs are validated here, once, at the public entry (`Disguise.apply`);
+the `_apply` of each defence trusts them. Parameters are checked against the constructor's
+signature, so an unknown or mistyped parameter is an error, never silently ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar, get_type_hints
 
 import torch
 
-
-class Disguise(Protocol):
-    def apply(self, images: torch.Tensor, labels: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+from fedisguise.disguise.keys import DisguiseKey
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -33,26 +33,96 @@ def check_images(images: torch.Tensor) -> None:
         )
 
 
-class NoDisguise:
-    """The plain-FL baseline: images pass through unchanged (but still validated)."""
+def check_labels(labels: torch.Tensor | None, n: int) -> None:
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor) or labels.shape[:1] != (n,):
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a tensor with {n} rows, got {shape}")
+
+
+class Disguise:
+    """Base class: validates, then calls `_apply`. Subclasses set `keyed`."""
+
+    name: ClassVar[str] = ""
+    keyed: ClassVar[bool] = True
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_images(images)
+        check_labels(labels, len(images))
+        self._check_shape(tuple(images.shape[1:]))
+        return self._apply(images, labels)
+
+    def _check_shape(self, chw: tuple[int, int, int]) -> None:
+        """Per-defence shape rules (block divisibility, ...)."""
+
+    def _apply(self, images: torch.Tensor, labels: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+class NoDisguise(Disguise):
+    """The plain-FL baseline: images pass through unchanged (but still validated)."""
+
+    name = "none"
+    keyed = False
+
+    def __init__(self, key: DisguiseKey | None = None) -> None:
+        pass
+
+    def _apply(self, images, labels):
         return images, labels
 
 
-DISGUISES: dict[str, Callable[[Mapping[str, Any], Any], Disguise]] = {
-    "none": lambda params, key: NoDisguise(),
-}
+def check_block_size(chw: tuple[int, int, int], block_size: int) -> None:
+    _, h, w = chw
+    if h % block_size or w % block_size:
+        raise ValueError(f"image size {h}×{w} is not divisible by block_size {block_size}")
 
 
-def build(spec: str | Mapping[str, Any], key: Any = None) -> Disguise:
-    """Build a disguise from a name or a `{name = ..., <params>}` table."""
-    params = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = params.pop("name", None)
+DISGUISES: dict[str, type[Disguise]] = {"none": NoDisguise}
+
+
+def register(cls: type[Disguise]) -> type[Disguise]:
+    DISGUISES[cls.name] = cls
+    return cls
+
+
+def spec_params(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, parameters) of a spec: a name, or a table with `name` and parameters."""
+    if isinstance(spec, str):
+        return spec, {}
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ValueError(f"a disguise spec is a name or a table with a 'name', got {spec!r}")
+    params = dict(spec)
+    return params.pop("name"), params
+
+
+def check_params(cls: type[Disguise], params: Mapping[str, Any]) -> None:
+    """Unknown names and wrong types are errors that list what the defence accepts."""
+    signature = inspect.signature(cls.__init__)
+    hints = get_type_hints(cls.__init__)
+    accepted = [p for p in signature.parameters if p not in ("self", "key")]
+    for name, value in params.items():
+        if name not in accepted:
+            raise ValueError(f"unknown parameter {name!r} for disguise {cls.name!r}; "
+                             f"valid: {accepted}")
+        expected = hints.get(name)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if expected in (int, float, str, bool) and type(value) is not expected:
+            raise ValueError(f"disguise {cls.name!r} parameter {name!r} must be "
+                             f"{expected.__name__}, got {value!r}")
+
+
+def build(spec: str | Mapping[str, Any], key: DisguiseKey | None = None) -> Disguise:
+    """Build a disguise from a name or a `{name = ..., <params>}` table, under `key`."""
+    name, params = spec_params(spec)
     if name not in DISGUISES:
         raise ValueError(f"unknown disguise {name!r}; valid choices: {sorted(DISGUISES)}")
-    if name == "none" and params:
-        raise ValueError(f"disguise 'none' takes no parameters, got {sorted(params)}")
-    return DISGUISES[name](params, key)
+    cls = DISGUISES[name]
+    check_params(cls, params)
+    if cls.keyed and not isinstance(key, DisguiseKey):
+        raise ValueError(f"disguise {name!r} is keyed: pass a DisguiseKey, got {key!r}")
+    return cls(key, **params)

@@ -1,0 +1,137 @@
+"""DisguisedNets (Sharma & Chen 2019, papers/disguisednets-rmt-2019.txt §3).
+
+- block permutation (§3.1): cut the image into b×b blocks and move them by one keyed
+  pseudorandom permutation π, the same for every image of the key;
+- RMT (§3.2): X·R + Δ with R a keyed random orthogonal or projection matrix and Δ ~ U[0, N]
+  drawn fresh for every image on the 0–255 pixel scale (N = `noise_level`);
+- block-wise RMT: one R_j per block position j;
+- disguisednets: block-wise RMT followed by block permutation (the paper's MNIST setting:
+  7×7 blocks, N = 100).
+Outputs are on the [0, 1] scale of the inputs (X·R + Δ/255), so they may leave [0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedisguise.disguise.base import Disguise, check_block_size, register
+from fedisguise.disguise.blocks import from_blocks, to_blocks
+from fedisguise.disguise.keys import DisguiseKey
+
+MATRICES = ("orthogonal", "projection")
+
+
+def random_matrices(gen: torch.Generator, count: int, size: int, kind: str) -> torch.Tensor:
+    """`count` keyed size×size matrices: Haar-orthogonal (QR with sign fix) or Gaussian
+    random projections with entries N(0, 1/size) (norms preserved in expectation)."""
+    g = torch.randn(count, size, size, generator=gen, dtype=torch.float64)
+    if kind == "projection":
+        return (g / size ** 0.5).float()
+    q, r = torch.linalg.qr(g)
+    return (q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)).float()
+
+
+class _DisguisedNetsBase(Disguise):
+    """Shared parameters and the fresh-per-image noise stream."""
+
+    def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 0.0,
+                 matrix: str = "orthogonal") -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if not 0 <= noise_level <= 255:
+            raise ValueError(f"noise_level must be in [0, 255] (pixel scale), got {noise_level}")
+        if matrix not in MATRICES:
+            raise ValueError(f"unknown matrix {matrix!r}; valid choices: {list(MATRICES)}")
+        self.key, self.block_size, self.noise_level, self.matrix = (
+            key, block_size, float(noise_level), matrix)
+        # Δ is fresh for every image but reproducible for the same key and call sequence.
+        self._noise = key.generator(f"{self.name}:noise")
+        self._tables: dict[tuple, torch.Tensor] = {}
+
+    def _check_shape(self, chw):
+        check_block_size(chw, self.block_size)
+
+    def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.noise_level:
+            return x
+        delta = torch.rand(x.shape, generator=self._noise).mul_(self.noise_level / 255.0)
+        return x + delta.to(x.device, x.dtype)
+
+    def _permutation(self, blocks: int, device: torch.device) -> torch.Tensor:
+        cache = ("perm", blocks, device)
+        if cache not in self._tables:
+            gen = self.key.generator(f"block-permutation:{blocks}")
+            self._tables[cache] = torch.randperm(blocks, generator=gen).to(device)
+        return self._tables[cache]
+
+    def _block_matrices(self, blocks: int, device: torch.device) -> torch.Tensor:
+        cache = ("R", blocks, device)
+        if cache not in self._tables:
+            gen = self.key.generator(f"block-rmt:{self.matrix}:{blocks}x{self.block_size}")
+            self._tables[cache] = random_matrices(gen, blocks, self.block_size,
+                                                  self.matrix).to(device)
+        return self._tables[cache]
+
+
+@register
+class BlockPermutation(_DisguisedNetsBase):
+    name = "block-permutation"
+
+    def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 0.0) -> None:
+        super().__init__(key, block_size, noise_level)
+
+    def _apply(self, images, labels):
+        h, w = images.shape[-2:]
+        blocks = to_blocks(images, self.block_size)
+        perm = self._permutation(blocks.shape[2], images.device)
+        return self._add_noise(from_blocks(blocks[:, :, perm], h, w)), labels
+
+
+@register
+class RMT(_DisguisedNetsBase):
+    """Whole-image RMT: every row of every channel multiplied by one W×W matrix R."""
+
+    name = "rmt"
+
+    def __init__(self, key: DisguiseKey, noise_level: float = 25.0,
+                 matrix: str = "orthogonal") -> None:
+        super().__init__(key, 1, noise_level, matrix)
+
+    def _apply(self, images, labels):
+        w = images.shape[-1]
+        cache = ("R", w, images.device)
+        if cache not in self._tables:
+            gen = self.key.generator(f"rmt:{self.matrix}:{w}")
+            self._tables[cache] = random_matrices(gen, 1, w, self.matrix)[0].to(images.device)
+        return self._add_noise(images @ self._tables[cache].to(images.dtype)), labels
+
+
+@register
+class BlockRMT(_DisguisedNetsBase):
+    name = "block-rmt"
+
+    def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 25.0,
+                 matrix: str = "orthogonal") -> None:
+        super().__init__(key, block_size, noise_level, matrix)
+
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        blocks = to_blocks(images, self.block_size)
+        r = self._block_matrices(blocks.shape[2], images.device).to(images.dtype)
+        return torch.einsum("nctij,tjk->nctik", blocks, r)
+
+    def _apply(self, images, labels):
+        h, w = images.shape[-2:]
+        return self._add_noise(from_blocks(self._transform(images), h, w)), labels
+
+
+@register
+class DisguisedNets(BlockRMT):
+    """Block-wise RMT, then block permutation: R_j belongs to the block's source position."""
+
+    name = "disguisednets"
+
+    def _apply(self, images, labels):
+        h, w = images.shape[-2:]
+        blocks = self._transform(images)
+        perm = self._permutation(blocks.shape[2], images.device)
+        return self._add_noise(from_blocks(blocks[:, :, perm], h, w)), labels

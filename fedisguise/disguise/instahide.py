@@ -1,0 +1,92 @@
+"""InstaHide (Huang, Song, Li, Arora, ICML 2020): k-image mixup plus a random sign flip.
+
+For each private image x_1: pick k−1 partners (other private images for `inside` mixing, or
+public images for `cross`), mixing weights λ (|N(0,1)| normalised, resampled until every
+λ_j <= `upper`, as the authors' code does), then
+    x̃ = σ ∘ Σ_j λ_j·(2·x_j − 1),     σ ∈ {−1, +1}^{C×H×W} drawn fresh per image,
+so the output lies in [−1, 1]. Labels become Σ λ_j·onehot(y_j) over the private images
+(renormalised to sum to 1 when public partners carry no label). All draws come from the key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedisguise.disguise.base import Disguise, register
+from fedisguise.disguise.keys import DisguiseKey
+
+MODES = ("inside", "cross")
+
+
+@register
+class InstaHide(Disguise):
+    name = "instahide"
+
+    def __init__(self, key: DisguiseKey, k: int = 4, mode: str = "inside", upper: float = 0.65,
+                 num_classes: int = 10, public_dataset: str = "",
+                 public: torch.Tensor | None = None) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if mode not in MODES:
+            raise ValueError(f"unknown InstaHide mode {mode!r}; valid choices: {list(MODES)}")
+        if k > 1 and not 1.0 / k <= upper <= 1.0:
+            raise ValueError(f"upper must be in [1/k, 1] = [{1 / k:.3f}, 1], got {upper}")
+        if mode == "cross" and public is None:
+            if not public_dataset:
+                raise ValueError("cross-dataset InstaHide needs public images: set "
+                                 "public_dataset (a dataset name) or pass `public`")
+            from fedisguise.data import load_dataset
+
+            public = load_dataset(public_dataset, "train").images
+        if public is not None:
+            from fedisguise.disguise.base import check_images
+
+            check_images(public)
+        self.k, self.mode, self.upper, self.num_classes = k, mode, upper, num_classes
+        self.public = public
+        self._gen = key.generator("instahide")
+
+    def _weights(self, n: int) -> torch.Tensor:
+        lam = torch.randn(n, self.k, generator=self._gen).abs()
+        lam = lam / lam.sum(1, keepdim=True)
+        bad = lam.max(1).values > self.upper
+        while self.k > 1 and bad.any():  # resample offending rows only (vectorised rejection)
+            redraw = torch.randn(int(bad.sum()), self.k, generator=self._gen).abs()
+            lam[bad] = redraw / redraw.sum(1, keepdim=True)
+            bad = lam.max(1).values > self.upper
+        return lam
+
+    def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
+        if labels.ndim == 2:
+            return labels.float()
+        if labels.dtype.is_floating_point or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"labels must be class indices in [0, {self.num_classes}) "
+                             "or an N×classes probability matrix")
+        return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
+
+    def _apply(self, images, labels):
+        n = len(images)
+        device = images.device
+        if self.public is not None and self.public.shape[1:] != images.shape[1:]:
+            raise ValueError(f"public images are {tuple(self.public.shape[1:])}, private "
+                             f"images {tuple(images.shape[1:])}")
+        lam = self._weights(n).to(device, images.dtype)
+        signed = images * 2 - 1
+        mixed = lam[:, :1, None, None] * signed
+        soft = None if labels is None else self._onehot(labels).to(device)
+        label_mix = None if soft is None else lam[:, :1] * soft
+        for j in range(1, self.k):  # k is small (2–6): a loop over partners, not pixels
+            if self.mode == "inside":
+                idx = torch.randperm(n, generator=self._gen).to(device)
+                mixed = mixed + lam[:, j, None, None, None] * signed[idx]
+                if soft is not None:
+                    label_mix = label_mix + lam[:, j:j + 1] * soft[idx]
+            else:
+                idx = torch.randint(len(self.public), (n,), generator=self._gen)
+                partner = self.public[idx].to(device, images.dtype) * 2 - 1
+                mixed = mixed + lam[:, j, None, None, None] * partner
+        sign = torch.randint(0, 2, images.shape, generator=self._gen).to(device, images.dtype)
+        out = mixed * (sign * 2 - 1)
+        if label_mix is not None:
+            label_mix = label_mix / label_mix.sum(1, keepdim=True)
+        return out, label_mix
