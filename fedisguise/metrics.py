@@ -1,0 +1,106 @@
+"""Privacy and similarity figures, batched: one value per image, any device.
+
+- `psnr`, `ssim`: reconstruction quality (Wang et al. 2004 SSIM, 11×11 Gaussian window,
+  σ = 1.5, K1 = 0.01, K2 = 0.03, valid filtering);
+- `vfe`: visual feature entropy as the VisualMixer authors' code computes it (DESIGN.md);
+- `visual_privacy` (DisguisedNets §4): 1 − accuracy of a DNN examiner trained on plain images,
+  tested on disguised ones; `misusability`: accuracy of a disguise-trained model on plain images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"expected two N×C×H×W tensors of one shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    if not (a.is_floating_point() and b.is_floating_point()):
+        raise ValueError("psnr/ssim need float tensors")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image (inf where the images are equal)."""
+    _pair(a, b)
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range ** 2 / mse)
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity per image, averaged over channels and window positions."""
+    _pair(a, b)
+    c = a.shape[1]
+    window = min(window, a.shape[-1], a.shape[-2])
+    g = _gaussian_window(window, sigma, a.device, a.dtype)
+    gx = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    gy = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x, gx, groups=c), gy, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) *
+                                                      (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+def pixel_gradient(images: torch.Tensor) -> torch.Tensor:
+    """(I[x+1,y] − I[x,y])² + (I[x,y+1] − I[x,y])² per pixel, zero padding past the border."""
+    padded = F.pad(images, (0, 1, 0, 1))
+    dx = padded[..., 1:, :-1] - images
+    dy = padded[..., :-1, 1:] - images
+    return dx ** 2 + dy ** 2
+
+
+def region_vfe(images: torch.Tensor, region: int) -> torch.Tensor:
+    """VFE of every region: the gradient summed over region×region cells -> N×C×H/r×W/r."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be N×C×H×W, got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    if region < 1 or h % region or w % region:
+        raise ValueError(f"image size {h}×{w} is not divisible by region {region}")
+    return F.avg_pool2d(pixel_gradient(images), region) * region * region
+
+
+def vfe(images: torch.Tensor, region: int = 4) -> torch.Tensor:
+    """Image VFE: region VFE averaged over regions and channels, one value per image."""
+    return region_vfe(images, region).flatten(1).mean(1)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              batch_size: int = 512) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start:start + batch_size].to(device))
+        target = labels[start:start + batch_size].to(device)
+        if target.ndim == 2:  # soft labels (InstaHide): score against the dominant class
+            target = target.argmax(1)
+        correct += (logits.argmax(1) == target).sum().item()
+    return correct / len(images)
+
+
+def visual_privacy(examiner: nn.Module, disguised: torch.Tensor, labels: torch.Tensor) -> float:
+    """1 − accuracy of a plain-trained examiner on disguised images (higher = more private)."""
+    return 1.0 - _accuracy(examiner, disguised, labels)
+
+
+def misusability(model: nn.Module, plain: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy of the disguise-trained model on plain images (lower = harder to misuse)."""
+    return _accuracy(model, plain, labels)

@@ -1,0 +1,76 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedisguise.metrics import misusability, pixel_gradient, psnr, region_vfe, ssim, \
+    visual_privacy, vfe
+
+
+def test_psnr_matches_its_definition_per_image():
+    a = torch.zeros(2, 1, 4, 4)
+    b = a.clone()
+    b[0] += 0.1
+    values = psnr(a, b)
+    assert math.isclose(values[0].item(), 20.0, rel_tol=1e-5)  # 10·log10(1/0.01)
+    assert math.isinf(values[1].item())
+
+
+def _ssim_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """Direct transcription of Wang et al. (2004) with an 11×11 Gaussian, valid positions."""
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    vals = []
+    for i in range(x.shape[0] - 10):
+        for j in range(x.shape[1] - 10):
+            px, py = x[i:i + 11, j:j + 11], y[i:i + 11, j:j + 11]
+            mx, my = (w * px).sum(), (w * py).sum()
+            vx, vy = (w * px * px).sum() - mx ** 2, (w * py * py).sum() - my ** 2
+            cxy = (w * px * py).sum() - mx * my
+            vals.append(((2 * mx * my + c1) * (2 * cxy + c2)) /
+                        ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_a_direct_reference_and_orders_degradations():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 16, 16, generator=gen, dtype=torch.float64)
+    y = (x + 0.2 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    assert ssim(x, y).item() == pytest.approx(_ssim_reference(x[0, 0].numpy(),
+                                                              y[0, 0].numpy()), abs=1e-10)
+    assert ssim(x, x).item() == pytest.approx(1.0)
+    z = (x + 0.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    assert ssim(x, z) < ssim(x, y) < 1
+
+
+def test_vfe_follows_the_authors_gradient_and_region_sums():
+    img = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])
+    # (0,0): down 0, right 1 -> 1.  (0,1) = 1: down 0 -> 1, right is zero padding -> 1.
+    # (1,0) and (1,1): all neighbours 0 -> 0.
+    grad = pixel_gradient(img)
+    assert grad[0, 0].tolist() == [[1.0, 2.0], [0.0, 0.0]]
+    assert region_vfe(img, 2).item() == pytest.approx(3.0)
+    assert vfe(img, 1).item() == pytest.approx(0.75)
+    flat, busy = torch.full((1, 1, 8, 8), 0.5), torch.rand(1, 1, 8, 8)
+    assert vfe(busy, 4) > vfe(flat, 4)
+    with pytest.raises(ValueError, match="not divisible by region 3"):
+        vfe(busy, 3)
+
+
+def test_visual_privacy_and_misusability_are_accuracy_based():
+    class Oracle(torch.nn.Module):  # predicts the class from the mean pixel
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x.mean((1, 2, 3)) * 10).long().clamp(0, 9),
+                                               10).float()
+
+    labels = torch.arange(10)
+    plain = (labels.float() / 10 + 0.05).view(10, 1, 1, 1).expand(10, 1, 4, 4)
+    assert visual_privacy(Oracle(), plain, labels) == 0.0
+    assert visual_privacy(Oracle(), torch.zeros(10, 1, 4, 4), labels) == 0.9
+    assert misusability(Oracle(), plain, labels) == 1.0
