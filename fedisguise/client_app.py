@@ -1,4 +1,4 @@
-"""Flower ClientApp: find my partition -> disguise it (once) -> train or evaluate -> reply.
+"""Flower ClientApp: find my partition -> disguise it (once, with my key) -> train or evaluate.
 
 Thin by design: data, disguise, model and training live in plain modules. The node's
 partition comes from `context.node_config` (`partition-id`, `num-partitions`), which Flower
@@ -16,11 +16,12 @@ from fedisguise import messages as m
 from fedisguise.config import Config
 from fedisguise.data import ClientData, ImageDataset, client_data
 from fedisguise.disguise import build as build_disguise
+from fedisguise.disguise.keys import NODE_KEY_FILE, client_key
 from fedisguise.models import build_model
 from fedisguise.training import evaluate, resolve_device, train_local
 
-# Per-process cache of disguised partitions: Ray actors and SuperNode processes live across
-# rounds, so each partition is loaded and disguised once, not once per round.
+# Per-process cache of disguised data: Ray actors live across rounds, so each partition is
+# loaded and disguised once, not once per round (unless client.redisguise_each_round).
 _PREPARED: dict[tuple, ClientData] = {}
 
 
@@ -43,21 +44,32 @@ def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
     return partition_id, num_partitions
 
 
-def prepared_data(cfg: Config, partition_id: int, num_partitions: int) -> ClientData:
-    """This client's train/val split, disguised on the client before any model sees it."""
-    d = cfg.data
+def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientData:
+    """This client's train data and test shard, disguised here, under this client's key."""
+    partition_id, num_partitions = node_partition(context, cfg)
+    d, c = cfg.data, cfg.client
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
-                 d.partitioner, d.alpha, d.train_per_client, d.val_fraction, repr(cfg.disguise))
+                 d.partitioner, d.alpha, d.train_per_client, d.test_samples,
+                 repr(cfg.disguise), c.key_scope, c.key_file,
+                 server_round if c.redisguise_each_round else 0)
     if cache_key not in _PREPARED:
+        if c.redisguise_each_round:
+            _PREPARED.clear()  # only the current round's draw is needed
         plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
-                            partition_id, num_partitions, d.train_per_client, d.val_fraction)
-        disguise = build_disguise(cfg.disguise)
-
-        def apply(split: ImageDataset) -> ImageDataset:
-            images, labels = disguise.apply(split.images, split.labels)
-            return ImageDataset(images, labels, split.num_classes)
-
-        _PREPARED[cache_key] = ClientData(train=apply(plain.train), val=apply(plain.val))
+                            partition_id, num_partitions, d.train_per_client, d.test_samples)
+        key = client_key(c.key_scope, c.key_file, cfg.experiment.seed, partition_id,
+                         str(context.node_config.get(NODE_KEY_FILE, "")))
+        disguise = build_disguise(cfg.disguise, key)
+        # Random draws (noise, mixing, masks) come from named streams of the key: the same
+        # every round unless fresh draws are asked for; the keyed transform itself is fixed.
+        disguise.reseed(f"train:round-{server_round}" if c.redisguise_each_round else "train")
+        train_images, train_labels = disguise.apply(plain.train.images, plain.train.labels)
+        disguise.reseed("test")
+        test_images, test_labels = disguise.apply_eval(plain.test.images, plain.test.labels)
+        _PREPARED[cache_key] = ClientData(
+            train=ImageDataset(train_images, train_labels, plain.train.num_classes),
+            test=ImageDataset(test_images, test_labels, plain.test.num_classes),
+        )
     return _PREPARED[cache_key]
 
 
@@ -69,11 +81,11 @@ def _model_from(msg: Message, cfg: Config, data: ImageDataset) -> torch.nn.Modul
 
 
 def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
-    partition_id, num_partitions = node_partition(context, cfg)
+    partition_id, _ = node_partition(context, cfg)
     torch.set_num_threads(max(1, int(cfg.resources.num_cpus)))
-    data = prepared_data(cfg, partition_id, num_partitions).train
-    model = _model_from(msg, cfg, data)
     server_round = int(msg.content["config"]["server-round"])
+    data = prepared_data(cfg, context, server_round).train
+    model = _model_from(msg, cfg, data)
     # One seed fixes the training order of every client in every round.
     order_seed = int(np.random.SeedSequence([cfg.experiment.seed, server_round, partition_id])
                      .generate_state(1)[0])
@@ -97,13 +109,11 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
-    partition_id, num_partitions = node_partition(context, cfg)
-    data = prepared_data(cfg, partition_id, num_partitions).val
-    metrics = {"eval_loss": 0.0, "eval_accuracy": 0.0, m.NUM_EXAMPLES: len(data)}
-    if len(data):
-        model = _model_from(msg, cfg, data)
-        loss, acc = evaluate(model, data, device=resolve_device(cfg.resources.device))
-        metrics.update(eval_loss=loss, eval_accuracy=acc)
+    """Accuracy of the global model on this client's test shard, disguised as clients use it."""
+    data = prepared_data(cfg, context, int(msg.content["config"]["server-round"])).test
+    model = _model_from(msg, cfg, data)
+    loss, acc = evaluate(model, data, device=resolve_device(cfg.resources.device))
+    metrics = {"test_loss": loss, "test_accuracy": acc, m.NUM_EXAMPLES: len(data)}
     return Message(content=RecordDict({m.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

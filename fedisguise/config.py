@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 
 MODES = ("simulation", "deployment")
 DEVICES = ("auto", "cpu", "cuda")
+KEY_SCOPES = ("per-client", "federation")
 # Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
 STRUCTURED_KEYS = ("disguise", "attacks")
 
@@ -43,7 +44,6 @@ class DataConfig:
     partitioner: str = "iid"
     alpha: float = 0.5  # Dirichlet concentration, used by the `dirichlet` partitioner
     train_per_client: int = 0  # 0 = the whole partition; >0 caps it (fast runs)
-    val_fraction: float = 0.1  # share of each partition kept for the client's own evaluation
     test_samples: int = 0  # 0 = the whole test split for the server's evaluation
 
 
@@ -77,6 +77,24 @@ class ResourcesConfig:
     device: str = "auto"  # auto = CUDA when present
 
 
+@dataclass
+class ClientConfig:
+    """Client-side protection settings; keys never leave the client process."""
+
+    key_scope: str = "per-client"  # per-client: a key per client; federation: one shared key
+    key_file: str = ""  # master key file (0600); empty = derived from experiment.seed
+    redisguise_each_round: bool = False  # draw fresh disguise noise every round, not once
+
+
+@dataclass
+class PrivacyConfig:
+    """The harness's privacy figures after a disguised run (DisguisedNets §4)."""
+
+    examiner_epochs: int = 2  # DNN examiner trained on plain images
+    examiner_samples: int = 10000  # plain training images for it (0 = all)
+    grid_images: int = 8  # columns of the plain | disguised PNG grid
+
+
 SECTIONS: dict[str, type] = {
     "experiment": ExperimentConfig,
     "data": DataConfig,
@@ -84,6 +102,8 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "strategy": StrategyConfig,
     "resources": ResourcesConfig,
+    "client": ClientConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -95,6 +115,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     disguise: str | dict[str, Any] = "none"
     attacks: list[dict[str, Any]] = field(default_factory=list)
 
@@ -204,7 +226,6 @@ class Config:
         _check(e.clients >= 1, "experiment.clients", e.clients, ">= 1")
         _check(d.alpha > 0, "data.alpha", d.alpha, "> 0")
         _check(d.train_per_client >= 0, "data.train_per_client", d.train_per_client, ">= 0")
-        _check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in [0, 1)")
         _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
         _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
@@ -214,12 +235,14 @@ class Config:
         _check(0 < s.fraction_train <= 1, "strategy.fraction_train", s.fraction_train, "in (0, 1]")
         _check(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate",
                s.fraction_evaluate, "in [0, 1]")
-        _check(s.fraction_evaluate == 0 or d.val_fraction > 0, "strategy.fraction_evaluate",
-               s.fraction_evaluate, "0 when data.val_fraction = 0 (clients have nothing to "
-               "evaluate on)")
         _check(s.proximal_mu >= 0, "strategy.proximal_mu", s.proximal_mu, ">= 0")
         _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
         _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
+        _choice("client.key_scope", self.client.key_scope, KEY_SCOPES)
+        p = self.privacy
+        _check(p.examiner_epochs >= 1, "privacy.examiner_epochs", p.examiner_epochs, ">= 1")
+        _check(p.examiner_samples >= 0, "privacy.examiner_samples", p.examiner_samples, ">= 0")
+        _check(p.grid_images >= 1, "privacy.grid_images", p.grid_images, ">= 1")
 
         disguise_name = self.disguise_name
         _choice("disguise", disguise_name, DISGUISES)

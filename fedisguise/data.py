@@ -222,14 +222,18 @@ def partition_indices(labels: torch.Tensor | np.ndarray, partitioner: str, num_p
 
 @dataclass(frozen=True)
 class ClientData:
-    train: ImageDataset
-    val: ImageDataset
+    train: ImageDataset  # the client's partition of the training split
+    test: ImageDataset  # the client's IID shard of the evaluation set (disguised like train)
 
 
 def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
                 partition_id: int, num_partitions: int, train_per_client: int = 0,
-                val_fraction: float = 0.1) -> ClientData:
-    """One client's share of the training split, cut into local train / validation."""
+                test_samples: int = 0) -> ClientData:
+    """One client's share of the training split, and its shard of the evaluation set.
+
+    The shards of all clients together are exactly the server's evaluation set, so clients
+    that evaluate on disguised shards measure the same images the server holds in plain.
+    """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
     full = load_dataset(dataset, "train", data_dir)
@@ -237,8 +241,9 @@ def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, see
     own = np.random.default_rng([seed, partition_id]).permutation(parts[partition_id])
     if train_per_client:
         own = own[:train_per_client]
-    n_val = int(round(len(own) * val_fraction))
-    return ClientData(train=full.subset(own[n_val:]), val=full.subset(own[:n_val]))
+    test = server_test_set(dataset, data_dir, test_samples, seed)
+    shard = partition_iid(test.labels.numpy(), num_partitions, seed)[partition_id]
+    return ClientData(train=full.subset(own), test=test.subset(shard))
 
 
 @functools.lru_cache(maxsize=8)

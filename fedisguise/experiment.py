@@ -43,7 +43,14 @@ def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
     metrics_path = cfg.run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"the run ended without writing {metrics_path}; see the log above")
-    return json.loads(metrics_path.read_text())
+    record = json.loads(metrics_path.read_text())
+    if cfg.disguise_name != "none":
+        from fedisguise.privacy import privacy_figures
+        from fedisguise.results import rewrite_record
+
+        record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
+        rewrite_record(cfg.run_dir, record)
+    return record
 
 
 def run_simulation(cfg: Config) -> None:

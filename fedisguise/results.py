@@ -14,8 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROUND_COLUMNS = ("round", "train_loss", "test_accuracy", "test_loss", "round_seconds",
-                 "bytes_up", "bytes_down", "client_eval_accuracy", "clients")
+ROUND_COLUMNS = ("round", "train_loss", "test_accuracy", "test_loss", "plain_test_accuracy",
+                 "plain_test_loss", "round_seconds", "bytes_up", "bytes_down", "clients")
 
 
 def versions() -> dict[str, str]:
@@ -31,7 +31,7 @@ def versions() -> dict[str, str]:
 def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:
     """Write all result files of a finished run."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    rewrite_record(run_dir, record)
     (run_dir / "updates.json").write_text(
         json.dumps([dataclasses.asdict(e) for e in ledger], indent=2) + "\n"
     )
@@ -41,6 +41,11 @@ def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:
         for row in record["rounds"]:
             writer.writerow({k: (" ".join(map(str, row[k])) if k == "clients" else row[k])
                              for k in ROUND_COLUMNS})
+
+
+def rewrite_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """Rewrite metrics.json and summary.md after the harness added figures to a record."""
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     (run_dir / "summary.md").write_text(summary_markdown(record))
 
 
@@ -58,18 +63,24 @@ def summary_markdown(record: dict[str, Any]) -> str:
         f"model {cfg['model']['name']}, strategy {cfg['strategy']['name']}, "
         f"disguise {json.dumps(cfg['disguise'])}, mode {record['mode']}, seed {e['seed']}.",
         "",
-        f"**Final test accuracy: {record['final']['test_accuracy']:.4f}** "
-        f"(initial {record['initial']['test_accuracy']:.4f}) after {len(record['rounds'])} "
-        f"rounds in {record['wall_seconds']:.1f} s.",
+        f"**Final test accuracy: {_fmt(record['final']['test_accuracy'])}** (on the clients' "
+        f"disguised test shards; on plain test images {_fmt(record['final']['plain_test_accuracy'])}"
+        f", initially {_fmt(record['initial']['plain_test_accuracy'])}) after "
+        f"{len(record['rounds'])} rounds in {record['wall_seconds']:.1f} s. "
+        f"Keys: {record['keys']['scope']}, {record['keys']['source']}.",
         "",
-        "| round | train loss | test acc | test loss | s/round | MB up | MB down |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | train loss | test acc | test loss | plain test acc | s/round | MB up | MB down |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in record["rounds"]:
         lines.append(
-            f"| {r['round']} | {_fmt(r['train_loss'])} | {r['test_accuracy']:.4f} | "
-            f"{r['test_loss']:.4f} | {r['round_seconds']:.2f} | {r['bytes_up'] / 1e6:.2f} | "
-            f"{r['bytes_down'] / 1e6:.2f} |"
+            f"| {r['round']} | {_fmt(r['train_loss'])} | {_fmt(r['test_accuracy'])} | "
+            f"{_fmt(r['test_loss'])} | {_fmt(r['plain_test_accuracy'])} | "
+            f"{r['round_seconds']:.2f} | {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} |"
         )
+    if record.get("privacy"):
+        lines += ["", "Privacy: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
+                                              for k, v in record["privacy"].items()
+                                              if not isinstance(v, dict))]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), ""]
     return "\n".join(lines)

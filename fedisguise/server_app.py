@@ -86,21 +86,27 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     )
     progress.close()
 
+    plain_model = cfg.disguise_name == "none"
     rounds = []
     for r in range(1, cfg.experiment.rounds + 1):
         train = result.train_metrics_clientapp.get(r, {})
-        client_eval = result.evaluate_metrics_clientapp.get(r, {})
+        clients = result.evaluate_metrics_clientapp.get(r, {})
+        # How clients use the model: accuracy on their disguised test shards. Without a
+        # disguise and without client evaluation, the server's plain evaluation is the same.
+        source = clients if "test_accuracy" in clients else (central[r] if plain_model else {})
         rounds.append({
             "round": r,
             "train_loss": _number(train.get("train_loss")),
-            "test_accuracy": central[r]["test_accuracy"],
-            "test_loss": central[r]["test_loss"],
+            "test_accuracy": _number(source.get("test_accuracy")),
+            "test_loss": _number(source.get("test_loss")),
+            "plain_test_accuracy": central[r]["test_accuracy"],
+            "plain_test_loss": central[r]["test_loss"],
             "round_seconds": central[r]["finished"] - strategy.round_started[r],
             "bytes_up": strategy.bytes_up.get(r, 0),
             "bytes_down": strategy.bytes_down.get(r, 0),
-            "client_eval_accuracy": _number(client_eval.get("eval_accuracy")),
             "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
         })
+    last = rounds[-1]
     record = {
         "run": cfg.experiment.name,
         "mode": mode,
@@ -109,15 +115,15 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         "device": str(device),
         "config": cfg.to_dict(),
         "versions": versions(),
-        "initial": {k: central[0][k] for k in ("test_accuracy", "test_loss")},
+        "keys": {"scope": cfg.client.key_scope,
+                 "source": "file" if cfg.client.key_file else "derived from experiment.seed"},
+        "initial": {"plain_test_accuracy": central[0]["test_accuracy"],
+                    "plain_test_loss": central[0]["test_loss"]},
         "rounds": rounds,
-        "final": {
-            "test_accuracy": rounds[-1]["test_accuracy"],
-            "test_loss": rounds[-1]["test_loss"],
-            "train_loss": rounds[-1]["train_loss"],
-        },
+        "final": {k: last[k] for k in ("test_accuracy", "test_loss", "train_loss",
+                                       "plain_test_accuracy", "plain_test_loss")},
         "wall_seconds": time.perf_counter() - started,
-        "privacy": {},
+        "privacy": {} if plain_model else {"misusability": last["plain_test_accuracy"]},
         "attacks": {},
     }
     write_run(cfg.run_dir.resolve(), record, ledger.entries)

@@ -49,13 +49,13 @@ def test_bad_partition_arguments_raise():
         partition_indices(labels, "iid", 11, seed=0)
 
 
-def test_client_data_splits_partition_into_disjoint_train_and_val():
-    a = client_data("synthetic", "", "iid", 0.5, 0, 0, 3, val_fraction=0.2)
-    b = client_data("synthetic", "", "iid", 0.5, 0, 1, 3, val_fraction=0.2)
-    assert len(a.val) == round(0.2 * (len(a.train) + len(a.val)))
+def test_client_data_is_disjoint_and_test_shards_cover_the_evaluation_set():
+    parts = [client_data("synthetic", "", "iid", 0.5, 0, pid, 3, test_samples=300)
+             for pid in range(3)]
     rows = lambda d: {tuple(x.flatten()[:40].tolist()) for x in d.images}  # noqa: E731
-    assert not rows(a.train) & rows(a.val)
-    assert not rows(a.train) & rows(b.train)
+    assert not rows(parts[0].train) & rows(parts[1].train)
+    shards = [rows(p.test) for p in parts]
+    assert sum(len(s) for s in shards) == 300 == len(set().union(*shards))
     with pytest.raises(ValueError, match="partition-id 3 outside"):
         client_data("synthetic", "", "iid", 0.5, 0, 3, 3)
 

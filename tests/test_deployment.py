@@ -50,7 +50,7 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
         assert sorted(e["partition_id"] for e in entries) == [0, 1]
         assert len({e["node_id"] for e in entries}) == 2  # two distinct SuperNodes
         assert all(e["sha256"] == e["client_sha256"] for e in entries)
-    assert record["final"]["test_accuracy"] > record["initial"]["test_accuracy"]
+    assert record["final"]["test_accuracy"] > record["initial"]["plain_test_accuracy"]
     assert (tmp_path / "dep" / "logs" / "supernode-1.log").is_file()
     assert federation_processes() == []
 

@@ -22,10 +22,12 @@ def test_simulation_improves_accuracy_and_writes_results(tmp_path):
     record = run_experiment(cfg)
     rounds = record["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
-    accuracies = [record["initial"]["test_accuracy"]] + [r["test_accuracy"] for r in rounds]
+    accuracies = [record["initial"]["plain_test_accuracy"]] + [r["test_accuracy"] for r in rounds]
     assert accuracies[-1] > accuracies[1] > accuracies[0]
     assert accuracies[-1] > 0.5  # chance is 0.1
     assert record["final"]["test_accuracy"] == rounds[-1]["test_accuracy"]
+    for r in rounds:  # no disguise: the clients' shards together are the server's test set
+        assert r["test_accuracy"] == pytest.approx(r["plain_test_accuracy"], abs=1e-9)
     for r in rounds:
         assert r["clients"] == [0, 1, 2]
         assert r["bytes_up"] > 0 and r["bytes_down"] >= r["bytes_up"]

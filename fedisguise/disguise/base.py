@@ -54,6 +54,15 @@ class Disguise:
         self._check_shape(tuple(images.shape[1:]))
         return self._apply(images, labels)
 
+    def reseed(self, stream: str) -> None:
+        """Restart the disguise's random draws (noise, masks) on the key's named `stream`;
+        keyed transforms (permutations, matrices) do not change. Keyless: nothing to do."""
+
+    def apply_eval(self, images: torch.Tensor, labels: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """How a client prepares images for inference; the training transform by default."""
+        return self.apply(images, labels)
+
     def _check_shape(self, chw: tuple[int, int, int]) -> None:
         """Per-defence shape rules (block divisibility, ...)."""
 

@@ -44,9 +44,12 @@ class _DisguisedNetsBase(Disguise):
             raise ValueError(f"unknown matrix {matrix!r}; valid choices: {list(MATRICES)}")
         self.key, self.block_size, self.noise_level, self.matrix = (
             key, block_size, float(noise_level), matrix)
-        # Δ is fresh for every image but reproducible for the same key and call sequence.
-        self._noise = key.generator(f"{self.name}:noise")
         self._tables: dict[tuple, torch.Tensor] = {}
+        self.reseed("default")
+
+    def reseed(self, stream: str) -> None:
+        # Δ is fresh for every image but reproducible for the same key, stream and calls.
+        self._noise = self.key.generator(f"{self.name}:noise:{stream}")
 
     def _check_shape(self, chw):
         check_block_size(chw, self.block_size)

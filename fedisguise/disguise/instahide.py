@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from fedisguise.disguise.base import Disguise, register
+from fedisguise.disguise.base import Disguise, check_images, register
 from fedisguise.disguise.keys import DisguiseKey
 
 MODES = ("inside", "cross")
@@ -39,12 +39,20 @@ class InstaHide(Disguise):
 
             public = load_dataset(public_dataset, "train").images
         if public is not None:
-            from fedisguise.disguise.base import check_images
-
             check_images(public)
         self.k, self.mode, self.upper, self.num_classes = k, mode, upper, num_classes
         self.public = public
-        self._gen = key.generator("instahide")
+        self.key = key
+        self.reseed("default")
+
+    def reseed(self, stream: str) -> None:
+        self._gen = self.key.generator(f"instahide:{stream}")
+
+    def apply_eval(self, images, labels=None):
+        """Inference sees single images on the training scale, unmixed and unmasked, as in the
+        authors' code (train_inside.py: the test loader only normalises)."""
+        check_images(images)
+        return images * 2 - 1, labels
 
     def _weights(self, n: int) -> torch.Tensor:
         lam = torch.randn(n, self.k, generator=self._gen).abs()

@@ -104,3 +104,25 @@ class DisguiseKey:
 
     def __reduce__(self):  # noqa: D401 - refuse silent serialisation into messages or results
         raise TypeError("DisguiseKey is not serialisable; save it with key.save(path)")
+
+
+NODE_KEY_FILE = "disguise-key-file"  # node_config entry: a SuperNode's own key file
+
+
+def client_key(scope: str, key_file: str, seed: int, partition_id: int,
+               node_key_file: str = "") -> DisguiseKey:
+    """The key one client disguises with; resolved inside the client process only.
+
+    A SuperNode's own key file (node_config `disguise-key-file`) is used as it is. Otherwise a
+    master key (`key_file`, or one derived from the experiment seed so that runs reproduce)
+    is the federation's shared key, or the parent of one derived key per client.
+    """
+    if node_key_file:
+        return DisguiseKey.load(node_key_file)
+    master = DisguiseKey.load(key_file) if key_file else DisguiseKey.generate(
+        seed=f"experiment:{seed}")
+    if scope == "federation":
+        return master
+    if scope == "per-client":
+        return master.for_client(partition_id)
+    raise ValueError(f"unknown key scope {scope!r}; valid choices: ['federation', 'per-client']")

@@ -1,0 +1,83 @@
+"""The harness's privacy figures for a disguised run (DisguisedNets §4, DESIGN.md).
+
+Computed by the experimenter after the federated run, never by the server: it needs a client's
+key to disguise the test images, and the server must not hold keys. Figures:
+visual privacy (1 − accuracy of a DNN examiner trained on plain images, on disguised test
+images), misusability (the final global model on plain test images; from the server's plain
+evaluation), VFE of plain vs disguised images, and PSNR/SSIM between them, plus a PNG grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from fedisguise.config import Config
+from fedisguise.data import load_dataset, server_test_set
+from fedisguise.disguise import build as build_disguise
+from fedisguise.disguise.keys import client_key
+from fedisguise.metrics import psnr, ssim, vfe, visual_privacy
+from fedisguise.models import build_model
+from fedisguise.training import evaluate, resolve_device, train_local
+
+VFE_REGION = 4
+
+
+def train_examiner(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """A DNN examiner: the run's model architecture trained on plain training images."""
+    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir)
+    n = cfg.privacy.examiner_samples or len(train)
+    subset = train.subset(np.random.default_rng([cfg.experiment.seed, 7]).permutation(
+        len(train))[:n])
+    torch.manual_seed(cfg.experiment.seed)
+    c, h, _ = subset.image_shape
+    examiner = build_model(cfg.model.name, c, subset.num_classes, h)
+    gen = torch.Generator().manual_seed(cfg.experiment.seed)
+    for _ in tqdm(range(cfg.privacy.examiner_epochs), desc="DNN examiner", unit="epoch"):
+        train_local(examiner, subset, epochs=1, batch_size=64, optimizer="adam", lr=1e-3,
+                    device=device, generator=gen)
+    return examiner
+
+
+def display_range(images: torch.Tensor) -> torch.Tensor:
+    """Min–max scale each image into [0, 1] for viewing (disguises may leave [0, 1])."""
+    flat = images.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return ((flat - lo[:, None]) / scale[:, None]).view_as(images)
+
+
+def privacy_figures(cfg: Config, record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Visual privacy, VFE, PSNR/SSIM and the plain | disguised grid for client 0's key."""
+    device = resolve_device(cfg.resources.device)
+    test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
+                           cfg.experiment.seed)
+    key = client_key(cfg.client.key_scope, cfg.client.key_file, cfg.experiment.seed, 0)
+    disguise = build_disguise(cfg.disguise, key)
+    disguise.reseed("privacy")
+    disguised, _ = disguise.apply(test.images, test.labels)
+    examiner = train_examiner(cfg, device)
+    _, examiner_plain_acc = evaluate(examiner, test, device=device)
+    # On the examiner's scale: InstaHide-style outputs in [−1, 1] are compared as they are.
+    figures = {
+        "visual_privacy": visual_privacy(examiner, disguised, test.labels),
+        "examiner_plain_accuracy": examiner_plain_acc,
+        "misusability": record["final"]["plain_test_accuracy"],
+        "vfe_plain": vfe(test.images, VFE_REGION).mean().item(),
+        "vfe_disguised": vfe(display_range(disguised), VFE_REGION).mean().item(),
+        "psnr_disguised_vs_plain": psnr(display_range(disguised), test.images).mean().item(),
+        "ssim_disguised_vs_plain": ssim(display_range(disguised), test.images).mean().item(),
+        "key_client": 0,
+    }
+    images_dir = run_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    k = min(cfg.privacy.grid_images, len(test))
+    save_image(torch.cat([test.images[:k], display_range(disguised[:k])]),
+               images_dir / "plain_vs_disguised.png", nrow=k, padding=2, pad_value=1.0)
+    figures["grid"] = "images/plain_vs_disguised.png"
+    return figures
