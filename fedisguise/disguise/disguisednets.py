@@ -12,6 +12,7 @@ Outputs are on the [0, 1] scale of the inputs (X·R + Δ/255), so they may leave
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedisguise.disguise.base import Disguise, check_block_size, register
@@ -49,7 +50,7 @@ class _DisguisedNetsBase(Disguise):
 
     def reseed(self, stream: str) -> None:
         # Δ is fresh for every image but reproducible for the same key, stream and calls.
-        self._noise = self.key.generator(f"{self.name}:noise:{stream}")
+        self._noise = self.key.numpy_rng(f"{self.name}:noise:{stream}")
 
     def _check_shape(self, chw):
         check_block_size(chw, self.block_size)
@@ -57,8 +58,8 @@ class _DisguisedNetsBase(Disguise):
     def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
         if not self.noise_level:
             return x
-        delta = torch.rand(x.shape, generator=self._noise).mul_(self.noise_level / 255.0)
-        return x + delta.to(x.device, x.dtype)
+        delta = torch.from_numpy(self._noise.random(tuple(x.shape), dtype=np.float32))
+        return x + delta.mul_(self.noise_level / 255.0).to(x.device, x.dtype)
 
     def _permutation(self, blocks: int, device: torch.device) -> torch.Tensor:
         cache = ("perm", blocks, device)

@@ -10,6 +10,7 @@ so the output lies in [−1, 1]. Labels become Σ λ_j·onehot(y_j) over the pri
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedisguise.disguise.base import Disguise, check_images, register
@@ -46,7 +47,7 @@ class InstaHide(Disguise):
         self.reseed("default")
 
     def reseed(self, stream: str) -> None:
-        self._gen = self.key.generator(f"instahide:{stream}")
+        self._rng = self.key.numpy_rng(f"instahide:{stream}")
 
     def apply_eval(self, images, labels=None):
         """Inference sees single images on the training scale, unmixed and unmasked, as in the
@@ -55,14 +56,14 @@ class InstaHide(Disguise):
         return images * 2 - 1, labels
 
     def _weights(self, n: int) -> torch.Tensor:
-        lam = torch.randn(n, self.k, generator=self._gen).abs()
-        lam = lam / lam.sum(1, keepdim=True)
-        bad = lam.max(1).values > self.upper
+        lam = np.abs(self._rng.standard_normal((n, self.k)))
+        lam /= lam.sum(1, keepdims=True)
+        bad = lam.max(1) > self.upper
         while self.k > 1 and bad.any():  # resample offending rows only (vectorised rejection)
-            redraw = torch.randn(int(bad.sum()), self.k, generator=self._gen).abs()
-            lam[bad] = redraw / redraw.sum(1, keepdim=True)
-            bad = lam.max(1).values > self.upper
-        return lam
+            redraw = np.abs(self._rng.standard_normal((int(bad.sum()), self.k)))
+            lam[bad] = redraw / redraw.sum(1, keepdims=True)
+            bad = lam.max(1) > self.upper
+        return torch.from_numpy(lam).float()
 
     def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
         if labels.ndim == 2:
@@ -85,16 +86,19 @@ class InstaHide(Disguise):
         label_mix = None if soft is None else lam[:, :1] * soft
         for j in range(1, self.k):  # k is small (2–6): a loop over partners, not pixels
             if self.mode == "inside":
-                idx = torch.randperm(n, generator=self._gen).to(device)
+                idx = torch.from_numpy(self._rng.permutation(n)).to(device)
                 mixed = mixed + lam[:, j, None, None, None] * signed[idx]
                 if soft is not None:
                     label_mix = label_mix + lam[:, j:j + 1] * soft[idx]
             else:
-                idx = torch.randint(len(self.public), (n,), generator=self._gen)
+                idx = torch.from_numpy(self._rng.integers(0, len(self.public), n))
                 partner = self.public[idx].to(device, images.dtype) * 2 - 1
                 mixed = mixed + lam[:, j, None, None, None] * partner
-        sign = torch.randint(0, 2, images.shape, generator=self._gen).to(device, images.dtype)
-        out = mixed * (sign * 2 - 1)
+        # σ: one random bit per value, drawn as bytes (8 bits each) and unpacked
+        count = images.numel()
+        bits = np.unpackbits(np.frombuffer(self._rng.bytes((count + 7) // 8), dtype=np.uint8))
+        flip = torch.from_numpy(bits[:count].reshape(tuple(images.shape)).astype(bool))
+        out = torch.where(flip.to(device), -mixed, mixed)
         if label_mix is not None:
             label_mix = label_mix / label_mix.sum(1, keepdim=True)
         return out, label_mix

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Disguise speed against local training, measured in one process.
+
+For every registered defence: disguise N Fashion-MNIST training images (N = 10 000 by
+default) and report images/s and `epoch_ratio` = disguise time ÷ one local lenet epoch (SGD,
+batch 32) on the same images, timed here on the same device. Goal: epoch_ratio < 0.05.
+
+    python bench/disguise.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
+from fedisguise.disguise import DISGUISES, DisguiseKey, build  # noqa: E402
+from fedisguise.models import build_model  # noqa: E402
+from fedisguise.training import train_local  # noqa: E402
+
+# Parameters as in the issue's utility comparison and the papers' settings.
+SPECS = {
+    "none": "none",
+    "block-permutation": {"name": "block-permutation", "block_size": 7},
+    "rmt": {"name": "rmt", "noise_level": 25.0},
+    "block-rmt": {"name": "block-rmt", "block_size": 7, "noise_level": 25.0},
+    "disguisednets": {"name": "disguisednets", "block_size": 7, "noise_level": 25.0},
+    "aes": {"name": "aes", "block_size": 4},
+    "instahide": {"name": "instahide", "k": 2},
+    "visualmixer": {"name": "visualmixer"},
+    "visualmixer-uniform": {"name": "visualmixer-uniform"},
+}
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    train = load_dataset("fashion-mnist", "train", args.data_dir)
+    data = ImageDataset(train.images[:args.images].to(device), train.labels[:args.images].to(device),
+                        train.num_classes)
+    model = build_model("lenet", 1, 10, 28).to(device)
+    epoch = timed(lambda: train_local(model, data, epochs=1, batch_size=32, optimizer="sgd",
+                                      lr=0.01, momentum=0.9, device=device), 1, device)
+    key = DisguiseKey.generate(0)
+    results = {"_meta": {"device": str(device), "images": len(data),
+                         "lenet_epoch_seconds": epoch, "torch_threads": torch.get_num_threads()}}
+    for name in sorted(DISGUISES):
+        disguise = build(SPECS.get(name, name), None if name == "none" else key)
+        disguise.apply(data.images[:64], data.labels[:64])  # warm-up: tables, kernels
+        seconds = timed(lambda: disguise.apply(data.images, data.labels), args.repeats, device)
+        results[name] = {"images_per_s": len(data) / seconds, "seconds": seconds,
+                         "epoch_ratio": seconds / epoch}
+        if not args.json:
+            print(f"{name:>20}: {len(data) / seconds:12.0f} images/s, "
+                  f"epoch_ratio {seconds / epoch:.4f}", file=sys.stderr)
+    print(json.dumps(results, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
