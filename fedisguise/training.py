@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedisguise.data import ImageDataset
+from fedisguise.optim import STAdam
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float, float], torch.optim.Optimizer]
 
@@ -21,6 +22,10 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     ),
     "adam": lambda params, lr, momentum, wd: torch.optim.Adam(
         params, lr=lr, betas=(momentum or 0.9, 0.999), weight_decay=wd
+    ),
+    # VisualMixer §IV-E; train.momentum is ST-Adam's added momentum term.
+    "st-adam": lambda params, lr, momentum, wd: STAdam(
+        params, lr=lr, weight_decay=wd, momentum=momentum
     ),
 }
 
