@@ -3,7 +3,7 @@
 Importing this package registers every defence, so `build(spec, key)` knows all names.
 """
 
-from fedisguise.disguise import aes, disguisednets, instahide  # noqa: F401  (registration)
+from fedisguise.disguise import aes, disguisednets, instahide, visualmixer  # noqa: F401
 from fedisguise.disguise.base import DISGUISES, Disguise, NoDisguise, build, check_images
 from fedisguise.disguise.keys import DisguiseKey
 

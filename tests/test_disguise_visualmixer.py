@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from fedisguise.disguise import DisguiseKey, build
+from fedisguise.disguise.blocks import to_blocks
+from fedisguise.disguise.visualmixer import (
+    lower_window_bound,
+    output_bias_quantile,
+    upper_window_bound,
+    window_levels,
+)
+from fedisguise.metrics import vfe
+
+KEY = DisguiseKey.generate(9)
+
+
+def test_lower_bound_is_the_smallest_window_meeting_the_chi_square_condition():
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.75)).item()
+
+    def meets(ws, target):
+        m = 2 * ws * (ws - 1)
+        return m - z * math.sqrt(2 * m) >= target * ws * ws
+
+    for target in (0.3, 0.5, 1.0, 1.5):
+        ws = lower_window_bound(target, 0.75, 64)
+        assert meets(ws, target) and (ws == 2 or not meets(ws - 1, target))
+    assert lower_window_bound(1.5, 0.75, 64) > lower_window_bound(0.5, 0.75, 64)
+    with pytest.raises(ValueError, match="lower the target"):
+        lower_window_bound(1.99, 0.99, 28)
+
+
+def test_upper_bound_grows_with_the_tolerated_output_bias():
+    assert output_bias_quantile(8, 0.9) > output_bias_quantile(2, 0.9)
+    assert upper_window_bound(2.2, 0.9, 28) <= upper_window_bound(3.0, 0.9, 28)
+    with pytest.raises(ValueError, match="raise max_bias"):
+        upper_window_bound(0.01, 0.9, 28)
+
+
+def test_window_levels_halve_and_divide_the_image():
+    assert window_levels(28, 28, 2, 4) == [4, 2]
+    assert window_levels(32, 32, 2, 16) == [16, 8, 4, 2]
+    assert window_levels(28, 28, 3, 8) == [7]
+    with pytest.raises(ValueError, match="lower bound 5 > upper bound 4"):
+        window_levels(28, 28, 5, 4)
+
+
+def _final_windows(plan):
+    return {s: m for s, m in plan.items()}
+
+
+def test_plan_covers_every_pixel_once_and_gives_flat_regions_larger_windows():
+    img = torch.zeros(1, 1, 16, 16)
+    img[..., 8:] = torch.rand(1, 1, 16, 8, generator=torch.Generator().manual_seed(0))
+    d = build({"name": "visualmixer", "min_window": 2, "max_window": 8}, KEY)
+    plan = d.plan(img)
+    assert list(plan) == [8, 4, 2]
+    covered = sum(m.sum().item() * s * s for s, m in plan.items())
+    assert covered == 16 * 16
+    big = plan[8][0]
+    assert big[:, 0].all() and not big[:, 1].any()  # flat left half: one 8×8 window each
+
+
+def test_shuffle_keeps_each_windows_pixels_per_channel_and_adds_no_noise():
+    x = torch.rand(3, 2, 28, 28)
+    d = build({"name": "visualmixer", "min_window": 4, "max_window": 4}, KEY)
+    out, _ = d.apply(x)
+    assert not torch.equal(out, x)
+    a, b = to_blocks(x, 4), to_blocks(out, 4)
+    assert torch.equal(a.flatten(3).sort(-1).values, b.flatten(3).sort(-1).values)
+
+
+def test_channels_are_shuffled_independently_and_images_freshly():
+    x = torch.rand(1, 1, 28, 28).repeat(2, 2, 1, 1)  # two identical 2-channel images
+    out, _ = build("visualmixer", KEY).apply(x)
+    assert not torch.equal(out[0, 0], out[0, 1])
+    assert not torch.equal(out[0], out[1])
+
+
+def test_same_key_same_output_and_vfe_rises():
+    coarse = torch.rand(64, 1, 7, 7, generator=torch.Generator().manual_seed(1))
+    x = torch.nn.functional.interpolate(coarse, size=(28, 28), mode="bilinear")  # smooth
+    a, _ = build("visualmixer", KEY).apply(x)
+    b, _ = build("visualmixer", KEY).apply(x)
+    assert torch.equal(a, b)
+    assert vfe(a, 4).mean() > 1.5 * vfe(x, 4).mean()
+
+
+def test_uniform_variant_and_parameter_errors():
+    x = torch.rand(2, 1, 28, 28)
+    out, _ = build({"name": "visualmixer-uniform", "window": 7}, KEY).apply(x)
+    assert torch.equal(to_blocks(x, 7).flatten(3).sort(-1).values,
+                       to_blocks(out, 7).flatten(3).sort(-1).values)
+    with pytest.raises(ValueError, match="not divisible by window 8"):
+        build({"name": "visualmixer-uniform", "window": 8}, KEY).apply(x)
+    with pytest.raises(ValueError, match="target_vfe must be in"):
+        build({"name": "visualmixer", "target_vfe": 2.5}, KEY)
+    with pytest.raises(ValueError, match="no window size in"):
+        build({"name": "visualmixer", "min_window": 5, "max_window": 6}, KEY).apply(x)
