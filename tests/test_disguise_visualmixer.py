@@ -98,3 +98,17 @@ def test_uniform_variant_and_parameter_errors():
         build({"name": "visualmixer", "target_vfe": 2.5}, KEY)
     with pytest.raises(ValueError, match="no window size in"):
         build({"name": "visualmixer", "min_window": 5, "max_window": 6}, KEY).apply(x)
+
+
+@pytest.mark.parametrize("length", [4, 16, 64])
+def test_random_permutations_are_uniform_permutations(length):
+    import numpy as np
+
+    from fedisguise.disguise.visualmixer import random_permutations
+
+    perms = random_permutations((20000, length), np.random.default_rng(3), torch.device("cpu"))
+    assert torch.equal(perms.sort(-1).values, torch.arange(length).expand(20000, length))
+    counts = torch.bincount(perms[:, length // 2], minlength=length).float()
+    expected = 20000 / length
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < length + 6 * (2 * length) ** 0.5  # far inside a χ²(length−1) tail
