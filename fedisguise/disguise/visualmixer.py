@@ -18,6 +18,11 @@
    with fresh permutations for every image drawn from the key. No noise is added.
 Admissible sizes divide the image and halve from one level to the next (28×28 with bounds
 [2, 4] uses windows of 4 and 2). `min_window`/`max_window` pin the bounds instead.
+
+The paper's text has lost its equations (1)–(21) and Algorithm 1, and the authors' released
+code implements a different, attention-based scheme; the bounds above are our reconstruction
+from the surviving prose. The lower bound is a per-window guarantee, stricter than an
+image-level χ² over all windows (whose tiny variance reduces to the mean condition).
 """
 
 from __future__ import annotations
