@@ -112,3 +112,25 @@ def test_random_permutations_are_uniform_permutations(length):
     expected = 20000 / length
     chi2 = ((counts - expected) ** 2 / expected).sum().item()
     assert chi2 < length + 6 * (2 * length) ** 0.5  # far inside a χ²(length−1) tail
+
+
+def test_default_two_level_path_keeps_split_regions_within_their_quadrants():
+    from fedisguise.disguise.visualmixer import _quadrant_table
+
+    table = _quadrant_table(torch.device("cpu")).long()
+    assert table.shape == (24 ** 4, 16)
+    assert torch.equal(table.sort(-1).values, torch.arange(16).expand(24 ** 4, 16))
+    quadrant = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3])
+    assert torch.equal(quadrant[table], quadrant.expand(24 ** 4, 16))  # never leaves it
+
+    x = torch.rand(4, 3, 28, 28)
+    d = build("visualmixer", KEY)
+    plan = d.plan(x)
+    assert list(plan) == [4, 2]
+    out, _ = d.apply(x)
+    a, b = to_blocks(x, 2), to_blocks(out, 2)
+    split = ~plan[4].repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(4, -1)
+    same = (a.flatten(3).sort(-1).values == b.flatten(3).sort(-1).values).all(-1).all(1)
+    assert same[split].all()  # 2×2 windows keep their own pixels, channel by channel
+    assert torch.equal(to_blocks(x, 4).flatten(3).sort(-1).values,
+                       to_blocks(out, 4).flatten(3).sort(-1).values)

@@ -137,18 +137,24 @@ def random_permutations(shape: tuple[int, ...], rng: np.random.Generator,
         return table[torch.from_numpy(rng.integers(0, len(table), size=shape[:-1])).to(device)]
     low = (length - 1).bit_length()
     # 16-bit keys while they leave >= 12 random bits (windows up to 4×4), else 32-bit.
-    dtype, bits = (np.uint16, 16) if low <= 4 else (np.uint32, 32)
+    dtype = np.uint16 if low <= 4 else np.uint32
+    per_word = 8 // np.dtype(dtype).itemsize
     rows = int(np.prod(shape[:-1]))
-    order = np.empty((rows, length), dtype=dtype)
-    todo = np.arange(rows)
-    while len(todo):  # redraw rows whose random parts tie: the accepted orders are uniform
-        raw = np.frombuffer(rng.bytes(len(todo) * length * (bits // 8)), dtype=dtype)
-        keys = (raw.reshape(len(todo), length) >> dtype(low) << dtype(low)) | \
-            np.arange(length, dtype=dtype)
+    positions = np.arange(length, dtype=dtype)
+
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        raw = rng.bit_generator.random_raw(-(-count * length // per_word)).view(dtype)
+        keys = (raw[:count * length].reshape(count, length) >> dtype(low) << dtype(low)) | \
+            positions
         keys.sort(axis=-1)
-        tied = (np.diff(keys >> dtype(low), axis=-1) == 0).any(axis=-1)
-        order[todo[~tied]] = keys[~tied]
-        todo = todo[tied]
+        return keys, ((keys[:, 1:] ^ keys[:, :-1]) < (1 << low)).any(axis=-1)
+
+    order, tied = draw(rows)
+    redo = np.flatnonzero(tied)
+    while len(redo):  # rows whose random parts tie are redrawn: accepted orders are uniform
+        keys, tied = draw(len(redo))
+        order[redo[~tied]] = keys[~tied]
+        redo = redo[tied]
     positions = (order & dtype((1 << low) - 1)).astype(np.int64).reshape(shape)
     return torch.from_numpy(positions).to(device)
 
@@ -165,6 +171,21 @@ def _window_layout(h: int, w: int, top: int, size: int, device: torch.device
     pos = ((y0 % top)[:, None, None] + local[None, :, None]) * top + \
         (x0 % top)[:, None, None] + local[None, None, :]
     return region.to(device), pos.reshape(len(y0), -1).to(device)
+
+
+@functools.lru_cache(maxsize=4)
+def _quadrant_table(device: torch.device) -> torch.Tensor:
+    """All 24⁴ ways to permute the four 2×2 quadrants of a 4×4 raster independently: row
+    i0 + 24·i1 + 24²·i2 + 24³·i3 holds the source position of each of the 16 pixels."""
+    quadrants = [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    perms = np.array(list(itertools.permutations(range(4))))  # 24×4
+    table = np.empty((24, 24, 24, 24, 16), dtype=np.uint8)
+    for q, cells in enumerate(quadrants):
+        sources = np.asarray(cells)[perms]  # 24×4: where each of the quadrant's pixels comes from
+        shape = [1, 1, 1, 1, 4]
+        shape[3 - q] = 24  # quadrant q's choice is digit q of the row index (base 24)
+        table[..., cells] = sources.reshape(shape)
+    return torch.from_numpy(table.reshape(-1, 16)).to(device)
 
 
 class _Shuffler(Disguise):
@@ -214,9 +235,12 @@ class VisualMixer(_Shuffler):
         if c > 1:
             grad = grad.mean(1, keepdim=True)  # averaged over channels (eq. 4)
         # VFE density (per pixel) so that regions of different sizes compare.
-        density = {s: F.avg_pool2d(grad, s)[:, 0] for s in levels}
+        # The last level takes every remaining region, so its density is never needed.
+        density = {s: F.avg_pool2d(grad, s)[:, 0] for s in levels[:-1]} or \
+            {levels[0]: F.avg_pool2d(grad, levels[0])[:, 0]}
         median = density[levels[0]].flatten(1).median(dim=1).values.view(n, 1, 1)
-        active = torch.ones_like(density[levels[0]], dtype=torch.bool)
+        active = torch.ones(n, h // levels[0], w // levels[0], dtype=torch.bool,
+                            device=images.device)
         plan = {}
         for i, s in enumerate(levels):
             last = i == len(levels) - 1
@@ -234,24 +258,45 @@ class VisualMixer(_Shuffler):
         plan = self.plan(images)
         top = next(iter(plan))
         blocks = to_blocks(images, top).reshape(n, c, -1, top * top)  # N×C×T×L
-        regions = blocks.shape[2]
         # Every pixel lies in exactly one final window, so every entry below gets written.
         source = torch.empty(blocks.shape, dtype=torch.long, device=images.device)
-        channels = torch.arange(c, device=images.device)
+        if list(plan) == [4, 2]:  # the default bounds on 28×28 and 32×32 images
+            self._fill_4_2(source, plan[4])
+        else:
+            self._fill(source, plan, (h, w), top)
+        out = torch.gather(blocks, -1, source)
+        return from_blocks(out.reshape(n, c, -1, top, top), h, w), labels
+
+    def _fill_4_2(self, source: torch.Tensor, whole: torch.Tensor) -> None:
+        """Two levels, 4×4 and 2×2: a 4×4 region is either one window (a permutation of 16)
+        or four 2×2 windows (one of 24⁴ quadrant combinations, looked up in a table)."""
+        n, c = source.shape[:2]
+        rows = source.view(-1, 16)
+        mask = whole.reshape(n, 1, -1).expand(n, c, -1).reshape(-1)  # per (image, channel, region)
+        at_4 = mask.nonzero().squeeze(1)
+        at_2 = (~mask).nonzero().squeeze(1)
+        rows[at_4] = random_permutations((len(at_4), 16), self._rng, source.device)
+        combos = torch.from_numpy(self._rng.integers(0, 24 ** 4, size=len(at_2)))
+        rows[at_2] = _quadrant_table(source.device)[combos.to(source.device)].long()
+
+    def _fill(self, source: torch.Tensor, plan: dict[int, torch.Tensor], hw: tuple[int, int],
+              top: int) -> None:
+        """Any chain of levels: scatter each final window's permuted positions into its
+        region's source map."""
+        n, c, regions, _ = source.shape
+        channels = torch.arange(c, device=source.device)
         for size, mask in plan.items():
             img, window = mask.reshape(n, -1).nonzero(as_tuple=True)
             if not len(img):
                 continue
-            region_of, positions = _window_layout(h, w, top, size, images.device)
+            region_of, positions = _window_layout(*hw, top, size, source.device)
             pos = positions[window]  # K×L: the window's pixels inside its region's raster
-            perm = random_permutations((len(img), c, size * size), self._rng, images.device)
+            perm = random_permutations((len(img), c, size * size), self._rng, source.device)
             moved = torch.gather(pos[:, None, :].expand(-1, c, -1), -1, perm)
             plane = (img * c)[:, None] + channels[None, :]  # K×C planes of N·C
             flat = ((plane * regions + region_of[window][:, None]) * (top * top))[..., None] + \
                 pos[:, None, :]
             source.view(-1)[flat.view(-1)] = moved.reshape(-1)
-        out = torch.gather(blocks, -1, source)
-        return from_blocks(out.reshape(n, c, -1, top, top), h, w), labels
 
 
 @register
