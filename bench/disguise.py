@@ -66,8 +66,11 @@ def main() -> None:
     data = ImageDataset(train.images[:args.images].to(device), train.labels[:args.images].to(device),
                         train.num_classes)
     model = build_model("lenet", 1, 10, 28).to(device)
+    warm_up = ImageDataset(data.images[:640], data.labels[:640], data.num_classes)
+    train_local(model, warm_up, epochs=1, batch_size=32, optimizer="sgd", lr=0.01,
+                device=device)  # allocator and kernels warm, so the epoch is not inflated
     epoch = timed(lambda: train_local(model, data, epochs=1, batch_size=32, optimizer="sgd",
-                                      lr=0.01, momentum=0.9, device=device), 1, device)
+                                      lr=0.01, momentum=0.9, device=device), 2, device)
     key = DisguiseKey.generate(0)
     results = {"_meta": {"device": str(device), "images": len(data),
                          "lenet_epoch_seconds": epoch, "torch_threads": torch.get_num_threads()}}
