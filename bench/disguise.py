@@ -63,7 +63,8 @@ def main() -> None:
     device = torch.device(args.device)
 
     train = load_dataset("fashion-mnist", "train", args.data_dir)
-    data = ImageDataset(train.images[:args.images].to(device), train.labels[:args.images].to(device),
+    subset = slice(0, args.images)
+    data = ImageDataset(train.images[subset].to(device), train.labels[subset].to(device),
                         train.num_classes)
     model = build_model("lenet", 1, 10, 28).to(device)
     warm_up = ImageDataset(data.images[:640], data.labels[:640], data.num_classes)
@@ -77,7 +78,7 @@ def main() -> None:
     for name in sorted(DISGUISES):
         disguise = build(SPECS.get(name, name), None if name == "none" else key)
         disguise.apply(data.images[:64], data.labels[:64])  # warm-up: tables, kernels
-        seconds = timed(lambda: disguise.apply(data.images, data.labels), args.repeats, device)
+        seconds = timed(lambda d=disguise: d.apply(data.images, data.labels), args.repeats, device)
         results[name] = {"images_per_s": len(data) / seconds, "seconds": seconds,
                          "epoch_ratio": seconds / epoch}
         if not args.json:

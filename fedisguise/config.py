@@ -335,7 +335,9 @@ def _parse_structured(key: str, text: str) -> Any:
     except json.JSONDecodeError:
         if key == "disguise":  # a bare name is the common case
             return text
-        raise ConfigError(f"{key} expects JSON (e.g. '[{{\"name\": ...}}]'), got {text!r}") from None
+        raise ConfigError(
+            f"{key} expects JSON (e.g. '[{{\"name\": ...}}]'), got {text!r}"
+        ) from None
 
 
 def _choice(key: str, value: Any, choices: Any) -> None:

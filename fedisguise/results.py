@@ -64,12 +64,14 @@ def summary_markdown(record: dict[str, Any]) -> str:
         f"disguise {json.dumps(cfg['disguise'])}, mode {record['mode']}, seed {e['seed']}.",
         "",
         f"**Final test accuracy: {_fmt(record['final']['test_accuracy'])}** (on the clients' "
-        f"disguised test shards; on plain test images {_fmt(record['final']['plain_test_accuracy'])}"
+        f"disguised test shards; on plain test images "
+        f"{_fmt(record['final']['plain_test_accuracy'])}"
         f", initially {_fmt(record['initial']['plain_test_accuracy'])}) after "
         f"{len(record['rounds'])} rounds in {record['wall_seconds']:.1f} s. "
         f"Keys: {record['keys']['scope']}, {record['keys']['source']}.",
         "",
-        "| round | train loss | test acc | test loss | plain test acc | s/round | MB up | MB down |",
+        "| round | train loss | test acc | test loss | plain test acc | s/round | MB up "
+        "| MB down |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in record["rounds"]:

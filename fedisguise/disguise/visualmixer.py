@@ -11,9 +11,9 @@
    WS with P(d ≤ `max_bias`) ≥ `bias_confidence`. Model-free, computed once per image size.
 3. Non-uniform partition (§IV-D, Algorithm 1): cut the image into regions of the largest
    admissible size; a region whose VFE density is not above the image's median (over the
-   initial regions) is shuffled as one window; otherwise it is split into quadrants and checked again,
-   down to the smallest admissible size, which is always shuffled. Low-VFE regions thus get
-   large windows, high-VFE regions small ones, and every window lies within the bounds.
+   initial regions) is shuffled as one window; otherwise it is split into quadrants and
+   checked again, down to the smallest admissible size, which is always shuffled. Low-VFE
+   regions thus get large windows, high-VFE regions small ones, all within the bounds.
 4. Shuffle: the pixels of each window are permuted in space, independently per channel,
    with fresh permutations for every image drawn from the key. No noise is added.
 Admissible sizes divide the image and halve from one level to the next (28×28 with bounds
