@@ -63,15 +63,16 @@ def privacy_figures(cfg: Config, record: dict[str, Any], run_dir: Path) -> dict[
     disguised, _ = disguise.apply(test.images, test.labels)
     examiner = train_examiner(cfg, device)
     _, examiner_plain_acc = evaluate(examiner, test, device=device)
-    # On the examiner's scale: InstaHide-style outputs in [−1, 1] are compared as they are.
+    # Disguised images are scored as a model or an examiner sees them (RMT and InstaHide
+    # outputs leave [0, 1]); only the picture grid rescales them for viewing.
     figures = {
         "visual_privacy": visual_privacy(examiner, disguised, test.labels),
         "examiner_plain_accuracy": examiner_plain_acc,
         "misusability": record["final"]["plain_test_accuracy"],
         "vfe_plain": vfe(test.images, VFE_REGION).mean().item(),
-        "vfe_disguised": vfe(display_range(disguised), VFE_REGION).mean().item(),
-        "psnr_disguised_vs_plain": psnr(display_range(disguised), test.images).mean().item(),
-        "ssim_disguised_vs_plain": ssim(display_range(disguised), test.images).mean().item(),
+        "vfe_disguised": vfe(disguised, VFE_REGION).mean().item(),
+        "psnr_disguised_vs_plain": psnr(disguised, test.images).mean().item(),
+        "ssim_disguised_vs_plain": ssim(disguised, test.images).mean().item(),
         "key_client": 0,
     }
     images_dir = run_dir / "images"
