@@ -58,11 +58,12 @@ class InstaHide(Disguise):
     def _weights(self, n: int) -> torch.Tensor:
         lam = np.abs(self._rng.standard_normal((n, self.k)))
         lam /= lam.sum(1, keepdims=True)
-        bad = lam.max(1) > self.upper
-        while self.k > 1 and bad.any():  # resample offending rows only (vectorised rejection)
-            redraw = np.abs(self._rng.standard_normal((int(bad.sum()), self.k)))
-            lam[bad] = redraw / redraw.sum(1, keepdims=True)
-            bad = lam.max(1) > self.upper
+        redo = np.flatnonzero(lam.max(1) > self.upper) if self.k > 1 else np.empty(0, int)
+        while len(redo):  # redraw offending rows only (vectorised rejection)
+            fresh = np.abs(self._rng.standard_normal((len(redo), self.k)))
+            fresh /= fresh.sum(1, keepdims=True)
+            lam[redo] = fresh
+            redo = redo[fresh.max(1) > self.upper]
         return torch.from_numpy(lam).float()
 
     def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
@@ -80,25 +81,29 @@ class InstaHide(Disguise):
             raise ValueError(f"public images are {tuple(self.public.shape[1:])}, private "
                              f"images {tuple(images.shape[1:])}")
         lam = self._weights(n).to(device, images.dtype)
-        signed = images * 2 - 1
-        mixed = lam[:, :1, None, None] * signed
+        # Σ_j λ_j·(2·x_j − 1) = 2·Σ_j λ_j·x_j − 1 since the λ sum to 1: fused, pass by pass.
+        mixed = images * (2 * lam[:, 0, None, None, None])
         soft = None if labels is None else self._onehot(labels).to(device)
         label_mix = None if soft is None else lam[:, :1] * soft
         for j in range(1, self.k):  # k is small (2–6): a loop over partners, not pixels
             if self.mode == "inside":
                 idx = torch.from_numpy(self._rng.permutation(n)).to(device)
-                mixed = mixed + lam[:, j, None, None, None] * signed[idx]
+                partner = images[idx]
                 if soft is not None:
                     label_mix = label_mix + lam[:, j:j + 1] * soft[idx]
             else:
                 idx = torch.from_numpy(self._rng.integers(0, len(self.public), n))
-                partner = self.public[idx].to(device, images.dtype) * 2 - 1
-                mixed = mixed + lam[:, j, None, None, None] * partner
-        # σ: one random bit per value, drawn as bytes (8 bits each) and unpacked
+                partner = self.public[idx].to(device, images.dtype)
+            mixed.addcmul_(partner, 2 * lam[:, j, None, None, None])
+        mixed.sub_(1)
+        # σ: a fair coin per value, the top bit of a random 32-bit word, XOR-ed onto the sign
+        # bit of the float32 value (flipping the sign exactly, in one pass, no branches).
         count = images.numel()
-        bits = np.unpackbits(np.frombuffer(self._rng.bytes((count + 7) // 8), dtype=np.uint8))
-        flip = torch.from_numpy(bits[:count].reshape(tuple(images.shape)).astype(bool))
-        out = torch.where(flip.to(device), -mixed, mixed)
+        words = self._rng.bit_generator.random_raw(-(-count // 2)).view(np.int32)[:count]
+        sign_bits = torch.from_numpy(words.reshape(tuple(images.shape))).to(device)
+        out = mixed.float().contiguous()
+        out.view(torch.int32).bitwise_xor_(sign_bits.bitwise_and_(-(1 << 31)))
+        out = out.to(images.dtype)
         if label_mix is not None:
             label_mix = label_mix / label_mix.sum(1, keepdim=True)
         return out, label_mix
