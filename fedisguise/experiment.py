@@ -34,13 +34,14 @@ def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
     # another working directory: pin the output folder to an absolute path first.
     cfg = replace(cfg, experiment=replace(cfg.experiment,
                                           out=str(Path(cfg.experiment.out).resolve())))
+    metrics_path = cfg.run_dir / "metrics.json"
+    metrics_path.unlink(missing_ok=True)  # a failed rerun must not report an old run's figures
     if cfg.experiment.mode == "simulation":
         run_simulation(cfg)
     else:
         from fedisguise.deployment import run_deployment
 
         run_deployment(cfg, superlink)
-    metrics_path = cfg.run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"the run ended without writing {metrics_path}; see the log above")
     record = json.loads(metrics_path.read_text())

@@ -83,3 +83,15 @@ def test_cli_rejects_a_bad_config_before_starting_anything(tmp_path):
     assert result.returncode == 2
     assert "unknown model.name 'vit'; valid choices" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_run_that_writes_nothing_never_reports_an_old_runs_figures(tmp_path, monkeypatch):
+    import fedisguise.experiment as experiment
+
+    cfg = Config().with_overrides([f"experiment.out={tmp_path}", "experiment.name=stale",
+                                   "data.dataset=synthetic"])
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "stale" / "metrics.json").write_text('{"final": {"test_accuracy": 0.99}}')
+    monkeypatch.setattr(experiment, "run_simulation", lambda cfg: None)  # a run that dies
+    with pytest.raises(RuntimeError, match="ended without writing"):
+        experiment.run_experiment(cfg)
