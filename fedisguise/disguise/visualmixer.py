@@ -102,24 +102,12 @@ def window_levels(h: int, w: int, low: int, high: int) -> list[int]:
     return best
 
 
-def shuffle_windows(images: torch.Tensor, size: int, mask: torch.Tensor | None,
-                    rng: np.random.Generator) -> torch.Tensor:
-    """Permute the pixels of every size×size window (where `mask` holds), per channel."""
+def shuffle_windows(images: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Permute the pixels of every size×size window, per channel (the uniform variant)."""
     n, c, h, w = images.shape
     blocks = to_blocks(images, size).reshape(n, c, -1, size * size)  # N×C×T×s²
-    if mask is None:
-        chosen = blocks
-    else:
-        img_idx, win_idx = mask.reshape(n, -1).nonzero(as_tuple=True)
-        chosen = blocks[img_idx, :, win_idx]  # K×C×s²
-    mixed = torch.gather(chosen, -1, random_permutations(tuple(chosen.shape), rng,
-                                                         images.device))
-    if mask is None:
-        out = mixed
-    else:
-        out = blocks.clone()
-        out[img_idx, :, win_idx] = mixed
-    return from_blocks(out.reshape(n, c, -1, size, size), h, w)
+    order = random_permutations(tuple(blocks.shape), rng, images.device)
+    return from_blocks(torch.gather(blocks, -1, order).reshape(n, c, -1, size, size), h, w)
 
 
 def random_permutations(shape: tuple[int, ...], rng: np.random.Generator,
@@ -352,4 +340,4 @@ class VisualMixerUniform(_Shuffler):
                              f"{self.window}")
 
     def _apply(self, images, labels):
-        return shuffle_windows(images, self.window, None, self._rng), labels
+        return shuffle_windows(images, self.window, self._rng), labels
