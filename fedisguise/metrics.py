@@ -88,19 +88,16 @@ def vfe(images: torch.Tensor, region: int = 4) -> torch.Tensor:
     return region_vfe(images, region).flatten(1).mean(1)
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              batch_size: int = 512) -> float:
-    model.eval()
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy via the training module's batched evaluation, on the model's device."""
+    from fedisguise.data import ImageDataset
+    from fedisguise.training import evaluate
+
+    if labels.ndim == 2:  # soft labels (InstaHide): score against the dominant class
+        labels = labels.argmax(1)
     device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = model(images[start:start + batch_size].to(device))
-        target = labels[start:start + batch_size].to(device)
-        if target.ndim == 2:  # soft labels (InstaHide): score against the dominant class
-            target = target.argmax(1)
-        correct += (logits.argmax(1) == target).sum().item()
-    return correct / len(images)
+    data = ImageDataset(images, labels.long(), num_classes=0)  # evaluate never reads it
+    return evaluate(model, data, device=device)[1]
 
 
 def visual_privacy(examiner: nn.Module, disguised: torch.Tensor, labels: torch.Tensor) -> float:
