@@ -115,13 +115,23 @@ def test_random_permutations_are_uniform_permutations(length):
 
 
 def test_default_two_level_path_keeps_split_regions_within_their_quadrants():
-    from fedisguise.disguise.visualmixer import _quadrant_table
+    import numpy as np
 
-    table = _quadrant_table(torch.device("cpu")).long()
-    assert table.shape == (24 ** 4, 16)
-    assert torch.equal(table.sort(-1).values, torch.arange(16).expand(24 ** 4, 16))
+    from fedisguise.disguise.visualmixer import _region4_rows, _region4_tables
+
+    tables = _region4_tables(4, torch.int16, torch.device("cpu"))  # w = 4: plain positions
+    whole = torch.arange(40000) % 2 == 0
+    rows = _region4_rows(whole, 40000, np.random.default_rng(5), tables).long()
+    assert torch.equal(rows.sort(-1).values, torch.arange(16).expand(40000, 16))
     quadrant = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3])
-    assert torch.equal(quadrant[table], quadrant.expand(24 ** 4, 16))  # never leaves it
+    split = rows[~whole]
+    assert torch.equal(quadrant[split], quadrant.expand(len(split), 16))  # never leaves it
+    assert (quadrant[rows[whole]] != quadrant).any(-1).float().mean() > 0.99
+    for sample in (split, rows[whole]):  # every allowed source equally likely at position 5
+        counts = torch.bincount(sample[:, 5], minlength=16).float()
+        allowed = counts > 0
+        expected = len(sample) / allowed.sum()
+        assert ((counts[allowed] - expected) ** 2 / expected).sum() < 40
 
     x = torch.rand(4, 3, 28, 28)
     d = build("visualmixer", KEY)
