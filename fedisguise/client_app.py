@@ -7,9 +7,15 @@ sets for simulated nodes and `flower-supernode --node-config` sets in deployment
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedisguise import messages as m
@@ -18,7 +24,12 @@ from fedisguise.data import ClientData, ImageDataset, client_data
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import NODE_KEY_FILE, client_key
 from fedisguise.models import build_model
-from fedisguise.training import evaluate, resolve_device, train_local
+from fedisguise.training import (
+    evaluate,
+    resolve_device,
+    train_local,
+    training_order_seed,
+)
 
 # Per-process cache of disguised data: Ray actors live across rounds, so each partition is
 # loaded and disguised once, not once per round (unless client.redisguise_each_round).
@@ -87,8 +98,7 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
     data = prepared_data(cfg, context, server_round).train
     model = _model_from(msg, cfg, data)
     # One seed fixes the training order of every client in every round.
-    order_seed = int(np.random.SeedSequence([cfg.experiment.seed, server_round, partition_id])
-                     .generate_state(1)[0])
+    order_seed = training_order_seed(cfg.experiment.seed, server_round, partition_id)
     t = cfg.train
     device = resolve_device(cfg.resources.device)
     loss = train_local(
@@ -96,6 +106,7 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
         lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
         device=device, generator=torch.Generator().manual_seed(order_seed),
+        max_steps=t.local_steps,
     )
     arrays = ArrayRecord(model.cpu().state_dict())
     content = RecordDict({

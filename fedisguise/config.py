@@ -56,6 +56,7 @@ class ModelConfig:
 class TrainConfig:
     optimizer: str = "sgd"
     local_epochs: int = 1
+    local_steps: int = 0  # > 0: stop after this many batches (1 = FedSGD); 0 = whole epochs
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
@@ -203,14 +204,13 @@ class Config:
     # ---- validation ---------------------------------------------------------------------
     def validate(self) -> None:
         """Check names against the registries and values against their ranges."""
-        from strategies import STRATEGIES
-
-        from fedisguise.attacks import ATTACKS
+        from fedisguise.attacks import ATTACKS, build_attack
         from fedisguise.data import DATASETS, PARTITIONERS
         from fedisguise.disguise import DISGUISES
         from fedisguise.disguise.base import check_params, spec_params
         from fedisguise.models import MODELS
         from fedisguise.training import OPTIMIZERS
+        from strategies import STRATEGIES
 
         e, d, t, s, r = self.experiment, self.data, self.train, self.strategy, self.resources
         _choice("experiment.mode", e.mode, MODES)
@@ -229,6 +229,7 @@ class Config:
         _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
         _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
+        _check(t.local_steps >= 0, "train.local_steps", t.local_steps, ">= 0")
         _check(t.lr > 0, "train.lr", t.lr, "> 0")
         _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
         _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
@@ -256,6 +257,10 @@ class Config:
             if not isinstance(attack, dict) or "name" not in attack:
                 raise ConfigError(f"attacks[{i}] must be a table with a 'name', got {attack!r}")
             _choice(f"attacks[{i}].name", attack["name"], ATTACKS)
+            try:
+                build_attack(attack)  # parameter names, types and ranges
+            except ValueError as err:
+                raise ConfigError(f"attacks[{i}]: {err}") from None
 
     @property
     def disguise_name(self) -> str:

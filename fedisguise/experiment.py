@@ -45,12 +45,19 @@ def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
     if not metrics_path.is_file():
         raise RuntimeError(f"the run ended without writing {metrics_path}; see the log above")
     record = json.loads(metrics_path.read_text())
+    if cfg.disguise_name == "none" and not cfg.attacks:
+        return record
+    from fedisguise.results import rewrite_record
+
     if cfg.disguise_name != "none":
         from fedisguise.privacy import privacy_figures
-        from fedisguise.results import rewrite_record
 
         record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
-        rewrite_record(cfg.run_dir, record)
+    if cfg.attacks:
+        from fedisguise.attacks.suite import run_attacks
+
+        record["attacks"] = run_attacks(cfg, cfg.run_dir)
+    rewrite_record(cfg.run_dir, record)
     return record
 
 

@@ -84,5 +84,11 @@ def summary_markdown(record: dict[str, Any]) -> str:
         lines += ["", "Privacy: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                                               for k, v in record["privacy"].items()
                                               if not isinstance(v, dict))]
+    for name, figures in (record.get("attacks") or {}).items():
+        shown = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
+                          for k, v in figures.items() if not isinstance(v, dict | list | tuple))
+        lines += ["", f"Attack {name}: {shown}"]
+        if figures.get("grid"):
+            lines += ["", f"![{name}: original | disguised | reconstructed]({figures['grid']})"]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), ""]
     return "\n".join(lines)

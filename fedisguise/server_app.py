@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -16,6 +16,8 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
+from fedisguise.attacks.base import targets
+from fedisguise.attacks.capture import AttackCapture
 from fedisguise.config import Config
 from fedisguise.data import server_test_set
 from fedisguise.models import build_model
@@ -61,7 +63,12 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     c, h, _ = test_set.image_shape
     model = build_model(cfg.model.name, c, test_set.num_classes, h)
     ledger = UpdateLedger()
-    strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=[ledger])
+    observers: list = [ledger]
+    capture = None
+    if cfg.attacks:  # the honest-but-curious server keeps the targeted updates
+        capture = AttackCapture(cfg.run_dir.resolve(), targets(cfg.attacks))
+        observers.append(capture)
+    strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=observers)
 
     central: dict[int, dict[str, float]] = {}
     progress = tqdm(total=cfg.experiment.rounds, desc=f"{cfg.experiment.name} rounds",
@@ -85,6 +92,8 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         evaluate_fn=evaluate_fn,
     )
     progress.close()
+    if capture is not None:
+        capture.save_final(result.arrays.to_torch_state_dict())
 
     plain_model = cfg.disguise_name == "none"
     rounds = []
@@ -110,7 +119,7 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     record = {
         "run": cfg.experiment.name,
         "mode": mode,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "device": str(device),
         "config": cfg.to_dict(),

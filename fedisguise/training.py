@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +31,19 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 }
 
 
+def training_order_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's batch order in one round: one experiment seed fixes them all,
+    and the attack harness can name the images behind a captured update."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+def batch_indices(num_examples: int, order_seed: int, batch_size: int, steps: int
+                  ) -> torch.Tensor:
+    """The examples `train_local` feeds in its first `steps` batches of epoch one."""
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(order_seed))
+    return order[:steps * batch_size]
+
+
 def resolve_device(preference: str = "auto") -> torch.device:
     """`auto` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
     if preference == "auto":
@@ -42,8 +56,9 @@ def resolve_device(preference: str = "auto") -> torch.device:
 def train_local(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: int,
                 optimizer: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                 proximal_mu: float = 0.0, device: torch.device | str = "cpu",
-                generator: torch.Generator | None = None) -> float:
-    """Train in place for `epochs` passes; returns the mean cross-entropy over all batches.
+                generator: torch.Generator | None = None, max_steps: int = 0) -> float:
+    """Train in place for `epochs` passes, or stop after `max_steps` batches when > 0 (one
+    step = FedSGD); returns the mean cross-entropy over all batches.
 
     `proximal_mu > 0` adds FedProx's (mu/2)·||w − w_global||² (Li et al. 2020, eq. 2) with
     w_global the weights the model held on entry.
@@ -62,6 +77,8 @@ def train_local(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size
     for _ in range(epochs):
         order = torch.randperm(len(labels), generator=generator).to(device)
         for idx in order.split(batch_size):
+            if max_steps and batches == max_steps:
+                break
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(images[idx]), labels[idx])
             if proximal_mu:

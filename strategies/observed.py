@@ -39,6 +39,7 @@ class ReceivedUpdate:
     arrays: ArrayRecord
     metrics: MetricRecord
     message: Message
+    global_arrays: ArrayRecord | None = None  # the model the server sent for this round
 
 
 class UpdateObserver(Protocol):
@@ -54,6 +55,7 @@ class ObservedStrategy(Strategy):
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
         self.round_started: dict[int, float] = {}
+        self.sent_arrays: dict[int, ArrayRecord] = {}
 
     def add_observer(self, observer: UpdateObserver) -> None:
         self.observers.append(observer)
@@ -61,6 +63,7 @@ class ObservedStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.round_started[server_round] = time.perf_counter()
+        self.sent_arrays = {server_round: arrays}  # only the current round's is kept
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._count_down(server_round, messages)
         return messages
@@ -71,7 +74,8 @@ class ObservedStrategy(Strategy):
         # so that aggregation (a float sum) does not depend on the order replies arrived in.
         replies = list(replies)
         updates = sorted(
-            (_to_update(server_round, msg) for msg in replies if not msg.has_error()),
+            (_to_update(server_round, msg, self.sent_arrays.get(server_round))
+             for msg in replies if not msg.has_error()),
             key=lambda u: (u.partition_id is None, u.partition_id or 0, u.node_id),
         )
         errors = [msg for msg in replies if msg.has_error()]
@@ -100,7 +104,8 @@ class ObservedStrategy(Strategy):
         self.bytes_down[server_round] = self.bytes_down.get(server_round, 0) + sent
 
 
-def _to_update(server_round: int, message: Message) -> ReceivedUpdate:
+def _to_update(server_round: int, message: Message, sent: ArrayRecord | None
+               ) -> ReceivedUpdate:
     content = message.content
     (arrays,) = content.array_records.values()
     (metrics,) = content.metric_records.values()
@@ -114,6 +119,7 @@ def _to_update(server_round: int, message: Message) -> ReceivedUpdate:
         arrays=arrays,
         metrics=metrics,
         message=message,
+        global_arrays=sent,
     )
 
 

@@ -1,6 +1,8 @@
-"""Server-side attacks. Each attaches to the observed strategy (strategies/observed.py) and
-sees exactly what the server received. The registry maps config names to attack classes."""
+"""Server-side attacks. Each runs on what the server captured through the observed strategy
+(strategies/observed.py, fedisguise.attacks.capture) and is scored against the experimenter's
+ground truth. The registry maps config names to attack classes."""
 
-from typing import Any
+from fedisguise.attacks import gradient_inversion, inverse, jigsaw, membership  # noqa: F401
+from fedisguise.attacks.base import ATTACKS, Attack, AttackContext, build_attack
 
-ATTACKS: dict[str, Any] = {}
+__all__ = ["ATTACKS", "Attack", "AttackContext", "build_attack"]

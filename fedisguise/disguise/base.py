@@ -110,20 +110,21 @@ def spec_params(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return params.pop("name"), params
 
 
-def check_params(cls: type[Disguise], params: Mapping[str, Any]) -> None:
-    """Unknown names and wrong types are errors that list what the defence accepts."""
+def check_params(cls: type, params: Mapping[str, Any], kind: str = "disguise") -> None:
+    """Unknown names and wrong types are errors that list what the class accepts (a
+    disguise, or an attack with kind="attack")."""
     signature = inspect.signature(cls.__init__)
     hints = get_type_hints(cls.__init__)
     accepted = [p for p in signature.parameters if p not in ("self", "key")]
     for name, value in params.items():
         if name not in accepted:
-            raise ValueError(f"unknown parameter {name!r} for disguise {cls.name!r}; "
+            raise ValueError(f"unknown parameter {name!r} for {kind} {cls.name!r}; "
                              f"valid: {accepted}")
         expected = hints.get(name)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             continue
         if expected in (int, float, str, bool) and type(value) is not expected:
-            raise ValueError(f"disguise {cls.name!r} parameter {name!r} must be "
+            raise ValueError(f"{kind} {cls.name!r} parameter {name!r} must be "
                              f"{expected.__name__}, got {value!r}")
 
 

@@ -1,0 +1,264 @@
+"""Gradient inversion: recover a client's training images from the update it uploaded.
+
+- DLG (Zhu et al., NeurIPS 2019): optimise dummy images so that their gradient matches the
+  observed one in squared L2 distance, with L-BFGS.
+- Inverting Gradients (Geiping et al., NeurIPS 2020): match in cosine similarity instead,
+  plus total variation; Adam on the signed gradient, step decay, images boxed to [0, 1].
+- iDLG (Zhao et al., 2020): labels read off the last layer's gradient before any optimisation.
+  For CE loss its bias gradient is mean(softmax − onehot): with ReLU features, only the true
+  labels' entries are negative. Batches: one label per negative entry, more where the
+  negative mass says so.
+
+What the server holds is an update, not a gradient. A FedSGD step (one SGD step) gives the
+gradient exactly: (θ_global − θ_client) / lr. A multi-step FedAvg delta is handled either as
+an effective gradient (the delta divided by lr·steps, matched as above) or by unrolling the
+client's `steps` SGD steps on the dummy batch and matching the simulated delta (Geiping §5).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from fedisguise.attacks.base import Attack, AttackContext, register
+from fedisguise.metrics import psnr, ssim
+from fedisguise.models import build_model
+
+METHODS = ("ig", "dlg")
+DELTA_MODES = ("effective-gradient", "unrolled")
+
+
+def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def update_delta(model: nn.Module, before: Mapping[str, torch.Tensor],
+                 after: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """θ_before − θ_after for every trainable parameter (buffers carry no gradient)."""
+    missing = [n for n in trainable(model) if n not in before or n not in after]
+    if missing:
+        raise ValueError(f"update lacks parameters {missing[:3]}...; not this model's update")
+    return {n: (before[n].float() - after[n].float()) for n in trainable(model)}
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
+    if not layers:
+        raise ValueError("label recovery needs a final nn.Linear layer with a bias")
+    return layers[-1]
+
+
+def recover_labels(model: nn.Module, gradient: Mapping[str, torch.Tensor], count: int
+                   ) -> torch.Tensor:
+    """iDLG / LLG-style label recovery from the last layer's bias gradient (see module doc)."""
+    head = last_linear(model)
+    name = next(n for n, p in model.named_parameters() if p is head.bias)
+    g = gradient[name].detach().flatten()
+    negative = (g < 0).nonzero().flatten()
+    if len(negative) == 0:
+        return torch.argmin(g).repeat(count)
+    order = negative[torch.argsort(g[negative])]  # most negative first
+    if count <= len(order):
+        return order[:count].sort().values
+    # More images than negative entries: share the batch out by negative mass.
+    mass = -g[order]
+    share = mass / mass.sum() * count
+    counts = share.floor().long().clamp(min=1)
+    while counts.sum() < count:
+        counts[torch.argmax(share - counts)] += 1
+    while counts.sum() > count:
+        counts[torch.argmax(counts)] -= 1
+    return order.repeat_interleave(counts).sort().values
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + \
+        (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def _simulated_delta(model: nn.Module, params: dict[str, torch.Tensor], images: torch.Tensor,
+                     labels: torch.Tensor, lr: float, steps: int, create_graph: bool = True
+                     ) -> dict[str, torch.Tensor]:
+    """θ0 − θ_steps after `steps` plain SGD steps on consecutive slices of the batch."""
+    current = dict(params)
+    for chunk_x, chunk_y in zip(images.chunk(steps), labels.chunk(steps)):
+        loss = F.cross_entropy(functional_call(model, current, (chunk_x,)), chunk_y)
+        grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
+        current = {n: p - lr * g for (n, p), g in zip(current.items(), grads)}
+    return {n: params[n] - current[n] for n in params}
+
+
+def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: int,
+           image_shape: tuple[int, int, int], lr: float, steps: int = 1,
+           labels: torch.Tensor | None = None, method: str = "ig",
+           delta_mode: str = "effective-gradient", iterations: int = 2000,
+           step_size: float = 0.1, tv_weight: float = 1e-4, restarts: int = 1,
+           signed: bool = True, seed: int = 0, progress: bool = True) -> dict:
+    """Reconstruct `batch_size` images from an update `delta` = θ_global − θ_client.
+
+    `model` holds θ_global. Returns images (B×C×H×W in [0, 1]), labels (recovered unless
+    given), the final matching loss, iterations run and seconds taken.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown gradient inversion method {method!r}; valid: {METHODS}")
+    if delta_mode not in DELTA_MODES:
+        raise ValueError(f"unknown delta_mode {delta_mode!r}; valid: {DELTA_MODES}")
+    if batch_size < 1 or steps < 1 or iterations < 1 or restarts < 1:
+        raise ValueError("batch_size, steps, iterations and restarts must be >= 1")
+    if lr <= 0:
+        raise ValueError(f"the client's learning rate must be > 0, got {lr}")
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    model.eval()  # no dropout; BatchNorm would need the client's batch statistics
+    params = {n: p.detach() for n, p in trainable(model).items()}
+    target = {n: delta[n].to(device).float() for n in params}
+    gradient = {n: t / (lr * steps) for n, t in target.items()}  # the effective gradient
+    if labels is None:
+        labels = recover_labels(model, gradient, batch_size)
+    labels = labels.to(device)
+    if delta_mode == "effective-gradient":
+        target = gradient
+    names = list(params)
+    target_flat = torch.cat([target[n].flatten() for n in names])
+
+    def observed(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if delta_mode == "unrolled":
+            return _simulated_delta(model, params, x, labels, lr, steps)
+        loss = F.cross_entropy(functional_call(model, params, (x,)), labels)
+        return dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names],
+                                                   create_graph=True)))
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        g = observed(x)
+        if method == "dlg":
+            return sum((g[n] - target[n]).pow(2).sum() for n in names)
+        flat = torch.cat([g[n].flatten() for n in names])
+        distance = 1 - F.cosine_similarity(flat, target_flat, dim=0)
+        return distance + tv_weight * total_variation(x)
+
+    for name in names:
+        params[name].requires_grad_(True)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    best_x, best_loss = None, math.inf
+    bar = tqdm(total=iterations * restarts, desc=f"gradient inversion ({method})",
+               disable=not progress, leave=False)
+    for _ in range(restarts):
+        x = torch.rand((batch_size, *image_shape), generator=gen).to(device).requires_grad_(True)
+        if method == "dlg":
+            opt = torch.optim.LBFGS([x], lr=step_size, max_iter=1, history_size=100,
+                                    line_search_fn="strong_wolfe")
+            scheduler = None
+        else:
+            opt = torch.optim.Adam([x], lr=step_size)
+            milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+
+        def closure(x: torch.Tensor = x, opt: torch.optim.Optimizer = opt) -> torch.Tensor:
+            opt.zero_grad()
+            loss = objective(x)
+            loss.backward()
+            if method == "ig" and signed:
+                x.grad.sign_()
+            return loss
+
+        for _ in range(iterations):
+            opt.step(closure)
+            if scheduler is not None:
+                scheduler.step()
+            with torch.no_grad():
+                x.clamp_(0, 1)
+            bar.update(1)
+        final = objective(x).item()
+        if final < best_loss or best_x is None:
+            best_x, best_loss = x.detach().clone(), final
+    bar.close()
+    for name in names:
+        params[name].requires_grad_(False)
+    return {"images": best_x.cpu(), "labels": labels.cpu(), "loss": best_loss,
+            "iterations": iterations * restarts, "seconds": time.perf_counter() - started}
+
+
+def match_reconstructions(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Order the reconstructions like the originals (the batch order is unknown to the
+    attacker): greedy on pairwise MSE, best pair first."""
+    cost = (original.flatten(1)[:, None] - reconstructed.flatten(1)[None]).pow(2).mean(-1)
+    order = torch.empty(len(original), dtype=torch.long)
+    cost = cost.clone()
+    for _ in range(len(original)):
+        i, j = divmod(int(torch.argmin(cost)), cost.shape[1])
+        order[i] = j
+        cost[i, :] = torch.inf
+        cost[:, j] = torch.inf
+    return reconstructed[order]
+
+
+def label_accuracy(recovered: torch.Tensor, true: torch.Tensor, num_classes: int) -> float:
+    """Fraction of the batch's labels recovered, as multisets (order is unknown)."""
+    a = torch.bincount(recovered.long(), minlength=num_classes)
+    b = torch.bincount(true.long(), minlength=num_classes)
+    return float(torch.minimum(a, b).sum()) / len(true)
+
+
+@register
+class GradientInversion(Attack):
+    """Inverts one captured update (round, client) of the run."""
+
+    name = "gradient_inversion"
+
+    def __init__(self, round: int = 1, client: int = 0, method: str = "ig",
+                 delta_mode: str = "effective-gradient", iterations: int = 1000,
+                 step_size: float = 0.1, tv_weight: float = 0.01, restarts: int = 1,
+                 known_labels: bool = False, max_batch: int = 16) -> None:
+        if method not in METHODS or delta_mode not in DELTA_MODES:
+            raise ValueError(f"method must be one of {METHODS} and delta_mode one of "
+                             f"{DELTA_MODES}, got {method!r}, {delta_mode!r}")
+        if min(round, iterations, restarts, max_batch) < 1 or client < 0:
+            raise ValueError("round, iterations, restarts, max_batch must be >= 1, client >= 0")
+        self.round, self.client, self.method, self.delta_mode = round, client, method, delta_mode
+        self.iterations, self.step_size, self.tv_weight = iterations, step_size, tv_weight
+        self.restarts, self.known_labels, self.max_batch = restarts, known_labels, max_batch
+
+    def run(self, ctx: AttackContext) -> dict:
+        view, truth = ctx.view, ctx.truth
+        batch = len(truth.batch_plain)
+        if batch > self.max_batch:
+            return {"status": "not applicable",
+                    "reason": f"the update covers {batch} images (> max_batch "
+                              f"{self.max_batch}); set train.local_steps and train.batch_size "
+                              "so that one update covers a small batch"}
+        image_shape = tuple(truth.batch_plain.shape[1:])
+        model = build_model(ctx.model_name, image_shape[0], ctx.public.num_classes,
+                            image_shape[1]).to(ctx.device)
+        model.load_state_dict(view.global_state)
+        delta = update_delta(model, view.global_state, view.client_state)
+        out = invert(model, delta, batch_size=batch, image_shape=image_shape, lr=view.lr,
+                     steps=max(view.local_steps, 1),
+                     labels=truth.batch_labels if self.known_labels else None,
+                     method=self.method, delta_mode=self.delta_mode,
+                     iterations=self.iterations, step_size=self.step_size,
+                     tv_weight=self.tv_weight, restarts=self.restarts, seed=ctx.seed,
+                     progress=ctx.progress)
+        rec = match_reconstructions(out["images"], truth.batch_plain)
+        rec_d = match_reconstructions(out["images"], truth.batch_disguised)
+        return {
+            "status": "ok", "method": self.method, "delta_mode": self.delta_mode,
+            "round": view.server_round, "client": view.partition_id, "batch_size": batch,
+            "local_steps": max(view.local_steps, 1),
+            "psnr_vs_original": psnr(rec, truth.batch_plain).mean().item(),
+            "ssim_vs_original": ssim(rec, truth.batch_plain).mean().item(),
+            "psnr_vs_disguised": psnr(rec_d, truth.batch_disguised).mean().item(),
+            "ssim_vs_disguised": ssim(rec_d, truth.batch_disguised).mean().item(),
+            "label_accuracy": label_accuracy(out["labels"], truth.batch_labels,
+                                             ctx.public.num_classes),
+            "labels_known": self.known_labels,
+            "iterations": out["iterations"], "seconds": out["seconds"],
+            "iterations_per_s": out["iterations"] / out["seconds"],
+            "_grid": (truth.batch_plain, truth.batch_disguised, rec),
+        }

@@ -1,0 +1,204 @@
+"""Inverse-transformation attacks: map disguised images back to originals.
+
+- Learned inverse (ITN; DisguisedNets-vs-InstaHide's Level 1/2, Ito et al.'s inverse network):
+  a small U-Net trained on (disguised, original) pairs. Level 1: the attacker disguises its own
+  public data with its own key (same algorithm and parameters). Level 2: pairs made with the
+  victim's key, optionally with the Level-1 pairs beside them.
+- Known-pairs algebra (Level 2, stronger where the disguise is block-affine): every block
+  position j of the disguised image is fitted by least squares as an affine map of every
+  source block position i over the known pairs, rows as the disguise computes them
+  (Y_j = X_i·R + c); the best-fitting source gives the permutation, R and c, and the victim's
+  images are recovered by inverting each block's map. Exact for noiseless block permutation,
+  a noisy estimate under RMT noise, and useless against per-image randomness (VisualMixer,
+  InstaHide), which is the point of measuring it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedisguise.attacks.base import Attack, AttackContext, register
+from fedisguise.disguise import DisguiseKey
+from fedisguise.disguise import build as build_disguise
+from fedisguise.disguise.base import spec_params
+from fedisguise.metrics import psnr, ssim
+
+
+class _Block(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class UNet(nn.Module):
+    """Two-level U-Net (Ronneberger et al. 2015) sized for 28×28 / 32×32 images; outputs in
+    [0, 1] through a sigmoid. Sizes not divisible by 4 are padded and cropped back."""
+
+    def __init__(self, channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.down1, self.down2 = _Block(channels, width), _Block(width, 2 * width)
+        self.bottom = _Block(2 * width, 4 * width)
+        self.up2 = nn.ConvTranspose2d(4 * width, 2 * width, 2, stride=2)
+        self.dec2 = _Block(4 * width, 2 * width)
+        self.up1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.dec1 = _Block(2 * width, width)
+        self.out = nn.Conv2d(width, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % 4, 0, -h % 4))
+        d1 = self.down1(x)
+        d2 = self.down2(F.max_pool2d(d1, 2))
+        b = self.bottom(F.max_pool2d(d2, 2))
+        u2 = self.dec2(torch.cat([self.up2(b), d2], 1))
+        u1 = self.dec1(torch.cat([self.up1(u2), d1], 1))
+        return torch.sigmoid(self.out(u1))[..., :h, :w]
+
+
+def train_inverse(disguised: torch.Tensor, original: torch.Tensor, *, epochs: int = 5,
+                  batch_size: int = 64, lr: float = 2e-3, width: int = 32,
+                  device: torch.device | str = "cpu", seed: int = 0,
+                  progress: bool = True) -> tuple[UNet, dict]:
+    """Fit a U-Net disguised -> original with MSE; returns it and its training figures."""
+    if disguised.shape != original.shape or disguised.ndim != 4:
+        raise ValueError(f"pairs must be two N×C×H×W tensors of one shape, got "
+                         f"{tuple(disguised.shape)} and {tuple(original.shape)}")
+    started = time.perf_counter()
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    net = UNet(disguised.shape[1], width).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    steps = epochs * -(-len(disguised) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    bar = tqdm(total=steps, desc="inverse network", disable=not progress, leave=False)
+    net.train()
+    loss = torch.tensor(0.0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(disguised), generator=gen).split(batch_size):
+            x, y = disguised[idx].to(device), original[idx].to(device)
+            opt.zero_grad()
+            loss = F.mse_loss(net(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    return net.eval(), {"epochs": epochs, "pairs": len(disguised), "final_mse": loss.item(),
+                        "seconds": time.perf_counter() - started}
+
+
+@torch.no_grad()
+def apply_inverse(net: UNet, disguised: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    device = next(net.parameters()).device
+    return torch.cat([net(disguised[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(disguised), batch_size)])
+
+
+def _rows(images: torch.Tensor, b: int) -> torch.Tensor:
+    """N×C×H×W -> T×(N·C·b)×b: every block's pixel rows, blocks in raster order."""
+    n, c, h, w = images.shape
+    x = images.reshape(n, c, h // b, b, w // b, b).permute(2, 4, 0, 1, 3, 5)
+    return x.reshape((h // b) * (w // b), n * c * b, b)
+
+
+def fit_known_pairs(original: torch.Tensor, disguised: torch.Tensor, block_size: int) -> dict:
+    """Per disguised block j: its source block, affine map (R, c) and fit residual."""
+    if original.shape != disguised.shape:
+        raise ValueError("known pairs must have one shape")
+    started = time.perf_counter()
+    x, y = _rows(original.double(), block_size), _rows(disguised.double(), block_size)
+    t, m, b = x.shape
+    design = torch.cat([x, torch.ones(t, m, 1, dtype=x.dtype)], 2)  # T×M×(b+1)
+    if m < b + 1:
+        raise ValueError(f"need at least {b + 1} known block rows, got {m}: more pairs")
+    # Solve for every (source i, target j): W_ij = argmin ||design_i W − y_j||.
+    pinv = torch.linalg.pinv(design)  # T×(b+1)×M
+    weights = torch.einsum("ikm,jmb->ijkb", pinv, y)  # T×T×(b+1)×b
+    fitted = torch.einsum("imk,ijkb->ijmb", design, weights)
+    residual = (fitted - y.unsqueeze(0)).pow(2).mean((2, 3))  # T(source)×T(target)
+    source = residual.argmin(0)
+    chosen = weights[source, torch.arange(t)]  # T×(b+1)×b
+    return {"source": source, "matrix": chosen[:, :b].float(), "offset": chosen[:, b].float(),
+            "residual": residual[source, torch.arange(t)].mean().item(),
+            "seconds": time.perf_counter() - started}
+
+
+def invert_known_pairs(fit: dict, disguised: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Undo each block's fitted map and put it back at its source position."""
+    n, c, h, w = disguised.shape
+    b, gh, gw = block_size, h // block_size, w // block_size
+    rows = _rows(disguised.float(), b)  # T×(N·C·b)×b
+    recovered = torch.linalg.lstsq(
+        fit["matrix"].transpose(1, 2),  # X·R = Y − c  <=>  Rᵀ·Xᵀ = (Y − c)ᵀ
+        (rows - fit["offset"][:, None, :]).transpose(1, 2)).solution.transpose(1, 2)
+    out = torch.empty_like(recovered)
+    out[fit["source"]] = recovered  # disguised block j came from source block source[j]
+    out = out.reshape(gh, gw, n, c, b, b).permute(2, 3, 0, 4, 1, 5).reshape(n, c, h, w)
+    return out.clamp(0, 1)
+
+
+LEVELS = (1, 2)
+INVERSE_METHODS = ("unet", "known-pairs")
+
+
+@register
+class InverseNetwork(Attack):
+    """Level 1: a U-Net trained on the attacker's public data disguised under its own key.
+    Level 2: pairs under the victim's key, inverted by a U-Net or by known-pairs algebra.
+    Scored on victim images the attacker did not hold as pairs."""
+
+    name = "inverse_network"
+
+    def __init__(self, round: int = 1, client: int = 0, level: int = 1, method: str = "unet",
+                 pairs: int = 1000, epochs: int = 5, targets: int = 500) -> None:
+        if level not in LEVELS or method not in INVERSE_METHODS:
+            raise ValueError(f"level must be one of {LEVELS} and method one of "
+                             f"{INVERSE_METHODS}, got {level!r}, {method!r}")
+        if method == "known-pairs" and level == 1:
+            raise ValueError("known-pairs needs pairs under the victim's key: level = 2")
+        if min(round, pairs, epochs, targets) < 1 or client < 0:
+            raise ValueError("round, pairs, epochs and targets must be >= 1")
+        self.round, self.client, self.level, self.method = round, client, level, method
+        self.pairs, self.epochs, self.targets = pairs, epochs, targets
+
+    def run(self, ctx: AttackContext) -> dict:
+        truth = ctx.truth
+        plain, disguised = truth.train_plain.images, truth.train_disguised
+        held = min(self.pairs, len(plain) // 2) if self.level == 2 else 0
+        goal_plain = plain[held:held + self.targets]
+        goal_disguised = disguised[held:held + self.targets]
+        if self.level == 1:
+            attacker_key = DisguiseKey.generate(ctx.seed + 7919)  # the attacker's own key
+            own = build_disguise(truth.disguise_spec, attacker_key)
+            public = ctx.public.images[:self.pairs]
+            pair_plain, pair_disguised = public, own.apply(public, ctx.public.labels[
+                :self.pairs])[0]
+        else:
+            pair_plain, pair_disguised = plain[:held], disguised[:held]
+        figures: dict = {"status": "ok", "level": self.level, "method": self.method,
+                         "pairs": len(pair_plain), "targets": len(goal_plain)}
+        if self.method == "known-pairs":
+            _, params = spec_params(truth.disguise_spec)
+            block = int(params.get("block_size", plain.shape[-1]))
+            fit = fit_known_pairs(pair_plain, pair_disguised, block)
+            rec = invert_known_pairs(fit, goal_disguised, block)
+            figures.update(block_size=block, fit_residual=fit["residual"],
+                           seconds=fit["seconds"])
+        else:
+            net, info = train_inverse(pair_disguised, pair_plain, epochs=self.epochs,
+                                      device=ctx.device, seed=ctx.seed, progress=ctx.progress)
+            rec = apply_inverse(net, goal_disguised)
+            figures.update(info)
+        figures.update({
+            "psnr_vs_original": psnr(rec, goal_plain).clamp(max=100).mean().item(),
+            "ssim_vs_original": ssim(rec, goal_plain).mean().item(),
+            "psnr_disguised_vs_original": psnr(goal_disguised, goal_plain).mean().item(),
+            "_grid": (goal_plain[:8], goal_disguised[:8], rec[:8]),
+        })
+        return figures

@@ -1,0 +1,181 @@
+"""Every attack proves itself on the undefended baseline before it is trusted on a defence."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedisguise.attacks import build_attack, inverse, jigsaw
+from fedisguise.attacks.gradient_inversion import invert, recover_labels, update_delta
+from fedisguise.attacks.membership import evaluate_membership, roc_auc, tpr_at_fpr
+from fedisguise.config import Config, ConfigError
+from fedisguise.data import ImageDataset, load_dataset
+from fedisguise.disguise import DisguiseKey, build
+from fedisguise.metrics import psnr
+from fedisguise.models import build_model
+from fedisguise.training import train_local
+
+from .conftest import DEBIAN_FMNIST
+
+needs_fmnist = pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST),
+                                  reason="dataset-fashion-mnist not installed")
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return load_dataset("fashion-mnist", "test")
+
+
+def fedsgd_delta(model, images, labels, lr=0.05):
+    """θ_before − θ_after of one plain SGD step, as a client would upload it."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    client = build_model("lenet", 1, 10, 28)
+    client.load_state_dict(before)
+    torch.optim.SGD(client.parameters(), lr=lr).zero_grad()
+    F.cross_entropy(client(images), labels).backward()
+    with torch.no_grad():
+        for p in client.parameters():
+            p -= lr * p.grad
+    return update_delta(model, before, client.state_dict())
+
+
+def test_roc_auc_and_low_fpr_rate_are_exact_on_known_scores():
+    member = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    assert roc_auc(torch.tensor([6., 5, 4, 3, 2, 1]), member) == 1.0
+    assert roc_auc(torch.tensor([1., 2, 3, 4, 5, 6]), member) == 0.0
+    assert roc_auc(torch.ones(6), member) == 0.5  # ties count one half
+    assert roc_auc(torch.tensor([6., 2, 4, 5, 1, 3]), member) == pytest.approx(6 / 9)
+    assert tpr_at_fpr(torch.tensor([6., 5, 4, 3, 2, 1]), member, 0.01) == 1.0
+    with pytest.raises(ValueError, match="both members and non-members"):
+        roc_auc(torch.ones(3), torch.ones(3, dtype=torch.bool))
+
+
+@needs_fmnist
+def test_idlg_recovers_the_labels_of_single_image_and_small_batch_updates(fmnist):
+    torch.manual_seed(0)
+    model = build_model("lenet", 1, 10, 28)
+    hits = 0
+    for i in range(20):
+        delta = fedsgd_delta(model, fmnist.images[i:i + 1], fmnist.labels[i:i + 1])
+        gradient = {k: v / 0.05 for k, v in delta.items()}
+        hits += int(recover_labels(model, gradient, 1).item() == fmnist.labels[i].item())
+    assert hits / 20 >= 0.95
+    distinct = torch.tensor([0, 1, 2, 3])  # one image of each of four classes
+    idx = torch.stack([(fmnist.labels == c).nonzero()[0, 0] for c in distinct])
+    delta = fedsgd_delta(model, fmnist.images[idx], fmnist.labels[idx])
+    recovered = recover_labels(model, {k: v / 0.05 for k, v in delta.items()}, 4)
+    assert torch.equal(recovered, distinct)
+
+
+@needs_fmnist
+def test_inverting_gradients_reconstructs_a_single_image_from_a_fedsgd_update(fmnist):
+    torch.manual_seed(0)
+    model = build_model("lenet", 1, 10, 28)
+    x, y = fmnist.images[:1], fmnist.labels[:1]
+    delta = fedsgd_delta(model, x, y)
+    out = invert(model, delta, batch_size=1, image_shape=(1, 28, 28), lr=0.05,
+                 iterations=1000, tv_weight=0.01, progress=False)
+    start = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert out["labels"].tolist() == y.tolist()
+    gained = psnr(out["images"], x).item()
+    assert gained >= 15.0
+    assert gained >= psnr(start, x).item() + 6.0  # far beyond the starting point
+
+
+@needs_fmnist
+def test_membership_separates_members_of_an_overfit_model(fmnist):
+    torch.manual_seed(0)
+    members, outsiders = fmnist.subset(torch.arange(200)), fmnist.subset(torch.arange(200, 400))
+    model = build_model("lenet", 1, 10, 28)
+    train_local(model, members, epochs=40, batch_size=32, optimizer="adam", lr=2e-3,
+                generator=torch.Generator().manual_seed(0))
+    candidates = ImageDataset(torch.cat([members.images, outsiders.images]),
+                              torch.cat([members.labels, outsiders.labels]), 10)
+    is_member = torch.arange(400) < 200
+    figures = evaluate_membership(model, candidates, is_member, method="loss",
+                                  device=torch.device("cpu"))
+    assert figures["auc"] >= 0.6
+    assert figures["tpr_at_1pct_fpr"] > 0.01
+
+
+@needs_fmnist
+def test_level2_known_pairs_undo_block_permutation_and_noisy_disguisednets(fmnist):
+    x = fmnist.images[:400]
+    for spec, floor in (({"name": "block-permutation", "block_size": 7}, 40.0),
+                        ({"name": "disguisednets", "block_size": 7, "noise_level": 25.0}, 25.0)):
+        disguised, _ = build(spec, DisguiseKey.generate(3)).apply(x)
+        fit = inverse.fit_known_pairs(x[:100], disguised[:100], 7)  # victim-key pairs
+        recovered = inverse.invert_known_pairs(fit, disguised[100:], 7)
+        assert psnr(recovered, x[100:]).clamp(max=100).mean() >= floor
+        assert psnr(disguised[100:], x[100:]).mean() < 15  # the disguise itself hides
+
+
+@needs_fmnist
+def test_jigsaw_reassembles_noiseless_block_permutation(fmnist):
+    x = fmnist.images[:1000]
+    disguise = build({"name": "block-permutation", "block_size": 7}, DisguiseKey.generate(5))
+    disguised, _ = disguise.apply(x)
+    solved = jigsaw.solve(disguised, 7)
+    truth = torch.argsort(disguise._permutation(16, torch.device("cpu")))
+    acc = jigsaw.accuracy(solved["placement"], truth, solved["grid"])
+    assert acc["direct_accuracy"] >= 0.9
+    assert acc["direct_accuracy"] >= 10 * acc["random_direct_accuracy"]
+    assert acc["neighbour_accuracy"] >= 0.9
+    assert psnr(jigsaw.reassemble(disguised, solved["placement"], 7), x).mean() > 40
+
+
+def test_unet_keeps_the_image_shape_and_learns_an_invertible_map():
+    torch.manual_seed(0)
+    x = torch.rand(256, 1, 28, 28)
+    disguised = 1 - x  # an easy, exactly invertible "disguise"
+    net, info = inverse.train_inverse(disguised, x, epochs=4, batch_size=32, width=8,
+                                      progress=False)
+    out = inverse.apply_inverse(net, disguised)
+    assert out.shape == x.shape
+    assert F.mse_loss(out, x) < F.mse_loss(disguised, x) / 4
+
+
+def test_attack_specs_are_validated_before_a_run():
+    with pytest.raises(ValueError, match="unknown parameter 'iters'"):
+        build_attack({"name": "gradient_inversion", "iters": 3})
+    with pytest.raises(ValueError, match="level = 2"):
+        build_attack({"name": "inverse_network", "level": 1, "method": "known-pairs"})
+    with pytest.raises(ConfigError, match="attacks\\[0\\]"):
+        Config.from_dict({"attacks": [{"name": "membership", "method": "shadowy"}]})
+    with pytest.raises(ConfigError, match="unknown attacks\\[0\\].name|valid choices"):
+        Config.from_dict({"attacks": [{"name": "telepathy"}]})
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp_path):
+    import json
+
+    from fedisguise.experiment import run_experiment
+
+    cfg = Config.from_dict({
+        "attacks": [
+            {"name": "gradient_inversion", "round": 2, "client": 1, "iterations": 300,
+             "tv_weight": 0.01},
+            {"name": "membership", "round": 2, "client": 1, "method": "loss",
+             "target": "update", "candidates": 100},
+        ],
+        "experiment": {"name": "att", "rounds": 2, "clients": 2, "out": str(tmp_path)},
+        "data": {"train_per_client": 300, "test_samples": 500},
+        "train": {"local_steps": 1, "batch_size": 1, "momentum": 0.0, "lr": 0.05},
+    })
+    record = run_experiment(cfg)
+    gi, mia = record["attacks"]["gradient_inversion"], record["attacks"]["membership"]
+    assert gi["round"] == 2 and gi["client"] == 1 and gi["batch_size"] == 1
+    assert gi["label_accuracy"] == 1.0
+    assert gi["psnr_vs_original"] >= 12.0  # from ~6 dB at the random start
+    assert gi["psnr_vs_disguised"] == gi["psnr_vs_original"]  # no disguise
+    assert (tmp_path / "att" / gi["grid"]).is_file()
+    assert 0.0 <= mia["auc"] <= 1.0 and mia["candidates"] == 100
+    # The attack ran on exactly the arrays the server received from that client.
+    capture = torch.load(tmp_path / "att" / "captures" / "round-2-client-1.pt",
+                         weights_only=True)
+    ledger = json.loads((tmp_path / "att" / "updates.json").read_text())
+    (entry,) = [e for e in ledger if e["server_round"] == 2 and e["partition_id"] == 1]
+    assert capture["sha256"] == entry["sha256"] == entry["client_sha256"]
