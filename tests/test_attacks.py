@@ -179,3 +179,10 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
     ledger = json.loads((tmp_path / "att" / "updates.json").read_text())
     (entry,) = [e for e in ledger if e["server_round"] == 2 and e["partition_id"] == 1]
     assert capture["sha256"] == entry["sha256"] == entry["client_sha256"]
+
+
+def test_attack_figures_stay_valid_json():
+    from fedisguise.attacks.suite import _json_safe
+
+    figures = {"psnr": float("inf"), "nested": {"x": float("nan")}, "auc": 0.7, "n": 3}
+    assert _json_safe(figures) == {"psnr": None, "nested": {"x": None}, "auc": 0.7, "n": 3}

@@ -8,6 +8,7 @@ level allows (fedisguise.attacks.base).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -104,5 +105,15 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
             save_grid(run_dir / "images" / f"attack-{label}.png", grid)
             figures["grid"] = f"images/attack-{label}.png"
         figures["params"] = params
-        results[label] = figures
+        results[label] = _json_safe(figures)
     return results
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no inf/NaN: a PSNR of identical images (inf) and any non-finite figure
+    become null, which summary.md prints as such."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
