@@ -190,3 +190,29 @@ def test_attack_figures_stay_valid_json():
 
     figures = {"psnr": float("inf"), "nested": {"x": float("nan")}, "auc": 0.7, "n": 3}
     assert _json_safe(figures) == {"psnr": None, "nested": {"x": None}, "auc": 0.7, "n": 3}
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_gan_generator_produces_samples_an_independent_classifier_recognises():
+    from fedisguise.attacks.gan import train_generator
+
+    train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+    torch.manual_seed(0)
+    target = build_model("lenet", 1, 10, 28)  # the global model the server holds
+    train_local(target, train.subset(torch.arange(10000)), epochs=2, batch_size=32,
+                optimizer="adam", lr=1e-3, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    examiner = build_model("lenet", 1, 10, 28)  # the attacker's own, on public data
+    train_local(examiner, test.subset(torch.arange(5000, 10000)), epochs=2, batch_size=64,
+                optimizer="adam", lr=1e-3, generator=torch.Generator().manual_seed(1))
+    examiner.eval()
+    rates = []
+    for c in range(5):
+        gen = train_generator(target, c, (1, 28, 28), iterations=200, batch_size=32,
+                              tv_weight=0.2, device=torch.device("cpu"), seed=0,
+                              progress=False)
+        with torch.no_grad():
+            rates.append((examiner(gen(torch.randn(32, gen.latent))).argmax(1) == c)
+                         .float().mean().item())
+    assert sum(rates) / len(rates) >= 0.3  # chance is 0.1

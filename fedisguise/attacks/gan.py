@@ -50,7 +50,7 @@ class Generator(nn.Module):
 
 def train_generator(discriminator: nn.Module, target_class: int, image_shape: tuple[int, ...],
                     *, iterations: int, batch_size: int = 64, lr: float = 2e-3,
-                    tv_weight: float = 0.05, diversity_weight: float = 0.1,
+                    tv_weight: float = 0.2, diversity_weight: float = 0.1,
                     device: torch.device, seed: int, progress: bool = True) -> Generator:
     torch.manual_seed(seed)
     gen = Generator(image_shape[0], image_shape[1]).to(device)
