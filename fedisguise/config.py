@@ -261,6 +261,10 @@ class Config:
                 build_attack(attack)  # parameter names, types and ranges
             except ValueError as err:
                 raise ConfigError(f"attacks[{i}]: {err}") from None
+            _check(attack.get("round", 1) <= e.rounds, f"attacks[{i}].round",
+                   attack.get("round", 1), f"<= experiment.rounds ({e.rounds})")
+            _check(attack.get("client", 0) < e.clients, f"attacks[{i}].client",
+                   attack.get("client", 0), f"< experiment.clients ({e.clients})")
 
     @property
     def disguise_name(self) -> str:

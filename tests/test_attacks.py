@@ -143,6 +143,12 @@ def test_attack_specs_are_validated_before_a_run():
         build_attack({"name": "inverse_network", "level": 1, "method": "known-pairs"})
     with pytest.raises(ConfigError, match="attacks\\[0\\]"):
         Config.from_dict({"attacks": [{"name": "membership", "method": "shadowy"}]})
+    with pytest.raises(ConfigError, match="attacks\\[0\\].round"):
+        Config.from_dict({"experiment": {"rounds": 3},
+                          "attacks": [{"name": "gradient_inversion", "round": 4}]})
+    with pytest.raises(ConfigError, match="attacks\\[0\\].client"):
+        Config.from_dict({"experiment": {"clients": 2},
+                          "attacks": [{"name": "jigsaw", "client": 2}]})
     with pytest.raises(ConfigError, match="unknown attacks\\[0\\].name|valid choices"):
         Config.from_dict({"attacks": [{"name": "telepathy"}]})
 

@@ -33,6 +33,7 @@ from fedisguise.models import build_model
 
 METHODS = ("ig", "dlg")
 DELTA_MODES = ("effective-gradient", "unrolled")
+INITS = ("uniform", "zeros", "gray")  # where the dummy images start
 
 
 def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -100,7 +101,8 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
            labels: torch.Tensor | None = None, method: str = "ig",
            delta_mode: str = "effective-gradient", iterations: int = 2000,
            step_size: float = 0.1, tv_weight: float = 1e-4, restarts: int = 1,
-           signed: bool = True, seed: int = 0, progress: bool = True) -> dict:
+           signed: bool = True, init: str = "uniform", seed: int = 0,
+           progress: bool = True) -> dict:
     """Reconstruct `batch_size` images from an update `delta` = θ_global − θ_client.
 
     `model` holds θ_global. Returns images (B×C×H×W in [0, 1]), labels (recovered unless
@@ -110,6 +112,8 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
         raise ValueError(f"unknown gradient inversion method {method!r}; valid: {METHODS}")
     if delta_mode not in DELTA_MODES:
         raise ValueError(f"unknown delta_mode {delta_mode!r}; valid: {DELTA_MODES}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {INITS}")
     if batch_size < 1 or steps < 1 or iterations < 1 or restarts < 1:
         raise ValueError("batch_size, steps, iterations and restarts must be >= 1")
     if lr <= 0:
@@ -150,7 +154,12 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
     bar = tqdm(total=iterations * restarts, desc=f"gradient inversion ({method})",
                disable=not progress, leave=False)
     for _ in range(restarts):
-        x = torch.rand((batch_size, *image_shape), generator=gen).to(device).requires_grad_(True)
+        x = torch.rand((batch_size, *image_shape), generator=gen)
+        if init == "zeros":
+            x.zero_()
+        elif init == "gray":
+            x.fill_(0.5)
+        x = x.to(device).requires_grad_(True)
         if method == "dlg":
             opt = torch.optim.LBFGS([x], lr=step_size, max_iter=1, history_size=100,
                                     line_search_fn="strong_wolfe")
@@ -215,7 +224,8 @@ class GradientInversion(Attack):
     def __init__(self, round: int = 1, client: int = 0, method: str = "ig",
                  delta_mode: str = "effective-gradient", iterations: int = 1000,
                  step_size: float = 0.1, tv_weight: float = 0.01, restarts: int = 1,
-                 known_labels: bool = False, max_batch: int = 16) -> None:
+                 known_labels: bool = False, max_batch: int = 16, init: str = "uniform"
+                 ) -> None:
         if method not in METHODS or delta_mode not in DELTA_MODES:
             raise ValueError(f"method must be one of {METHODS} and delta_mode one of "
                              f"{DELTA_MODES}, got {method!r}, {delta_mode!r}")
@@ -224,6 +234,9 @@ class GradientInversion(Attack):
         self.round, self.client, self.method, self.delta_mode = round, client, method, delta_mode
         self.iterations, self.step_size, self.tv_weight = iterations, step_size, tv_weight
         self.restarts, self.known_labels, self.max_batch = restarts, known_labels, max_batch
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {INITS}")
+        self.init = init
 
     def run(self, ctx: AttackContext) -> dict:
         view, truth = ctx.view, ctx.truth
@@ -243,7 +256,8 @@ class GradientInversion(Attack):
                      labels=truth.batch_labels if self.known_labels else None,
                      method=self.method, delta_mode=self.delta_mode,
                      iterations=self.iterations, step_size=self.step_size,
-                     tv_weight=self.tv_weight, restarts=self.restarts, seed=ctx.seed,
+                     tv_weight=self.tv_weight, restarts=self.restarts, init=self.init,
+                     seed=ctx.seed,
                      progress=ctx.progress)
         rec = match_reconstructions(out["images"], truth.batch_plain)
         rec_d = match_reconstructions(out["images"], truth.batch_disguised)
