@@ -37,11 +37,18 @@ def training_order_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
 
-def batch_indices(num_examples: int, order_seed: int, batch_size: int, steps: int
-                  ) -> torch.Tensor:
-    """The examples `train_local` feeds in its first `steps` batches of epoch one."""
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(order_seed))
-    return order[:steps * batch_size]
+def batch_indices(num_examples: int, order_seed: int, batch_size: int, steps: int,
+                  epochs: int = 1) -> torch.Tensor:
+    """The examples `train_local` feeds in its first `steps` batches, drawn exactly as it
+    draws them (a fresh permutation per epoch from the same generator)."""
+    gen = torch.Generator().manual_seed(order_seed)
+    taken: list[torch.Tensor] = []
+    for _ in range(epochs):
+        for idx in torch.randperm(num_examples, generator=gen).split(batch_size):
+            if len(taken) == steps:
+                break
+            taken.append(idx)
+    return torch.cat(taken)
 
 
 def resolve_device(preference: str = "auto") -> torch.device:

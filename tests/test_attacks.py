@@ -247,3 +247,24 @@ def test_multi_step_delta_is_inverted_by_unrolling_the_clients_local_steps(fmnis
 
     rec = match_reconstructions(out["images"], x)
     assert psnr(rec, x).mean() >= psnr(match_reconstructions(start, x), x).mean() + 4.0
+
+
+def test_batch_indices_name_the_images_train_local_uses():
+    from fedisguise.training import batch_indices
+
+    seen = []
+
+    class Recorder(torch.nn.Module):  # a model that notes which images it was fed
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            seen.append(x[:, 0, 0, 0].long())
+            return torch.zeros(len(x), 2) + self.w
+
+    data = ImageDataset(torch.arange(10.).view(10, 1, 1, 1), torch.zeros(10, dtype=torch.long), 2)
+    train_local(Recorder(), data, epochs=3, batch_size=4, optimizer="sgd", lr=0.1,
+                generator=torch.Generator().manual_seed(7), max_steps=5)  # crosses epochs
+    assert torch.equal(torch.cat(seen), batch_indices(10, 7, 4, 5, epochs=3))
+    assert len(torch.cat(seen)) == 4 + 4 + 2 + 4 + 4

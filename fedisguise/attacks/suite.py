@@ -62,7 +62,7 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
     steps = cfg.train.local_steps
     if steps:
         idx = batch_indices(len(plain), training_order_seed(seed, server_round, partition),
-                            cfg.train.batch_size, steps)
+                            cfg.train.batch_size, steps, cfg.train.local_epochs)
     else:
         idx = torch.arange(len(plain))  # whole epochs: every image is behind the update
     return GroundTruth(batch_plain=plain.images[idx], batch_disguised=disguised[idx],
