@@ -4,6 +4,8 @@
 Gradient inversion (IG and DLG) on one Fashion-MNIST image's FedSGD update of lenet, a
 LiRA-offline membership attack with two reference models, the Level-2 known-pairs inverse and
 the jigsaw solver on block permutation, and one U-Net epoch. Uses CUDA when present.
+Baselines timed in the same process: one plain lenet SGD step on the attacked image (each
+inversion iteration is priced in those steps) and one lenet epoch on the U-Net's 1000 images.
 
     python bench/attacks.py --json
 """
@@ -27,6 +29,7 @@ from fedisguise.attacks.membership import reference_statistics  # noqa: E402
 from fedisguise.data import load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
+from fedisguise.training import train_local  # noqa: E402
 
 
 def main() -> None:
@@ -59,11 +62,23 @@ def main() -> None:
         for p in client.parameters():
             p -= 0.05 * p.grad
     delta = update_delta(model, before, client.state_dict())
+    step_opt = torch.optim.SGD(client.parameters(), lr=0.05)
+    start = time.perf_counter()
+    for _ in range(50):  # the baseline: what one training step on this image costs
+        step_opt.zero_grad()
+        F.cross_entropy(client(x), y).backward()
+        step_opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    step_seconds = (time.perf_counter() - start) / 50
+    results["_meta"]["lenet_step_seconds"] = step_seconds
     for method in ("ig", "dlg"):
         out = invert(model, delta, batch_size=1, image_shape=(1, 28, 28), lr=0.05,
                      method=method, iterations=args.iterations,
                      step_size=0.1 if method == "ig" else 1.0, progress=False)
         record(f"gradient_inversion_{method}", out["seconds"], out["iterations"])
+        results[f"gradient_inversion_{method}"]["iteration_vs_training_step"] = \
+            out["seconds"] / out["iterations"] / step_seconds
 
     public, candidates = test.subset(torch.arange(2000, 6000)), test.subset(torch.arange(1000))
     start = time.perf_counter()
@@ -84,6 +99,12 @@ def main() -> None:
     record("jigsaw_1000_images", time.perf_counter() - start)
     _, info = inverse.train_inverse(disguised, plain, epochs=1, device=device, progress=False)
     record("unet_epoch_1000_pairs", info["seconds"])
+    lenet = build_model("lenet", 1, 10, 28)
+    start = time.perf_counter()
+    train_local(lenet, test.subset(torch.arange(1000)), epochs=1, batch_size=64,
+                optimizer="adam", lr=1e-3, device=device)
+    results["unet_epoch_1000_pairs"]["vs_lenet_epoch"] = info["seconds"] / (
+        time.perf_counter() - start)
     print(json.dumps(results, indent=None if args.json else 2))
 
 
