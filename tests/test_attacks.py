@@ -136,6 +136,19 @@ def test_unet_keeps_the_image_shape_and_learns_an_invertible_map():
     assert F.mse_loss(out, x) < F.mse_loss(disguised, x) / 4
 
 
+def test_a_broken_update_is_an_error_not_a_reconstruction():
+    model = build_model("lenet", 1, 10, 28)
+    state = model.state_dict()
+    bad = {k: v.clone() for k, v in state.items()}
+    bad["classifier.5.bias"][0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        update_delta(model, state, bad)
+    bad = {k: v.clone() for k, v in state.items()}
+    bad["classifier.5.bias"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="shape"):
+        update_delta(model, state, bad)
+
+
 def test_attack_specs_are_validated_before_a_run():
     with pytest.raises(ValueError, match="unknown parameter 'iters'"):
         build_attack({"name": "gradient_inversion", "iters": 3})

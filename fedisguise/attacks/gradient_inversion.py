@@ -46,7 +46,15 @@ def update_delta(model: nn.Module, before: Mapping[str, torch.Tensor],
     missing = [n for n in trainable(model) if n not in before or n not in after]
     if missing:
         raise ValueError(f"update lacks parameters {missing[:3]}...; not this model's update")
-    return {n: (before[n].float() - after[n].float()) for n in trainable(model)}
+    delta = {}
+    for n, p in trainable(model).items():
+        if before[n].shape != p.shape or after[n].shape != p.shape:
+            raise ValueError(f"parameter {n!r} has shape {tuple(after[n].shape)} in the update "
+                             f"but {tuple(p.shape)} in the model")
+        delta[n] = before[n].float() - after[n].float()
+        if not torch.isfinite(delta[n]).all():
+            raise ValueError(f"the update's {n!r} holds NaN or inf: nothing to invert")
+    return delta
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
