@@ -23,6 +23,7 @@ from fedisguise.config import Config
 from fedisguise.data import ClientData, ImageDataset, client_data
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import NODE_KEY_FILE, client_key
+from fedisguise.dp import epsilon, planned_noise, steps_per_round, train_dp
 from fedisguise.models import build_model
 from fedisguise.training import (
     evaluate,
@@ -30,6 +31,8 @@ from fedisguise.training import (
     train_local,
     training_order_seed,
 )
+
+DP_STATE = "dp-accounting"  # this node's DP-SGD step count, across rounds
 
 # Per-process cache of disguised data: Ray actors live across rounds, so each partition is
 # loaded and disguised once, not once per round (unless client.redisguise_each_round).
@@ -101,22 +104,49 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
     order_seed = training_order_seed(cfg.experiment.seed, server_round, partition_id)
     t = cfg.train
     device = resolve_device(cfg.resources.device)
-    loss = train_local(
-        model, data, epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer,
-        lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-        device=device, generator=torch.Generator().manual_seed(order_seed),
-        max_steps=t.local_steps,
-    )
+    extra: dict[str, float] = {}
+    if cfg.dp.mode == "dp-sgd":
+        loss, extra = _train_dp_round(model, data, cfg, context, order_seed, device)
+    else:
+        loss = train_local(
+            model, data, epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer,
+            lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+            proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+            device=device, generator=torch.Generator().manual_seed(order_seed),
+            max_steps=t.local_steps,
+        )
     arrays = ArrayRecord(model.cpu().state_dict())
     content = RecordDict({
         m.ARRAYS: arrays,
-        m.METRICS: MetricRecord({"train_loss": loss, m.NUM_EXAMPLES: len(data)}),
+        m.METRICS: MetricRecord({"train_loss": loss, m.NUM_EXAMPLES: len(data), **extra}),
         m.CLIENT: ConfigRecord({m.PARTITION_ID: partition_id,
                                 m.UPDATE_SHA256: m.arrays_digest(arrays),
                                 m.DEVICE: str(device)}),
     })
     return Message(content=content, reply_to=msg)
+
+
+def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, context: Context,
+                    seed: int, device: torch.device) -> tuple[float, dict[str, float]]:
+    """One DP-SGD round; ε for this round and over every round this node trained, with the
+    node's step count kept in its persistent `context.state`."""
+    t, dp = cfg.train, cfg.dp
+    sample_rate = min(1.0, t.batch_size / len(data))
+    per_round = steps_per_round(len(data), t.batch_size, t.local_epochs, t.local_steps)
+    sigma = dp.noise_multiplier if not dp.target_epsilon else planned_noise(
+        dp.target_epsilon, dp.delta, sample_rate, per_round * cfg.experiment.rounds)
+    loss, steps = train_dp(model, data, epochs=t.local_epochs, batch_size=t.batch_size,
+                           optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
+                           weight_decay=t.weight_decay, noise_multiplier=sigma,
+                           max_grad_norm=dp.max_grad_norm, device=device, seed=seed,
+                           max_steps=t.local_steps)
+    before = int(context.state[DP_STATE]["steps"]) if DP_STATE in context.state else 0
+    context.state[DP_STATE] = MetricRecord({"steps": before + steps})
+    return loss, {
+        m.DP_EPSILON_ROUND: epsilon(sigma, sample_rate, steps, dp.delta),
+        m.DP_EPSILON: epsilon(sigma, sample_rate, before + steps, dp.delta),
+        "dp_noise_multiplier": sigma, "dp_steps": float(steps),
+    }
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:

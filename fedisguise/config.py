@@ -96,6 +96,17 @@ class PrivacyConfig:
     grid_images: int = 8  # columns of the plain | disguised PNG grid
 
 
+@dataclass
+class DPConfig:
+    """Differential-privacy baseline (fedisguise.dp)."""
+
+    mode: str = "none"  # none | dp-sgd (Opacus, on every client)
+    noise_multiplier: float = 1.0  # used when target_epsilon = 0
+    max_grad_norm: float = 1.0  # per-sample clipping bound
+    target_epsilon: float = 0.0  # > 0: the noise that spends this over the whole run
+    delta: float = 1e-5
+
+
 SECTIONS: dict[str, type] = {
     "experiment": ExperimentConfig,
     "data": DataConfig,
@@ -105,6 +116,7 @@ SECTIONS: dict[str, type] = {
     "resources": ResourcesConfig,
     "client": ClientConfig,
     "privacy": PrivacyConfig,
+    "dp": DPConfig,
 }
 
 
@@ -118,6 +130,7 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     disguise: str | dict[str, Any] = "none"
     attacks: list[dict[str, Any]] = field(default_factory=list)
 
@@ -244,6 +257,21 @@ class Config:
         _check(p.examiner_epochs >= 1, "privacy.examiner_epochs", p.examiner_epochs, ">= 1")
         _check(p.examiner_samples >= 0, "privacy.examiner_samples", p.examiner_samples, ">= 0")
         _check(p.grid_images >= 1, "privacy.grid_images", p.grid_images, ">= 1")
+
+        dp = self.dp
+        _choice("dp.mode", dp.mode, ("none", "dp-sgd"))
+        _check(dp.max_grad_norm > 0, "dp.max_grad_norm", dp.max_grad_norm, "> 0")
+        _check(dp.target_epsilon >= 0, "dp.target_epsilon", dp.target_epsilon, ">= 0")
+        _check(dp.target_epsilon > 0 or dp.noise_multiplier > 0, "dp.noise_multiplier",
+               dp.noise_multiplier, "> 0 (or set dp.target_epsilon)")
+        _check(0 < dp.delta < 1, "dp.delta", dp.delta, "in (0, 1)")
+        if dp.mode == "dp-sgd":
+            from fedisguise.dp import check_model
+
+            try:
+                check_model(MODELS[self.model.name](3, 10, 32), self.model.name)
+            except ValueError as err:
+                raise ConfigError(f"dp.mode = 'dp-sgd': {err}") from None
 
         disguise_name = self.disguise_name
         _choice("disguise", disguise_name, DISGUISES)

@@ -17,6 +17,8 @@ NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
 UPDATE_SHA256 = "update-sha256"
 DEVICE = "device"
+DP_EPSILON = "dp-epsilon"  # DP-SGD: ε spent by this client over all its rounds so far
+DP_EPSILON_ROUND = "dp-epsilon-round"  # ... and in this round alone
 
 
 def arrays_digest(arrays: ArrayRecord) -> str:

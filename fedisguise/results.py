@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ROUND_COLUMNS = ("round", "train_loss", "test_accuracy", "test_loss", "plain_test_accuracy",
-                 "plain_test_loss", "round_seconds", "bytes_up", "bytes_down", "clients")
+                 "plain_test_loss", "round_seconds", "bytes_up", "bytes_down", "clients", "epsilon")
 
 
 def versions() -> dict[str, str]:
@@ -84,6 +84,9 @@ def summary_markdown(record: dict[str, Any]) -> str:
         lines += ["", "Privacy: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                                               for k, v in record["privacy"].items()
                                               if not isinstance(v, dict))]
+    if record.get("dp"):
+        lines += ["", f"DP-SGD: ε = {_fmt(record['final'].get('epsilon'))} at δ = "
+                      f"{record['dp']['delta']:g} (largest cumulative ε any client reports)."]
     for name, figures in (record.get("attacks") or {}).items():
         shown = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                           for k, v in figures.items() if not isinstance(v, dict | list | tuple))

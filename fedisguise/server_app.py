@@ -114,6 +114,9 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
             "bytes_up": strategy.bytes_up.get(r, 0),
             "bytes_down": strategy.bytes_down.get(r, 0),
             "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
+            # DP-SGD: the largest cumulative ε any client reports (None without DP-SGD).
+            "epsilon": max((e.epsilon for e in ledger.entries
+                            if e.server_round == r and e.epsilon is not None), default=None),
         })
     last = rounds[-1]
     record = {
@@ -130,7 +133,8 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
                     "plain_test_loss": central[0]["test_loss"]},
         "rounds": rounds,
         "final": {k: last[k] for k in ("test_accuracy", "test_loss", "train_loss",
-                                       "plain_test_accuracy", "plain_test_loss")},
+                                       "plain_test_accuracy", "plain_test_loss", "epsilon")},
+        "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp.mode != "none" else None,
         "wall_seconds": time.perf_counter() - started,
         "privacy": {} if plain_model else {"misusability": last["plain_test_accuracy"]},
         "attacks": {},

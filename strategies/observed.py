@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from fedisguise.messages import (
     CLIENT,
     DEVICE,
+    DP_EPSILON,
     NUM_EXAMPLES,
     PARTITION_ID,
     UPDATE_SHA256,
@@ -132,6 +133,7 @@ class LedgerEntry:
     sha256: str
     client_sha256: str | None  # what the client says it sent; equal to sha256 unless altered
     client_device: str | None  # where the client trained (cpu, cuda:0, ...)
+    epsilon: float | None = None  # DP-SGD: ε the client reports having spent in all (or None)
 
 
 class UpdateLedger:
@@ -151,4 +153,5 @@ class UpdateLedger:
             sha256=arrays_digest(update.arrays),
             client_sha256=str(claimed) if claimed is not None else None,
             client_device=str(client[DEVICE]) if DEVICE in client else None,
+            epsilon=float(update.metrics[DP_EPSILON]) if DP_EPSILON in update.metrics else None,
         ))

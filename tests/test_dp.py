@@ -1,0 +1,69 @@
+"""DP-SGD baseline: accounting that adds up, models it cannot handle rejected, ε reported."""
+
+import pytest
+import torch
+
+from fedisguise.config import Config, ConfigError
+from fedisguise.data import ImageDataset
+from fedisguise.dp import check_model, epsilon, planned_noise, steps_per_round, train_dp
+from fedisguise.models import build_model
+
+from .conftest import synthetic_config
+
+
+def test_epsilon_grows_with_steps_shrinks_with_noise_and_meets_its_target():
+    q = 32 / 1000
+    assert epsilon(1.0, q, 0, 1e-5) == 0.0
+    assert epsilon(1.0, q, 100, 1e-5) < epsilon(1.0, q, 1000, 1e-5)
+    assert epsilon(2.0, q, 1000, 1e-5) < epsilon(1.0, q, 1000, 1e-5)
+    sigma = planned_noise(3.0, 1e-5, q, 2000)
+    assert epsilon(sigma, q, 2000, 1e-5) == pytest.approx(3.0, abs=0.05)
+    assert steps_per_round(1000, 32, 2, 0) == 64 and steps_per_round(1000, 32, 2, 5) == 5
+
+
+def test_batchnorm_models_and_soft_labels_are_rejected_with_the_reason():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        check_model(build_model("resnet20", 3, 10, 32), "resnet20")
+    with pytest.raises(ConfigError, match="dp.mode = 'dp-sgd'.*resnet20"):
+        Config.from_dict({"dp": {"mode": "dp-sgd"}, "model": {"name": "resnet20"}})
+    with pytest.raises(ConfigError, match="dp.delta"):
+        Config.from_dict({"dp": {"mode": "dp-sgd", "delta": 2.0}})
+    soft = ImageDataset(torch.rand(64, 1, 28, 28), torch.rand(64, 10).softmax(1), 10)
+    with pytest.raises(ValueError, match="hard labels"):
+        train_dp(build_model("lenet", 1, 10, 28), soft, epochs=1, batch_size=16,
+                 optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, noise_multiplier=1.0,
+                 max_grad_norm=1.0, device=torch.device("cpu"), seed=0)
+
+
+def test_dp_sgd_clips_and_noises_but_still_learns_a_separable_task():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 2, (512,))
+    images = torch.rand(512, 1, 28, 28) * 0.2 + labels.view(-1, 1, 1, 1) * 0.8  # dark vs bright
+    data = ImageDataset(images, labels, 2)
+    model = build_model("lenet", 1, 2, 28)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, steps = train_dp(model, data, epochs=3, batch_size=32, optimizer="sgd", lr=0.5,
+                           momentum=0.0, weight_decay=0.0, noise_multiplier=0.5,
+                           max_grad_norm=1.0, device=torch.device("cpu"), seed=0)
+    assert steps > 30
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.9
+
+
+@pytest.mark.slow
+def test_clients_report_cumulative_epsilon_in_a_real_simulation(tmp_path):
+    import csv
+
+    from fedisguise.experiment import run_experiment
+
+    cfg = synthetic_config(tmp_path, **{"experiment.rounds": 3, "dp.mode": "dp-sgd",
+                                        "dp.target_epsilon": 4.0, "train.optimizer": "sgd",
+                                        "train.lr": 0.1})
+    record = run_experiment(cfg)
+    eps = [r["epsilon"] for r in record["rounds"]]
+    assert 0 < eps[0] < eps[1] < eps[2] <= 4.0 + 0.1  # spent across rounds, within the target
+    assert record["final"]["epsilon"] == eps[-1] and record["dp"]["delta"] == 1e-5
+    with (tmp_path / "t" / "rounds.csv").open() as fh:
+        assert [float(row["epsilon"]) for row in csv.DictReader(fh)] == pytest.approx(eps)
