@@ -67,3 +67,16 @@ def test_clients_report_cumulative_epsilon_in_a_real_simulation(tmp_path):
     assert record["final"]["epsilon"] == eps[-1] and record["dp"]["delta"] == 1e-5
     with (tmp_path / "t" / "rounds.csv").open() as fh:
         assert [float(row["epsilon"]) for row in csv.DictReader(fh)] == pytest.approx(eps)
+
+
+@pytest.mark.slow
+def test_a_disguise_and_dp_sgd_combine(tmp_path):
+    from fedisguise.experiment import run_experiment
+
+    cfg = synthetic_config(tmp_path, **{"dp.mode": "dp-sgd", "dp.noise_multiplier": 1.0,
+                                        "disguise": '{"name": "visualmixer"}',
+                                        "privacy.examiner_epochs": 1})
+    record = run_experiment(cfg)
+    assert record["config"]["disguise"] == {"name": "visualmixer"}
+    assert record["final"]["epsilon"] > 0
+    assert 0 <= record["privacy"]["visual_privacy"] <= 1
