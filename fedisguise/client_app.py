@@ -13,10 +13,12 @@ from flwr.app import (
     ConfigRecord,
     Context,
     Message,
+    MessageType,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
 from fedisguise import messages as m
 from fedisguise.config import Config
@@ -160,10 +162,20 @@ def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
 
 def make_client_app(config: Config | None = None) -> ClientApp:
     """A ClientApp bound to `config`, or reading it from the run config when None."""
-    app = ClientApp()
 
     def resolve(context: Context) -> Config:
         return config if config is not None else Config.from_flat(dict(context.run_config))
+
+    def central_dp_mod(msg: Message, context: Context, call_next) -> Message:
+        """dp.mode = central-client: Flower's clipping mod clips the update before it
+        leaves (the server wrapper sends the norm); otherwise a pass-through."""
+        dp = resolve(context).dp
+        if dp.mode != "central-client" or msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        mod = fixedclipping_mod if dp.clipping == "fixed" else adaptiveclipping_mod
+        return mod(msg, context, call_next)
+
+    app = ClientApp(mods=[central_dp_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -100,11 +100,18 @@ class PrivacyConfig:
 class DPConfig:
     """Differential-privacy baseline (fedisguise.dp)."""
 
-    mode: str = "none"  # none | dp-sgd (Opacus, on every client)
-    noise_multiplier: float = 1.0  # used when target_epsilon = 0
-    max_grad_norm: float = 1.0  # per-sample clipping bound
-    target_epsilon: float = 0.0  # > 0: the noise that spends this over the whole run
+    # none | dp-sgd (Opacus, on every client) | central-server | central-client (Flower's
+    # DP strategy wrappers: update clipping on the server or on the clients, server noise)
+    mode: str = "none"
+    noise_multiplier: float = 1.0  # used when target_epsilon = 0 (dp-sgd) / always (central)
+    max_grad_norm: float = 1.0  # dp-sgd: per-sample clipping bound
+    target_epsilon: float = 0.0  # dp-sgd, > 0: the noise that spends this over the whole run
     delta: float = 1e-5
+    clipping: str = "fixed"  # central: fixed | adaptive (Andrew et al. 2021)
+    clipping_norm: float = 1.0  # central: the norm, or the initial norm when adaptive
+    target_clipped_quantile: float = 0.5  # central adaptive
+    clip_norm_lr: float = 0.2  # central adaptive
+    clipped_count_stddev: float = 0.0  # central adaptive; 0 = Flower's default (sampled / 20)
 
 
 SECTIONS: dict[str, type] = {
@@ -259,7 +266,24 @@ class Config:
         _check(p.grid_images >= 1, "privacy.grid_images", p.grid_images, ">= 1")
 
         dp = self.dp
-        _choice("dp.mode", dp.mode, ("none", "dp-sgd"))
+        _choice("dp.mode", dp.mode, ("none", "dp-sgd", "central-server", "central-client"))
+        _choice("dp.clipping", dp.clipping, ("fixed", "adaptive"))
+        _check(dp.clipping_norm > 0, "dp.clipping_norm", dp.clipping_norm, "> 0")
+        _check(0 < dp.target_clipped_quantile < 1, "dp.target_clipped_quantile",
+               dp.target_clipped_quantile, "in (0, 1)")
+        _check(dp.clip_norm_lr > 0, "dp.clip_norm_lr", dp.clip_norm_lr, "> 0")
+        if dp.mode.startswith("central"):
+            _check(dp.noise_multiplier >= 0, "dp.noise_multiplier", dp.noise_multiplier, ">= 0")
+            _check(dp.clipped_count_stddev >= 0, "dp.clipped_count_stddev",
+                   dp.clipped_count_stddev, ">= 0")
+            from flwr.serverapp.strategy import FedAvg
+
+            from strategies import central_dp, sampled_clients
+
+            try:  # Flower checks its wrapper's parameters when it is built: do it now
+                central_dp(FedAvg(), dp, sampled_clients(s, e.clients))
+            except ValueError as err:
+                raise ConfigError(f"dp ({dp.mode}, {dp.clipping} clipping): {err}") from None
         _check(dp.max_grad_norm > 0, "dp.max_grad_norm", dp.max_grad_norm, "> 0")
         _check(dp.target_epsilon >= 0, "dp.target_epsilon", dp.target_epsilon, ">= 0")
         _check(dp.target_epsilon > 0 or dp.noise_multiplier > 0, "dp.noise_multiplier",

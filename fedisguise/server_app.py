@@ -68,7 +68,8 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     if cfg.attacks:  # the honest-but-curious server keeps the targeted updates
         capture = AttackCapture(cfg.run_dir.resolve(), targets(cfg.attacks))
         observers.append(capture)
-    strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=observers)
+    strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=observers,
+                              dp_config=cfg.dp)
 
     central: dict[int, dict[str, float]] = {}
     progress = tqdm(total=cfg.experiment.rounds, desc=f"{cfg.experiment.name} rounds",
@@ -114,9 +115,11 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
             "bytes_up": strategy.bytes_up.get(r, 0),
             "bytes_down": strategy.bytes_down.get(r, 0),
             "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
-            # DP-SGD: the largest cumulative ε any client reports (None without DP-SGD).
-            "epsilon": max((e.epsilon for e in ledger.entries
-                            if e.server_round == r and e.epsilon is not None), default=None),
+            # DP-SGD: the largest cumulative ε any client reports; central DP: the server's
+            # user-level estimate; None without DP.
+            "epsilon": central_epsilon(cfg, r) if cfg.dp.mode.startswith("central") else max(
+                (e.epsilon for e in ledger.entries
+                 if e.server_round == r and e.epsilon is not None), default=None),
         })
     last = rounds[-1]
     record = {
@@ -141,6 +144,19 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     }
     write_run(cfg.run_dir.resolve(), record, ledger.entries)
     return record
+
+
+def central_epsilon(cfg: Config, rounds: int) -> float | None:
+    """User-level ε of central DP after `rounds` rounds: the subsampled Gaussian mechanism
+    with sampling rate = sampled clients / clients, RDP accountant (an estimate: Flower
+    samples a fixed number of clients, not Poisson). None when no noise is added."""
+    from fedisguise.dp import epsilon
+    from strategies import sampled_clients
+
+    if cfg.dp.noise_multiplier <= 0:
+        return None
+    rate = sampled_clients(cfg.strategy, cfg.experiment.clients) / cfg.experiment.clients
+    return epsilon(cfg.dp.noise_multiplier, rate, rounds, cfg.dp.delta)
 
 
 def _number(value: object) -> float | None:

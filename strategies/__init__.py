@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
 
 from strategies.observed import (
     LedgerEntry,
@@ -35,8 +43,34 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
 }
 
 
+CENTRAL_DP = {
+    ("central-server", "fixed"): DifferentialPrivacyServerSideFixedClipping,
+    ("central-server", "adaptive"): DifferentialPrivacyServerSideAdaptiveClipping,
+    ("central-client", "fixed"): DifferentialPrivacyClientSideFixedClipping,
+    ("central-client", "adaptive"): DifferentialPrivacyClientSideAdaptiveClipping,
+}
+
+
+def sampled_clients(strategy_config, num_clients: int) -> int:
+    return max(1, int(strategy_config.fraction_train * num_clients))
+
+
+def central_dp(inner: Strategy, dp_config, num_sampled: int) -> Strategy:
+    """Flower's DP wrapper around `inner` for dp.mode central-server / central-client."""
+    wrapper = CENTRAL_DP[dp_config.mode, dp_config.clipping]
+    if dp_config.clipping == "fixed":
+        return wrapper(inner, noise_multiplier=dp_config.noise_multiplier,
+                       clipping_norm=dp_config.clipping_norm, num_sampled_clients=num_sampled)
+    return wrapper(inner, noise_multiplier=dp_config.noise_multiplier,
+                   num_sampled_clients=num_sampled,
+                   initial_clipping_norm=dp_config.clipping_norm,
+                   target_clipped_quantile=dp_config.target_clipped_quantile,
+                   clip_norm_lr=dp_config.clip_norm_lr,
+                   clipped_count_stddev=dp_config.clipped_count_stddev or None)
+
+
 def build_strategy(strategy_config, num_clients: int,
-                   observers: Iterable[UpdateObserver] = ()) -> ObservedStrategy:
+                   observers: Iterable[UpdateObserver] = (), dp_config=None) -> ObservedStrategy:
     """The named strategy, wrapped in the observer hook.
 
     `min_available_nodes` equals the number of clients, so a round starts only once every
@@ -46,7 +80,12 @@ def build_strategy(strategy_config, num_clients: int,
     name = strategy_config.name
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid choices: {sorted(STRATEGIES)}")
-    return ObservedStrategy(STRATEGIES[name](strategy_config, num_clients), observers)
+    inner = STRATEGIES[name](strategy_config, num_clients)
+    if dp_config is not None and dp_config.mode.startswith("central"):
+        # The observer stays outermost: attacks see each update as it arrived, before the
+        # wrapper clips it (server side) and noises the aggregate.
+        inner = central_dp(inner, dp_config, sampled_clients(strategy_config, num_clients))
+    return ObservedStrategy(inner, observers)
 
 
 __all__ = [
@@ -57,4 +96,6 @@ __all__ = [
     "UpdateLedger",
     "UpdateObserver",
     "build_strategy",
+    "central_dp",
+    "sampled_clients",
 ]

@@ -80,3 +80,34 @@ def test_a_disguise_and_dp_sgd_combine(tmp_path):
     assert record["config"]["disguise"] == {"name": "visualmixer"}
     assert record["final"]["epsilon"] > 0
     assert 0 <= record["privacy"]["visual_privacy"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side,clipping", [("server", "fixed"), ("client", "adaptive")])
+def test_central_dp_wrappers_compose_with_the_observed_strategy(tmp_path, side, clipping):
+    import json
+
+    from fedisguise.experiment import run_experiment
+
+    cfg = synthetic_config(tmp_path, **{"dp.mode": f"central-{side}", "dp.clipping": clipping,
+                                        "dp.noise_multiplier": 0.5, "dp.clipping_norm": 0.5,
+                                        "dp.clipped_count_stddev": 1.0})
+    record = run_experiment(cfg)
+    eps = [r["epsilon"] for r in record["rounds"]]
+    assert 0 < eps[0] < eps[1]  # user-level ε grows with the rounds
+    assert all(r["test_accuracy"] is not None for r in record["rounds"])
+    ledger = json.loads((tmp_path / "t" / "updates.json").read_text())
+    assert sorted(e["server_round"] for e in ledger) == [1, 1, 2, 2]  # the observer saw all
+    altered = [e["sha256"] != e["client_sha256"] for e in ledger]
+    # Server-side clipping happens after the observer; client-side clipping before sending.
+    assert not any(altered) if side == "server" else all(altered)
+
+
+def test_central_dp_config_is_checked():
+    with pytest.raises(ConfigError, match="dp.clipping"):
+        Config.from_dict({"dp": {"mode": "central-server", "clipping": "sometimes"}})
+    with pytest.raises(ConfigError, match="clipped_count_stddev"):  # Flower's own check
+        Config.from_dict({"dp": {"mode": "central-server", "clipping": "adaptive",
+                                 "noise_multiplier": 0.5}})
+    with pytest.raises(ConfigError, match="dp.clipping_norm"):
+        Config.from_dict({"dp": {"mode": "central-client", "clipping_norm": 0.0}})
