@@ -111,3 +111,18 @@ def test_central_dp_config_is_checked():
                                  "noise_multiplier": 0.5}})
     with pytest.raises(ConfigError, match="dp.clipping_norm"):
         Config.from_dict({"dp": {"mode": "central-client", "clipping_norm": 0.0}})
+
+
+@pytest.mark.slow
+def test_a_disguise_and_central_dp_combine(tmp_path):
+    from fedisguise.experiment import run_experiment
+
+    cfg = synthetic_config(tmp_path, **{"dp.mode": "central-server", "dp.noise_multiplier": 0.3,
+                                        "dp.clipping_norm": 1.0,
+                                        "disguise": '{"name": "block-permutation", '
+                                                    '"block_size": 7}',
+                                        "privacy.examiner_epochs": 1})
+    record = run_experiment(cfg)
+    assert record["config"]["dp"]["mode"] == "central-server"
+    assert record["final"]["epsilon"] > 0
+    assert 0 <= record["privacy"]["visual_privacy"] <= 1
