@@ -147,7 +147,7 @@ def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, con
     return loss, {
         m.DP_EPSILON_ROUND: epsilon(sigma, sample_rate, steps, dp.delta),
         m.DP_EPSILON: epsilon(sigma, sample_rate, before + steps, dp.delta),
-        "dp_noise_multiplier": sigma, "dp_steps": float(steps),
+        "dp-noise-multiplier": sigma, "dp-steps": float(steps),
     }
 
 

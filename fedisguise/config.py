@@ -292,6 +292,10 @@ class Config:
         if dp.mode == "dp-sgd":
             from fedisguise.dp import check_model
 
+            _check(s.name != "fedprox", "strategy.name", s.name,
+                   "not fedprox with dp.mode = 'dp-sgd' (its proximal term is not part of "
+                   "the DP-SGD step)")
+
             try:
                 check_model(MODELS[self.model.name](3, 10, 32), self.model.name)
             except ValueError as err:

@@ -23,9 +23,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedisguise.data import ImageDataset
 from fedisguise.training import OPTIMIZERS
 
-MODES = ("none", "dp-sgd")
-
-
 def check_model(model: nn.Module, name: str) -> None:
     errors = ModuleValidator.validate(model, strict=False)
     if errors:

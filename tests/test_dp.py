@@ -26,6 +26,8 @@ def test_batchnorm_models_and_soft_labels_are_rejected_with_the_reason():
         check_model(build_model("resnet20", 3, 10, 32), "resnet20")
     with pytest.raises(ConfigError, match="dp.mode = 'dp-sgd'.*resnet20"):
         Config.from_dict({"dp": {"mode": "dp-sgd"}, "model": {"name": "resnet20"}})
+    with pytest.raises(ConfigError, match="not fedprox"):
+        Config.from_dict({"dp": {"mode": "dp-sgd"}, "strategy": {"name": "fedprox"}})
     with pytest.raises(ConfigError, match="dp.delta"):
         Config.from_dict({"dp": {"mode": "dp-sgd", "delta": 2.0}})
     soft = ImageDataset(torch.rand(64, 1, 28, 28), torch.rand(64, 10).softmax(1), 10)
