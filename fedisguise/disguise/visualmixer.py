@@ -104,6 +104,8 @@ def window_levels(h: int, w: int, low: int, high: int) -> list[int]:
 
 def shuffle_windows(images: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
     """Permute the pixels of every size×size window, per channel (the uniform variant)."""
+    if size == 4:  # the table-driven raster path
+        return shuffle_regions4(images, None, rng)
     n, c, h, w = images.shape
     blocks = to_blocks(images, size).reshape(n, c, -1, size * size)  # N×C×T×s²
     order = random_permutations(tuple(blocks.shape), rng, images.device)
@@ -213,19 +215,19 @@ def shuffle_regions4(images: torch.Tensor, whole: torch.Tensor | None,
 
 
 def random_permutations(shape: tuple[int, ...], rng: np.random.Generator,
-                        device: torch.device, compact: bool = False) -> torch.Tensor:
-    """Independent uniform permutations of range(shape[-1]) for every leading index.
+                        device: torch.device) -> torch.Tensor:
+    """Independent uniform permutations (int64) of range(shape[-1]) for every leading index.
 
-    Up to 5 elements: one draw from the table of all permutations. Beyond: sort keys whose
-    high bits are random and whose low bits hold the position, then keep the low bits; rows
-    whose random parts tie are redrawn, so every order is exactly equally likely. NumPy sorts
-    these short rows ~4× faster than torch on the CPU. `compact` returns the small integer
-    type the keys were sorted in (for callers that convert once, later) instead of int64.
+    Up to 5 elements: one draw from the table of all permutations. 16 (4×4 windows): the
+    riffle tables of `_region4_tables`. Otherwise: sort keys whose high bits are random and
+    whose low bits hold the position, then keep the low bits; rows whose random parts tie
+    are redrawn, so every order is exactly equally likely. NumPy sorts these short rows ~4×
+    faster than torch on the CPU.
     """
     length = shape[-1]
-    if length == 16:  # 4×4 windows, the common case: the riffle tables, no sort
-        rows = _region4_rows(None, int(np.prod(shape[:-1])), rng, _region4_tables(4, torch.int16, device))
-        return (rows.to(torch.int16) if compact else rows.long()).reshape(shape)
+    if length == 16:
+        tables = _region4_tables(4, torch.int16, device)  # w = 4: plain positions 0–15
+        return _region4_rows(None, int(np.prod(shape[:-1])), rng, tables).long().reshape(shape)
     if length <= 5:
         table = torch.tensor(list(itertools.permutations(range(length))), device=device)
         return table[torch.from_numpy(rng.integers(0, len(table), size=shape[:-1])).to(device)]
@@ -250,9 +252,7 @@ def random_permutations(shape: tuple[int, ...], rng: np.random.Generator,
         order[redo[~tied]] = keys[~tied]
         redo = redo[tied]
     order &= dtype((1 << low) - 1)
-    if not compact:
-        order = order.astype(np.int64)
-    return torch.from_numpy(order.reshape(shape)).to(device)
+    return torch.from_numpy(order.astype(np.int64).reshape(shape)).to(device)
 
 
 @functools.lru_cache(maxsize=32)
@@ -395,6 +395,4 @@ class VisualMixerUniform(_Shuffler):
                              f"{self.window}")
 
     def _apply(self, images, labels):
-        if self.window == 4:
-            return shuffle_regions4(images, None, self._rng), labels
         return shuffle_windows(images, self.window, self._rng), labels
