@@ -6,7 +6,7 @@ training order, and there is no DataLoader worker start-up on every round.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -37,18 +37,24 @@ def training_order_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
 
+def batch_order(num_examples: int, batch_size: int, epochs: int,
+                generator: torch.Generator | None, max_steps: int = 0) -> Iterator[torch.Tensor]:
+    """The example indices of every batch `train_local` takes: a fresh permutation per epoch
+    from `generator`, cut into batches, stopping after `max_steps` batches when > 0."""
+    steps = 0
+    for _ in range(epochs):
+        for idx in torch.randperm(num_examples, generator=generator).split(batch_size):
+            if max_steps and steps == max_steps:
+                return
+            steps += 1
+            yield idx
+
+
 def batch_indices(num_examples: int, order_seed: int, batch_size: int, steps: int,
                   epochs: int = 1) -> torch.Tensor:
-    """The examples `train_local` feeds in its first `steps` batches, drawn exactly as it
-    draws them (a fresh permutation per epoch from the same generator)."""
+    """The examples behind a client's first `steps` batches, for the attack harness."""
     gen = torch.Generator().manual_seed(order_seed)
-    taken: list[torch.Tensor] = []
-    for _ in range(epochs):
-        for idx in torch.randperm(num_examples, generator=gen).split(batch_size):
-            if len(taken) == steps:
-                break
-            taken.append(idx)
-    return torch.cat(taken)
+    return torch.cat(list(batch_order(num_examples, batch_size, epochs, gen, steps)))
 
 
 def resolve_device(preference: str = "auto") -> torch.device:
@@ -81,20 +87,17 @@ def train_local(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size
     images, labels = data.images.to(device), data.labels.to(device)
     loss_fn = nn.CrossEntropyLoss()
     total, batches = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator).to(device)
-        for idx in order.split(batch_size):
-            if max_steps and batches == max_steps:
-                break
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(images[idx]), labels[idx])
-            if proximal_mu:
-                prox = sum((p - g).pow(2).sum() for p, g in zip(model.parameters(), global_params))
-                loss = loss + 0.5 * proximal_mu * prox
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            batches += 1
+    for idx in batch_order(len(labels), batch_size, epochs, generator, max_steps):
+        idx = idx.to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images[idx]), labels[idx])
+        if proximal_mu:
+            prox = sum((p - g).pow(2).sum() for p, g in zip(model.parameters(), global_params))
+            loss = loss + 0.5 * proximal_mu * prox
+        loss.backward()
+        opt.step()
+        total += loss.item()
+        batches += 1
     return total / batches
 
 
