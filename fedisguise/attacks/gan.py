@@ -63,7 +63,8 @@ def train_generator(discriminator: nn.Module, target_class: int, image_shape: tu
         x = gen(torch.randn(batch_size, gen.latent, device=device))
         flat = x.flatten(1)
         # Diversity: penalise samples that are close to each other (mode collapse).
-        spread = torch.cdist(flat, flat).sum() / (batch_size * (batch_size - 1)) / flat.shape[1] ** 0.5
+        pairs = batch_size * (batch_size - 1)
+        spread = torch.cdist(flat, flat).sum() / pairs / flat.shape[1] ** 0.5
         loss = F.cross_entropy(discriminator(x), target) + tv_weight * total_variation(x) - \
             diversity_weight * spread
         opt.zero_grad()
@@ -73,12 +74,11 @@ def train_generator(discriminator: nn.Module, target_class: int, image_shape: tu
 
 
 def best_ssim(samples: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """For each sample, the highest SSIM against any reference image."""
+    """For each sample, the highest SSIM against any reference image (all pairs batched)."""
     best = torch.full((len(samples),), -1.0)
     for ref in references.split(64):
-        for i, s in enumerate(samples):
-            score = ssim(s.unsqueeze(0).expand(len(ref), -1, -1, -1), ref).max()
-            best[i] = torch.maximum(best[i], score)
+        pairs = ssim(samples.repeat_interleave(len(ref), 0), ref.repeat(len(samples), 1, 1, 1))
+        best = torch.maximum(best, pairs.view(len(samples), len(ref)).max(1).values)
     return best
 
 

@@ -33,7 +33,8 @@ def _edge_costs(disguised: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Te
     right = torch.cdist(right_edge, left_edge).pow(2) / right_edge.shape[1]
     down = torch.cdist(bottom_edge, top_edge).pow(2) / bottom_edge.shape[1]
     eye = torch.eye(gh * gw, dtype=torch.bool, device=disguised.device)
-    return _normalise(right.masked_fill(eye, torch.inf)), _normalise(down.masked_fill(eye, torch.inf))
+    return (_normalise(right.masked_fill(eye, torch.inf)),
+            _normalise(down.masked_fill(eye, torch.inf)))
 
 
 def _normalise(cost: torch.Tensor) -> torch.Tensor:
@@ -54,26 +55,25 @@ def solve(disguised: torch.Tensor, block_size: int) -> dict:
     gh, gw = h // block_size, w // block_size
     right, down = _edge_costs(disguised.float(), block_size)
     t = gh * gw
-    best, best_cost = None, torch.inf
-    for first in range(t):
-        placed = [first]
-        used = torch.zeros(t, dtype=torch.bool)
-        used[first] = True
-        total = 0.0
-        for p in range(1, t):
-            row, col = divmod(p, gw)
-            cost = torch.zeros(t)
-            if col:
-                cost += right[placed[p - 1]]
-            if row:
-                cost += down[placed[p - gw]]
-            cost[used] = torch.inf
-            pick = int(torch.argmin(cost))
-            total += float(cost[pick])
-            placed.append(pick)
-            used[pick] = True
-        if total < best_cost:
-            best, best_cost = placed, total
+    # Every start block at once: row r of `placed` is the greedy fill begun from block r.
+    placed = torch.empty(t, t, dtype=torch.long)
+    placed[:, 0] = torch.arange(t)
+    used = torch.eye(t, dtype=torch.bool)
+    total = torch.zeros(t, dtype=torch.float64)  # summed in double, as costs add up
+    for p in range(1, t):
+        row, col = divmod(p, gw)
+        cost = torch.zeros(t, t, dtype=right.dtype)
+        if col:
+            cost += right[placed[:, p - 1]]
+        if row:
+            cost += down[placed[:, p - gw]]
+        cost[used] = torch.inf
+        pick = cost.argmin(1)
+        total += cost.gather(1, pick[:, None]).squeeze(1).double()
+        placed[:, p] = pick
+        used[torch.arange(t), pick] = True
+    first = int(total.argmin())
+    best, best_cost = placed[first].tolist(), float(total[first])
     return {"placement": torch.tensor(best), "cost": best_cost, "grid": (gh, gw),
             "seconds": time.perf_counter() - started}
 

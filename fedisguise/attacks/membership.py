@@ -81,7 +81,8 @@ def per_sample_loss(model: nn.Module, data: ImageDataset, device: torch.device,
     return torch.cat(losses), torch.cat(phis)
 
 
-def reference_statistics(build: Callable[[], nn.Module], public: ImageDataset, candidates: ImageDataset, *,
+def reference_statistics(build: Callable[[], nn.Module], public: ImageDataset,
+                         candidates: ImageDataset, *,
                          references: int, epochs: int, batch_size: int, lr: float,
                          device: torch.device, seed: int, progress: bool = True
                          ) -> tuple[torch.Tensor, torch.Tensor]:

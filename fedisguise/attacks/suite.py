@@ -87,15 +87,15 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
     order = np.random.default_rng([cfg.experiment.seed, 11]).permutation(len(test))
     holdout, public = test.subset(order[:HOLDOUT]), test.subset(order[HOLDOUT:])
     results: dict[str, Any] = {}
-    truths: dict[tuple[int, int], GroundTruth] = {}
+    loaded: dict[tuple[int, int], tuple[ServerView, GroundTruth]] = {}
     for spec in cfg.attacks:
         name, params = attack_params(spec)
         attack = build_attack(spec)
-        server_round, partition = int(params.get("round", 1)), int(params.get("client", 0))
-        if (server_round, partition) not in truths:
-            truths[server_round, partition] = ground_truth(cfg, server_round, partition)
-        ctx = AttackContext(view=load_view(cfg, run_dir, server_round, partition),
-                            truth=truths[server_round, partition], public=public,
+        target = int(params.get("round", 1)), int(params.get("client", 0))
+        if target not in loaded:  # attacks on one update share its capture and truth
+            loaded[target] = load_view(cfg, run_dir, *target), ground_truth(cfg, *target)
+        view, truth = loaded[target]
+        ctx = AttackContext(view=view, truth=truth, public=public,
                             holdout=holdout, model_name=cfg.model.name, device=device,
                             seed=cfg.experiment.seed, progress=progress)
         figures = attack.run(ctx)
