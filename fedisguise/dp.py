@@ -11,17 +11,20 @@ BatchNorm mixes samples within a batch, so models with it are rejected, not sile
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedisguise.data import ImageDataset
 from fedisguise.training import OPTIMIZERS
+
 
 def check_model(model: nn.Module, name: str) -> None:
     errors = ModuleValidator.validate(model, strict=False)
@@ -51,6 +54,25 @@ def steps_per_round(num_examples: int, batch_size: int, epochs: int, max_steps: 
     """Expected steps of one local round (Poisson batches of mean size batch_size)."""
     per_epoch = max(1, math.ceil(num_examples / batch_size))
     return min(max_steps, epochs * per_epoch) if max_steps else epochs * per_epoch
+
+
+def poisson_batches(num_examples: int, batch_size: int, epochs: int, seed: int,
+                    max_steps: int = 0) -> Iterator[torch.Tensor]:
+    """The example indices of every batch `train_dp` trains on with this `seed`: Opacus's own
+    Poisson sampler on the same seeded generator, empty draws skipped as `train_dp` skips them,
+    so the attack harness can name the images behind a DP-SGD update."""
+    loader = DataLoader(TensorDataset(torch.arange(num_examples)), batch_size=batch_size,
+                        generator=torch.Generator().manual_seed(seed))
+    private = DPDataLoader.from_data_loader(loader)  # iterating it draws as train_dp's does
+    steps = 0
+    for _ in range(epochs):
+        for (idx,) in private:
+            if max_steps and steps == max_steps:
+                return
+            if len(idx) == 0:
+                continue
+            steps += 1
+            yield idx.long()
 
 
 def train_dp(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: int,

@@ -5,7 +5,14 @@ import torch
 
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset
-from fedisguise.dp import check_model, epsilon, planned_noise, steps_per_round, train_dp
+from fedisguise.dp import (
+    check_model,
+    epsilon,
+    planned_noise,
+    poisson_batches,
+    steps_per_round,
+    train_dp,
+)
 from fedisguise.models import build_model
 
 from .conftest import synthetic_config
@@ -52,6 +59,28 @@ def test_dp_sgd_clips_and_noises_but_still_learns_a_separable_task():
     with torch.no_grad():
         accuracy = (model(images).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("batch_size, epochs, max_steps", [(1, 1, 3), (8, 2, 0), (8, 1, 5)])
+def test_poisson_batches_name_the_images_dp_sgd_trained_on(batch_size, epochs, max_steps):
+    """The attack harness's ground truth for a DP-SGD update: image i carries i in its
+    pixels, and the model records which images each step saw."""
+    n = 40
+    data = ImageDataset(torch.arange(n).float().view(n, 1, 1, 1).expand(n, 1, 28, 28) / n,
+                        torch.arange(n) % 2, 2)
+    model = build_model("lenet", 1, 2, 28)
+    seen = []
+    model.register_forward_pre_hook(
+        lambda _, args: seen.append(sorted((args[0][:, 0, 0, 0] * n).round().long().tolist())))
+    _, steps = train_dp(model, data, epochs=epochs, batch_size=batch_size, optimizer="sgd",
+                        lr=0.1, momentum=0.0, weight_decay=0.0, noise_multiplier=1.0,
+                        max_grad_norm=1.0, device=torch.device("cpu"), seed=123,
+                        max_steps=max_steps)
+    expected = [sorted(b.tolist()) for b in poisson_batches(n, batch_size, epochs, 123,
+                                                            max_steps)]
+    assert len(expected) == steps and seen == expected
+    assert expected != [sorted(b.tolist()) for b in poisson_batches(n, batch_size, epochs, 124,
+                                                                    max_steps)]
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from fedisguise.config import Config
 from fedisguise.data import client_data, load_dataset
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import client_key
+from fedisguise.dp import poisson_batches
 from fedisguise.privacy import display_range
 from fedisguise.training import batch_indices, resolve_device, training_order_seed
 
@@ -59,10 +60,13 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
     disguise = build_disguise(cfg.disguise, key)
     disguise.reseed(f"train:round-{server_round}" if c.redisguise_each_round else "train")
     disguised, _ = disguise.apply(plain.images, plain.labels)
-    steps = cfg.train.local_steps
-    if steps:
-        idx = batch_indices(len(plain), training_order_seed(seed, server_round, partition),
-                            cfg.train.batch_size, steps, cfg.train.local_epochs)
+    steps, order_seed = cfg.train.local_steps, training_order_seed(seed, server_round, partition)
+    if steps and cfg.dp.mode == "dp-sgd":  # Opacus drew Poisson batches from the same seed
+        idx = torch.cat(list(poisson_batches(len(plain), cfg.train.batch_size,
+                                             cfg.train.local_epochs, order_seed, steps)))
+    elif steps:
+        idx = batch_indices(len(plain), order_seed, cfg.train.batch_size, steps,
+                            cfg.train.local_epochs)
     else:
         idx = torch.arange(len(plain))  # whole epochs: every image is behind the update
     return GroundTruth(batch_plain=plain.images[idx], batch_disguised=disguised[idx],
