@@ -4,6 +4,7 @@
     python run.py                                  # configs/default.toml in simulation
     python run.py --config configs/smoke.toml --set train.lr=0.02 --rounds 2
     python run.py --mode deployment --clients 2    # real SuperLink + SuperNode processes
+    python run.py --compare configs/compare-smoke.toml  # a grid of runs and one table
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+    parser.add_argument("--config", type=Path,
                         help="TOML experiment config (default: configs/default.toml)")
+    parser.add_argument("--compare", type=Path, metavar="GRID",
+                        help="run a comparison grid (a compare TOML file): every cell a normal "
+                             "run under OUT/<compare.name>/, finished cells skipped, then "
+                             "table.md, table.csv and plots; --set, --mode, --clients, "
+                             "--rounds apply to every cell")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override one config value, typed by its key (repeatable), "
@@ -45,11 +51,50 @@ def resolve_config(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config).with_overrides(overrides)
+    return load_config(args.config or DEFAULT_CONFIG).with_overrides(overrides)
+
+
+def cell_overrides(args: argparse.Namespace) -> list[str]:
+    """--set and the shorthand flags, as overrides for every cell of a grid."""
+    overrides = list(args.overrides)
+    for flag, key in (("mode", "experiment.mode"), ("clients", "experiment.clients"),
+                      ("rounds", "experiment.rounds")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return overrides
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from fedisguise.compare import load_grid, run_grid
+    from fedisguise.config import ConfigError
+
+    try:
+        if args.config or args.superlink:
+            raise ConfigError("--compare takes the base config from the compare file; drop "
+                              "--config/--superlink")
+        grid = load_grid(args.compare, cell_overrides(args), out=args.out)
+        from fedisguise.experiment import preflight
+
+        for cfg in {c.config.data.dataset: c.config for c in grid.cells}.values():
+            preflight(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    outcome = run_grid(grid)
+    print(f"\n{grid.name}: {len(outcome['ran'])} cells run, {len(outcome['skipped'])} "
+          f"already finished, {len(outcome['failed'])} failed; table in "
+          f"{grid.out / 'table.md'}")
+    for name, why in outcome["failed"].items():
+        print(f"  failed: {name}: {why}", file=sys.stderr)
+    return 1 if outcome["failed"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare:
+        return run_compare(args)
     from fedisguise.config import ConfigError
 
     try:

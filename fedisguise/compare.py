@@ -1,0 +1,499 @@
+"""Comparison runs: defences × attack settings × seeds, one normal run per cell, one table.
+
+A compare file is an ordinary experiment config (the base every cell starts from; with
+`[compare] base = "other.toml"` it inherits that file first) plus a `[compare]` table:
+
+    [compare]
+    name = "compare-smoke"        # cells in <out>/<name>/<cell>/, the table beside them
+    seeds = [0, 1]
+
+    [[compare.defence]]           # a label plus the config keys the defence changes
+    label = "visualmixer"
+    disguise = "visualmixer"
+
+    [[compare.attack]]            # a label, the attacks, and the training they assume
+    label = "gi-fedsgd"
+    attacks = [{name = "gradient_inversion", round = 1, client = 0}]
+    train = {local_steps = 1, batch_size = 1}
+
+Each cell is a whole run (results/<name>/<defence>--<attack>--seed<k>/ with its own
+metrics.json, rounds.csv, images and summary.md), so a reader can open any figure's source.
+A cell whose config is unchanged since it finished is skipped when the grid runs again.
+
+Utility figures (accuracy, privacy, ε, time) come from the cells of attack settings that keep
+the base training ("utility" settings: only `attacks` given); attack figures from every cell
+that ran that attack. An attack setting that changes training (FedSGD on one image for
+gradient inversion, say) thus prices the attack in its own regime without distorting accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import re
+import statistics
+import tomllib
+import traceback
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError
+
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+COMPARE_KEYS = {"name", "seeds", "base", "defence", "attack"}
+OWNED_BY_GRID = ("experiment.name", "experiment.seed", "experiment.out")
+# Columns of table.csv: one row per defence; *_std is empty with fewer than two values.
+TABLE_FIGURES = ("accuracy", "accuracy_gap", "visual_privacy", "misusability", "epsilon",
+                 "gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
+                 "membership_tpr_at_1pct_fpr", "seconds_per_round", "time_ratio",
+                 "first_round_seconds")
+CELL_FIGURES = ("accuracy", "accuracy_per_round", "visual_privacy", "misusability", "epsilon",
+                "gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
+                "membership_tpr_at_1pct_fpr", "seconds_per_round", "first_round_seconds")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One value of a grid axis: a label and the partial config it merges into the base."""
+
+    label: str
+    changes: dict[str, Any]
+    utility: bool = True
+
+
+@dataclass(frozen=True)
+class Cell:
+    defence: str
+    attack: str
+    seed: int
+    utility: bool
+    config: Config
+
+    @property
+    def name(self) -> str:
+        return f"{self.defence}--{self.attack}--seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    source: Path
+    out: Path
+    seeds: list[int]
+    defences: list[Entry]
+    attacks: list[Entry]
+    cells: list[Cell]
+
+    @property
+    def reference(self) -> str:
+        """The defence others are measured against: `none` if present, else the first."""
+        labels = [d.label for d in self.defences]
+        return "none" if "none" in labels else labels[0]
+
+
+# ---- loading ----------------------------------------------------------------------------
+def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+              out: str | None = None) -> Grid:
+    """Read a compare file and build (and validate) every cell's config before anything runs.
+
+    `overrides` (`section.key=value`, as `--set`) apply to every cell; `out` replaces the
+    results folder the cells go under.
+    """
+    path = Path(path)
+    raw = _read_toml(path)
+    spec = raw.pop("compare", None)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a compare file needs a [compare] table (name, seeds, "
+                          f"[[compare.defence]], [[compare.attack]])")
+    unknown = sorted(set(spec) - COMPARE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown [compare] key(s) {unknown}; valid: "
+                          f"{sorted(COMPARE_KEYS)}")
+    if spec.get("base"):
+        base_path = (path.parent / spec["base"]).resolve()
+        base = _read_toml(base_path)
+        if "compare" in base:
+            raise ConfigError(f"{path}: base {base_path} is itself a compare file")
+        raw = _merge(base, raw)
+    name = spec.get("name")
+    if not isinstance(name, str) or not LABEL.match(name):
+        raise ConfigError(f"{path}: compare.name must be a name of letters, digits, '_.+-', "
+                          f"got {name!r}")
+    seeds = spec.get("seeds", [raw.get("experiment", {}).get("seed", 0)])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{path}: compare.seeds must be a non-empty list of distinct "
+                          f"integers, got {seeds!r}")
+    defences = _entries(path, spec.get("defence"), "defence")
+    if not defences:
+        raise ConfigError(f"{path}: the grid needs at least one [[compare.defence]]")
+    attacks = _entries(path, spec.get("attack"), "attack") or [
+        Entry("base", {"attacks": copy.deepcopy(raw.get("attacks", []))})]
+    root = Path(out if out is not None else raw.get("experiment", {}).get("out", "results"))
+    grid_out = (root / name).resolve()
+    cells = []
+    for seed in seeds:
+        for defence in defences:
+            for attack in attacks:
+                _check_disjoint(path, defence, attack)
+                merged = _merge(_merge(raw, defence.changes), attack.changes)
+                cell = Cell(defence.label, attack.label, seed, attack.utility, Config())
+                try:
+                    cfg = Config.from_dict(merged).with_overrides(list(overrides))
+                    cfg = replace(cfg, experiment=replace(
+                        cfg.experiment, name=cell.name, seed=seed, out=str(grid_out)))
+                    cfg.validate()
+                except ConfigError as err:
+                    raise ConfigError(f"{path}: cell {cell.name}: {err}") from err
+                cells.append(replace(cell, config=cfg))
+    return Grid(name, path, grid_out, seeds, defences, attacks, cells)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
+def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
+    if tables is None:
+        return []
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: compare.{axis} must be an array of tables "
+                          f"([[compare.{axis}]])")
+    entries, seen = [], set()
+    for i, table in enumerate(tables):
+        where = f"{path}: compare.{axis}[{i}]"
+        changes = dict(table)
+        label = changes.pop("label", None)
+        if not isinstance(label, str) or not LABEL.match(label):
+            raise ConfigError(f"{where}: label must be a name of letters, digits, '_.+-', "
+                              f"got {label!r}")
+        if label in seen:
+            raise ConfigError(f"{where}: label {label!r} appears twice")
+        seen.add(label)
+        unknown = sorted(set(changes) - set(SECTIONS) - set(STRUCTURED_KEYS) - {"utility"})
+        if unknown:
+            raise ConfigError(f"{where} ({label}): unknown key(s) {unknown}; an entry holds "
+                              f"config sections {list(SECTIONS)} and {list(STRUCTURED_KEYS)}")
+        for owned in OWNED_BY_GRID:
+            section, _, key = owned.partition(".")
+            if key in changes.get(section, {}):
+                raise ConfigError(f"{where} ({label}): {owned} is set by the grid "
+                                  f"(cell name, compare.seeds, the output folder)")
+        utility = changes.pop("utility", None)
+        if axis == "defence":
+            if "attacks" in changes or utility is not None:
+                raise ConfigError(f"{where} ({label}): attacks belong in [[compare.attack]]")
+            entries.append(Entry(label, changes))
+            continue
+        if not isinstance(changes.get("attacks"), list):
+            raise ConfigError(f"{where} ({label}): an attack setting needs `attacks = [...]`")
+        if utility is None:  # only attacks given: the base training, so its accuracy counts
+            utility = set(changes) == {"attacks"}
+        if not isinstance(utility, bool):
+            raise ConfigError(f"{where} ({label}): utility must be true or false")
+        entries.append(Entry(label, changes, utility))
+    return entries
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Sections merge key by key; `disguise` and `attacks` are replaced whole."""
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if key in SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **copy.deepcopy(value)}
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _keys(changes: dict[str, Any]) -> set[str]:
+    return {f"{k}.{n}" for k, v in changes.items() if k in SECTIONS and isinstance(v, dict)
+            for n in v} | {k for k in changes if k not in SECTIONS}
+
+
+def _check_disjoint(path: Path, defence: Entry, attack: Entry) -> None:
+    """A key both axes set has no single meaning in the cell: refuse rather than pick one."""
+    both = sorted(_keys(defence.changes) & _keys(attack.changes))
+    if both:
+        raise ConfigError(f"{path}: defence {defence.label!r} and attack setting "
+                          f"{attack.label!r} both set {both}")
+
+
+# ---- running ----------------------------------------------------------------------------
+def _comparable(cfg: Config) -> dict[str, Any]:
+    """What decides whether a finished cell still answers the grid's question."""
+    settings = cfg.to_dict()
+    settings["experiment"].pop("out")
+    return settings
+
+
+def cell_done(cell: Cell) -> bool:
+    """Finished with exactly this config (its marker is written only after a whole run)."""
+    marker = cell.config.run_dir / "cell.json"
+    if not marker.is_file() or not (cell.config.run_dir / "metrics.json").is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("config") == _comparable(cell.config)
+    except json.JSONDecodeError:
+        return False
+
+
+def run_grid(grid: Grid, progress: bool = True) -> dict[str, Any]:
+    """Run every unfinished cell, then write table.md, table.csv, cells.csv and the plots.
+
+    A cell that fails is reported (and left unfinished for the next run) while the others go
+    on; the return value lists it under `failed`.
+    """
+    from fedisguise.experiment import run_experiment
+
+    grid.out.mkdir(parents=True, exist_ok=True)
+    skipped, ran, failed = [], [], {}
+    bar = tqdm(grid.cells, desc=f"compare {grid.name}", unit="cell", disable=not progress)
+    for cell in bar:
+        bar.set_postfix_str(cell.name)
+        if cell_done(cell):
+            skipped.append(cell.name)
+            continue
+        marker = cell.config.run_dir / "cell.json"
+        marker.unlink(missing_ok=True)
+        try:
+            run_experiment(cell.config)
+        except Exception as err:  # noqa: BLE001 - one broken cell must not lose the others
+            failed[cell.name] = f"{type(err).__name__}: {err}"
+            tqdm.write(f"cell {cell.name} failed:\n{traceback.format_exc()}")
+            continue
+        marker.write_text(json.dumps({"config": _comparable(cell.config),
+                                      "finished_at": datetime.now(UTC).isoformat(
+                                          timespec="seconds")}, indent=2) + "\n")
+        ran.append(cell.name)
+    table = write_table(grid)
+    return {"ran": ran, "skipped": skipped, "failed": failed, **table}
+
+
+# ---- the table --------------------------------------------------------------------------
+def cell_figures(record: dict[str, Any]) -> dict[str, Any]:
+    """One cell's figures. Several attacks of one kind in a cell: the strongest counts."""
+    final, attacks = record["final"], record.get("attacks") or {}
+
+    def strongest(kind: str, figure: str) -> float | None:
+        values = [f.get(figure) for label, f in attacks.items()
+                  if re.sub(r"-\d+$", "", label) == kind]
+        values = [v for v in values if isinstance(v, int | float)]
+        return max(values) if values else None
+
+    privacy = record.get("privacy") or {}
+    # Round 1 also starts the clients and disguises their data once; later rounds are the
+    # steady cost of training on it. Both are reported, the steady one in the table.
+    seconds = [r["round_seconds"] for r in record["rounds"]]
+    steady = seconds[1:] or seconds
+    return {
+        "accuracy": final["test_accuracy"],
+        "accuracy_per_round": [r["test_accuracy"] for r in record["rounds"]],
+        "visual_privacy": privacy.get("visual_privacy"),
+        # An undisguised model is used on plain images as it is: misusability = its accuracy.
+        "misusability": privacy.get("misusability", final["plain_test_accuracy"]),
+        "epsilon": final.get("epsilon"),
+        "gi_psnr_vs_original": strongest("gradient_inversion", "psnr_vs_original"),
+        "gi_psnr_vs_disguised": strongest("gradient_inversion", "psnr_vs_disguised"),
+        "membership_auc": strongest("membership", "auc"),
+        "membership_tpr_at_1pct_fpr": strongest("membership", "tpr_at_1pct_fpr"),
+        "seconds_per_round": statistics.fmean(steady) if steady else None,
+        "first_round_seconds": seconds[0] if seconds else None,
+    }
+
+
+def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None, 0
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return statistics.fmean(values), std, len(values)
+
+
+def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per defence: mean/std over its finished cells (utility figures from utility cells)."""
+    any_utility = any(a.utility for a in grid.attacks)
+    rows = []
+    for defence in grid.defences:
+        cells = [c for c in grid.cells if c.defence == defence.label and c.name in figures]
+        util = [figures[c.name] for c in cells if c.utility or not any_utility]
+        every = [figures[c.name] for c in cells]
+        row: dict[str, Any] = {"defence": defence.label, "cells": len(cells)}
+        for key in ("accuracy", "visual_privacy", "misusability", "epsilon",
+                    "seconds_per_round", "first_round_seconds"):
+            row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([f[key] for f in util])
+        for key in ("gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
+                    "membership_tpr_at_1pct_fpr"):
+            row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([f[key] for f in every])
+        rounds = [f["accuracy_per_round"] for f in util]
+        row["accuracy_per_round"] = [_stats(list(r))[:2] for r in zip(*rounds, strict=False)]
+        rows.append(row)
+    ref = next(r for r in rows if r["defence"] == grid.reference)
+    for row in rows:
+        row["accuracy_gap"] = (None if row["accuracy"] is None or ref["accuracy"] is None
+                               else row["accuracy"] - ref["accuracy"])
+        row["time_ratio"] = (None if not row["seconds_per_round"]
+                             or not ref["seconds_per_round"]
+                             else row["seconds_per_round"] / ref["seconds_per_round"])
+        row["accuracy_gap_std"] = row["time_ratio_std"] = None
+    return rows
+
+
+def _fmt(mean: float | None, std: float | None = None, digits: int = 3) -> str:
+    if mean is None:
+        return "–"
+    text = f"{mean:.{digits}f}"
+    return text if std is None else f"{text} ± {std:.{digits}f}"
+
+
+def write_table(grid: Grid) -> dict[str, Any]:
+    """table.md, table.csv, cells.csv, compare.json and the plots from the cells on disk."""
+    figures, records = {}, {}
+    for cell in grid.cells:
+        if cell_done(cell):
+            records[cell.name] = json.loads((cell.config.run_dir / "metrics.json").read_text())
+            figures[cell.name] = cell_figures(records[cell.name])
+    missing = [c.name for c in grid.cells if c.name not in figures]
+    rows = table_rows(grid, figures)
+    with (grid.out / "table.csv").open("w", newline="") as fh:
+        columns = ["defence", "cells"] + [f"{k}{s}" for k in TABLE_FIGURES
+                                          for s in ("", "_std")]
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    with (grid.out / "cells.csv").open("w", newline="") as fh:
+        columns = ["cell", "defence", "attack", "seed", "utility"] + [
+            k for k in CELL_FIGURES if k != "accuracy_per_round"]
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for c in grid.cells:
+            if c.name in figures:
+                writer.writerow({"cell": c.name, "defence": c.defence, "attack": c.attack,
+                                 "seed": c.seed, "utility": c.utility, **{
+                                     k: ("" if v is None else v)
+                                     for k, v in figures[c.name].items()
+                                     if k != "accuracy_per_round"}})
+    plots = write_plots(grid, rows)
+    (grid.out / "table.md").write_text(table_markdown(grid, rows, records, missing, plots))
+    summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
+               "reference": grid.reference, "rows": rows, "missing": missing,
+               "plots": plots}
+    (grid.out / "compare.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return {"rows": rows, "missing": missing, "plots": plots}
+
+
+def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, Any],
+                   missing: list[str], plots: list[str]) -> str:
+    c = next((c for c in grid.cells if c.utility), grid.cells[0]).config
+    lines = [f"# {grid.name}", "",
+             f"{c.data.dataset}, {c.experiment.clients} clients ({c.data.partitioner}, "
+             f"{c.data.train_per_client or 'all'} images each), model {c.model.name}, "
+             f"{c.strategy.name}, {c.experiment.rounds} rounds of {c.train.local_epochs} local "
+             f"epoch(s), batch {c.train.batch_size}, lr {c.train.lr}; seeds {grid.seeds}; "
+             f"source `{grid.source}`.", ""]
+    utility = [a.label for a in grid.attacks if a.utility] or [a.label for a in grid.attacks]
+    lines += [
+        f"Accuracy (final, on the clients' own — disguised — test shards), visual privacy, "
+        f"misusability, ε and time come from the cells of {utility}; attack figures from "
+        f"every cell that ran the attack (the strongest of several). Mean ± std over seeds; "
+        f"gap and ratio against `{grid.reference}`. – : not defined or not measured (visual "
+        f"privacy needs disguised images; ε needs DP).", "",
+        "| defence | accuracy | gap (points) | visual privacy | misusability | ε | GI PSNR vs "
+        "original (dB) | GI PSNR vs disguised (dB) | membership AUC | TPR @ 1% FPR | s/round "
+        "(after round 1) | time × ref |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        gap = None if r["accuracy_gap"] is None else 100 * r["accuracy_gap"]
+        lines.append(
+            f"| {r['defence']} | {_fmt(r['accuracy'], r['accuracy_std'])} | "
+            f"{_fmt(gap, None, 1)} | {_fmt(r['visual_privacy'], r['visual_privacy_std'])} | "
+            f"{_fmt(r['misusability'], r['misusability_std'])} | "
+            f"{_fmt(r['epsilon'], r['epsilon_std'], 2)} | "
+            f"{_fmt(r['gi_psnr_vs_original'], r['gi_psnr_vs_original_std'], 1)} | "
+            f"{_fmt(r['gi_psnr_vs_disguised'], r['gi_psnr_vs_disguised_std'], 1)} | "
+            f"{_fmt(r['membership_auc'], r['membership_auc_std'])} | "
+            f"{_fmt(r['membership_tpr_at_1pct_fpr'], r['membership_tpr_at_1pct_fpr_std'])} | "
+            f"{_fmt(r['seconds_per_round'], r['seconds_per_round_std'], 1)} | "
+            f"{_fmt(r['time_ratio'], None, 2)} |")
+    lines += ["", "Defences:"]
+    lines += [f"- `{d.label}`: {json.dumps(d.changes) if d.changes else 'the base config'}"
+              for d in grid.defences]
+    lines += ["", "Attack settings:"]
+    lines += [f"- `{a.label}`{' (utility)' if a.utility else ''}: {json.dumps(a.changes)}"
+              for a in grid.attacks]
+    lines += ["", "Cells (each a normal run with its own summary):"]
+    lines += [f"- [{name}]({name}/summary.md)" for name in records]
+    if missing:
+        lines += ["", f"**Not finished ({len(missing)}):** " + ", ".join(missing)
+                  + " — run the grid again to fill them in."]
+    lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def write_plots(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
+    """accuracy per round per defence; final accuracy against each attack's success."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        points = r["accuracy_per_round"]
+        if not points or any(m is None for m, _ in points):
+            continue
+        x = range(1, len(points) + 1)
+        mean = [m for m, _ in points]
+        std = [s or 0.0 for _, s in points]
+        ax.plot(x, mean, marker="o", label=r["defence"])
+        ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)
+    ax.set(xlabel="round", ylabel="test accuracy (own test shard)",
+           title=f"{grid.name}: accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(grid.out / "accuracy_per_round.png", dpi=120)
+    plt.close(fig)
+    written.append("accuracy_per_round.png")
+
+    success = [(k, t) for k, t in (("gi_psnr_vs_original", "gradient inversion PSNR vs "
+                                    "original (dB)"), ("membership_auc", "membership AUC"))
+               if any(r[k] is not None for r in rows)]
+    if success:
+        fig, axes = plt.subplots(1, len(success), figsize=(5.5 * len(success), 4),
+                                 squeeze=False)
+        for ax, (key, title) in zip(axes[0], success, strict=True):
+            for r in rows:
+                if r[key] is None or r["accuracy"] is None:
+                    continue
+                ax.errorbar(r[key], r["accuracy"], xerr=r[f"{key}_std"],
+                            yerr=r["accuracy_std"], fmt="o", capsize=3)
+                ax.annotate(r["defence"], (r[key], r["accuracy"]), fontsize=8,
+                            xytext=(4, 4), textcoords="offset points")
+            if key == "membership_auc":  # chance is 0.5: keep small differences in scale
+                low = min([0.45] + [r[key] for r in rows if r[key] is not None])
+                ax.set_xlim(low - 0.02, 1.0)
+            ax.set(xlabel=title + " (attack success →)", ylabel="final accuracy")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{grid.name}: utility vs attack success")
+        fig.tight_layout()
+        fig.savefig(grid.out / "accuracy_vs_attack.png", dpi=120)
+        plt.close(fig)
+        written.append("accuracy_vs_attack.png")
+    return written

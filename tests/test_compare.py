@@ -1,0 +1,218 @@
+"""Comparison grids: cells built from one base, clear errors, resume, the table's arithmetic,
+and the smoke grid end to end on Fashion-MNIST."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedisguise.compare import (
+    Grid,
+    cell_done,
+    cell_figures,
+    load_grid,
+    run_grid,
+    table_rows,
+    write_table,
+)
+from fedisguise.config import ConfigError, load_config
+from tests.conftest import DEBIAN_FMNIST
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = """
+[experiment]
+rounds = 3
+clients = 2
+[data]
+dataset = "synthetic"
+"""
+
+
+def grid_file(tmp_path: Path, body: str, base: str = BASE) -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text(textwrap.dedent(body) + base)
+    return path
+
+
+GRID = """
+[compare]
+name = "g"
+seeds = [0, 1]
+[[compare.defence]]
+label = "none"
+[[compare.defence]]
+label = "bp"
+disguise = {name = "block-permutation", block_size = 4}
+[[compare.attack]]
+label = "gi"
+attacks = [{name = "gradient_inversion", round = 1, client = 0}]
+train = {local_steps = 1, batch_size = 1}
+experiment = {rounds = 1}
+[[compare.attack]]
+label = "mia"
+attacks = [{name = "membership", method = "loss", target = "global"}]
+"""
+
+
+def test_cells_merge_base_defence_attack_and_seed(tmp_path):
+    grid = load_grid(grid_file(tmp_path, GRID), overrides=["train.lr=0.02"], out=str(tmp_path))
+    assert [c.name for c in grid.cells][:4] == ["none--gi--seed0", "none--mia--seed0",
+                                                "bp--gi--seed0", "bp--mia--seed0"]
+    assert len(grid.cells) == 8 and grid.out == (tmp_path / "g").resolve()
+    by_name = {c.name: c for c in grid.cells}
+    gi, mia = by_name["bp--gi--seed1"], by_name["bp--mia--seed1"]
+    assert gi.config.disguise == {"name": "block-permutation", "block_size": 4}
+    assert (gi.config.train.local_steps, gi.config.experiment.rounds) == (1, 1)
+    assert (mia.config.train.local_steps, mia.config.experiment.rounds) == (0, 3)
+    assert gi.config.experiment.seed == 1 and gi.config.experiment.name == "bp--gi--seed1"
+    assert all(c.config.train.lr == 0.02 and c.config.data.dataset == "synthetic"
+               for c in grid.cells)
+    # An attack setting that changes training is priced in its own regime, not as utility.
+    assert not gi.utility and mia.utility
+    assert gi.config.run_dir == grid.out / "bp--gi--seed1"
+
+
+@pytest.mark.parametrize("body, match", [
+    ("[model]\nname = 'lenet'\n", "needs a \\[compare\\] table"),
+    ("[compare]\nname = 'g'\nseeds = [0]\n", "at least one"),
+    ("[compare]\nname = 'a/b'\n[[compare.defence]]\nlabel = 'x'\n", "compare.name"),
+    ("[compare]\nname = 'g'\nseeds = [0, 0]\n[[compare.defence]]\nlabel = 'x'\n", "distinct"),
+    ("[compare]\nname = 'g'\ncolour = 1\n", "unknown \\[compare\\] key"),
+    ("[compare]\nname = 'g'\n[[compare.defence]]\nlabel = 'x'\n[[compare.defence]]\n"
+     "label = 'x'\n", "appears twice"),
+    ("[compare]\nname = 'g'\n[[compare.defence]]\nlabel = 'x'\nattacks = []\n",
+     "attacks belong in"),
+    ("[compare]\nname = 'g'\n[[compare.defence]]\nlabel = 'x'\n[[compare.attack]]\n"
+     "label = 'a'\n", "needs `attacks"),
+    ("[compare]\nname = 'g'\n[[compare.defence]]\nlabel = 'x'\nexperiment = {seed = 3}\n",
+     "experiment.seed is set by the grid"),
+    ("[compare]\nname = 'g'\n[[compare.defence]]\nlabel = 'x'\nwarp = 1\n", "unknown key"),
+    ("[compare]\nname = 'g'\n[[compare.defence]]\nlabel = 'x'\ntrain = {batch_size = 4}\n"
+     "[[compare.attack]]\nlabel = 'a'\nattacks = []\ntrain = {batch_size = 1}\n",
+     "both set \\['train.batch_size'\\]"),
+    ("[compare]\nname = 'g'\n[[compare.defence]]\nlabel = 'x'\ndisguise = 'no-such'\n",
+     "cell x--base--seed0: .*no-such"),
+])
+def test_bad_grids_are_refused_with_the_reason(tmp_path, body, match):
+    with pytest.raises(ConfigError, match=match):
+        load_grid(grid_file(tmp_path, body))
+
+
+def test_a_compare_file_inherits_its_base_file(tmp_path):
+    (tmp_path / "base.toml").write_text(BASE + "[train]\nlr = 0.3\n")
+    path = tmp_path / "grid.toml"
+    path.write_text("[compare]\nname = 'g'\nbase = 'base.toml'\n[[compare.defence]]\n"
+                    "label = 'none'\n[train]\nbatch_size = 8\n")
+    (cell,) = load_grid(path).cells
+    assert (cell.config.train.lr, cell.config.train.batch_size) == (0.3, 8)
+    assert cell.config.experiment.rounds == 3 and cell.attack == "base"
+
+
+def fake_record(acc: float, seconds: list[float], *, vp=None, eps=None, gi=(), auc=()) -> dict:
+    rounds = [{"test_accuracy": acc - 0.1 * (len(seconds) - 1 - i), "round_seconds": s}
+              for i, s in enumerate(seconds)]
+    attacks = {}
+    for i, psnr in enumerate(gi):
+        attacks["gradient_inversion" + (f"-{i}" if i else "")] = {"psnr_vs_original": psnr,
+                                                                  "psnr_vs_disguised": psnr}
+    for i, a in enumerate(auc):
+        attacks["membership" + (f"-{i + 5}" if i else "")] = {"auc": a, "tpr_at_1pct_fpr": a / 10}
+    return {"final": {"test_accuracy": acc, "plain_test_accuracy": acc - 0.01,
+                      "epsilon": eps}, "rounds": rounds, "attacks": attacks,
+            "privacy": {"visual_privacy": vp, "misusability": 0.2} if vp is not None else {}}
+
+
+def test_the_table_aggregates_over_seeds_against_the_reference(tmp_path):
+    grid = load_grid(grid_file(tmp_path, GRID), out=str(tmp_path))
+    figures = {
+        "none--gi--seed0": cell_figures(fake_record(0.1, [9.0], gi=[30.0, 20.0])),
+        "none--gi--seed1": cell_figures(fake_record(0.1, [9.0], gi=[26.0])),
+        "none--mia--seed0": cell_figures(fake_record(0.80, [10.0, 2.0, 2.0], auc=[0.6, 0.7])),
+        "none--mia--seed1": cell_figures(fake_record(0.84, [10.0, 2.0, 2.0], auc=[0.6])),
+        "bp--gi--seed0": cell_figures(fake_record(0.1, [9.0], gi=[10.0], vp=0.9)),
+        "bp--mia--seed0": cell_figures(fake_record(0.70, [11.0, 3.0, 3.0], vp=0.8, eps=2.0,
+                                                   auc=[0.5])),
+        # bp--*--seed1 did not finish: its row is over what there is.
+    }
+    none, bp = table_rows(grid, figures)
+    assert none["accuracy"] == pytest.approx(0.82) and none["accuracy_n"] == 2
+    assert none["accuracy_std"] == pytest.approx(0.02 * 2 ** 0.5)
+    # The strongest of two inversions in one cell counts; mean over seeds.
+    assert none["gi_psnr_vs_original"] == pytest.approx(28.0)
+    assert none["membership_auc"] == pytest.approx(0.65)
+    # Misusability of an undisguised model is its plain accuracy; no visual privacy, no ε.
+    assert none["misusability"] == pytest.approx(0.81) and none["visual_privacy"] is None
+    assert bp["accuracy_gap"] == pytest.approx(0.70 - 0.82) and bp["epsilon"] == 2.0
+    assert bp["accuracy_std"] is None and bp["visual_privacy"] == 0.8
+    # Steady seconds per round (after the first, which starts clients and disguises once).
+    assert none["seconds_per_round"] == 2.0 and bp["time_ratio"] == pytest.approx(1.5)
+    assert none["first_round_seconds"] == 10.0
+    assert [m for m, _ in none["accuracy_per_round"]] == pytest.approx([0.62, 0.72, 0.82])
+
+
+def test_finished_cells_are_skipped_only_while_their_config_holds(tmp_path):
+    path = grid_file(tmp_path, GRID)
+    grid = load_grid(path, out=str(tmp_path))
+    cell = grid.cells[1]
+    run_dir = cell.config.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(fake_record(0.8, [1.0, 1.0])))
+    assert not cell_done(cell)  # metrics without the marker: a run that did not finish
+    from fedisguise.compare import _comparable
+
+    (run_dir / "cell.json").write_text(json.dumps({"config": _comparable(cell.config)}))
+    assert cell_done(cell)
+    assert cell_done(load_grid(path, out=str(tmp_path)).cells[1])
+    changed = load_grid(path, overrides=["train.lr=0.5"], out=str(tmp_path)).cells[1]
+    assert changed.name == cell.name and not cell_done(changed)
+    # The table is written from what finished; the rest is listed as missing.
+    table = write_table(grid)
+    assert len(table["missing"]) == 7 and table["rows"][0]["accuracy"] == pytest.approx(0.8)
+    assert "Not finished (7)" in (grid.out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_config_builds(path):
+    """Compare files (and the paper presets among them) build every cell without data."""
+    if "[compare]" not in path.read_text():
+        assert load_config(path).experiment.name
+        return
+    grid = load_grid(path)
+    assert grid.reference == "none" and len(grid.cells) >= 2
+    if path.stem.startswith("paper-"):
+        # A preset's reduction keeps the paper's disguise and training, on Fashion-MNIST.
+        reduction = path.with_name(path.stem.removesuffix("-fmnist") + "-fmnist.toml")
+        full = path.with_name(reduction.name.removesuffix("-fmnist.toml") + ".toml")
+        small, big = load_grid(reduction).cells[-1].config, load_grid(full).cells[-1].config
+        assert small.data.dataset == "fashion-mnist" and big.data.dataset != "fashion-mnist"
+        assert small.disguise == big.disguise and small.train.optimizer == big.train.optimizer
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST), reason="needs Debian's Fashion-MNIST")
+def test_compare_smoke_grid_end_to_end(tmp_path):
+    grid: Grid = load_grid(REPO / "configs" / "compare-smoke.toml", out=str(tmp_path))
+    assert [d.label for d in grid.defences] == ["none", "visualmixer"]
+    assert len(grid.attacks) == 1 and grid.seeds == [0]
+    outcome = run_grid(grid, progress=False)
+    assert outcome["failed"] == {} and len(outcome["ran"]) == 2
+    with (grid.out / "table.csv").open() as fh:
+        rows = {r["defence"]: r for r in csv.DictReader(fh)}
+    none, vm = rows["none"], rows["visualmixer"]
+    assert float(none["accuracy"]) > 0.6 and float(vm["accuracy"]) > 0.5
+    assert float(none["accuracy_gap"]) == 0.0 and float(none["time_ratio"]) == 1.0
+    assert none["visual_privacy"] == "" and float(vm["visual_privacy"]) > 0.1
+    assert 0.0 <= float(vm["membership_auc"]) <= 1.0 and float(vm["seconds_per_round"]) > 0
+    md = (grid.out / "table.md").read_text()
+    assert "| visualmixer |" in md and "none--membership--seed0/summary.md" in md
+    for png in ("accuracy_per_round.png", "accuracy_vs_attack.png"):
+        assert (grid.out / png).read_bytes()[:4] == b"\x89PNG"
+    # Run again: nothing re-runs, the table is rewritten from the finished cells.
+    again = run_grid(load_grid(REPO / "configs" / "compare-smoke.toml", out=str(tmp_path)),
+                     progress=False)
+    assert again["ran"] == [] and len(again["skipped"]) == 2
