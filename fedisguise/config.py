@@ -304,7 +304,11 @@ class Config:
         disguise_name = self.disguise_name
         _choice("disguise", disguise_name, DISGUISES)
         try:
-            check_params(DISGUISES[disguise_name], spec_params(self.disguise)[1])
+            params = spec_params(self.disguise)[1]
+            check_params(DISGUISES[disguise_name], params)
+            check_spec = getattr(DISGUISES[disguise_name], "check_spec", None)
+            if check_spec is not None:  # values a defence can check before it is built
+                check_spec(params)
         except ValueError as err:
             raise ConfigError(f"disguise: {err}") from None
         if not isinstance(self.attacks, list):

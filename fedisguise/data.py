@@ -246,6 +246,20 @@ def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, see
     return ClientData(train=full.subset(own), test=test.subset(shard))
 
 
+def unassigned_train_indices(dataset: str, data_dir: str, partitioner: str, alpha: float,
+                             seed: int, num_partitions: int,
+                             train_per_client: int = 0) -> np.ndarray:
+    """Training-split indices no client trains on (what a coordinator may use without
+    touching client data); empty when the clients hold the whole split."""
+    n = len(load_dataset(dataset, "train", data_dir))
+    parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
+    used = np.zeros(n, dtype=bool)
+    for pid, part in enumerate(parts):
+        own = np.random.default_rng([seed, pid]).permutation(part)
+        used[own[:train_per_client] if train_per_client else own] = True
+    return np.flatnonzero(~used)
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_partitions(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
                        num_partitions: int) -> list[np.ndarray]:

@@ -36,6 +36,9 @@ def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
                                           out=str(Path(cfg.experiment.out).resolve())))
     metrics_path = cfg.run_dir / "metrics.json"
     metrics_path.unlink(missing_ok=True)  # a failed rerun must not report an old run's figures
+    from fedisguise import transform
+
+    cfg = transform.prepare(cfg)  # a transformation network is trained once, before the run
     if cfg.experiment.mode == "simulation":
         run_simulation(cfg)
     else:
@@ -49,6 +52,8 @@ def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
         return record
     from fedisguise.results import rewrite_record
 
+    if cfg.disguise_name == "transform-net":
+        record["transform_net"] = transform.figures(cfg)
     if cfg.disguise_name != "none":
         from fedisguise.privacy import privacy_figures
 

@@ -84,6 +84,12 @@ def summary_markdown(record: dict[str, Any]) -> str:
         lines += ["", "Privacy: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                                               for k, v in record["privacy"].items()
                                               if not isinstance(v, dict))]
+    if record.get("transform_net"):
+        t = record["transform_net"]
+        lines += ["", f"Transformation network (α = {t['training']['alpha']}, features "
+                      f"{t['features_used']}, trained by the {t['trainer']}): classifier ψ "
+                      f"({t['classifier']}) accuracy {_fmt(t['psi_accuracy_plain'])} on plain "
+                      f"test images, {_fmt(t['psi_accuracy_transformed'])} on transformed ones."]
     if record.get("dp"):
         lines += ["", f"DP-SGD: ε = {_fmt(record['final'].get('epsilon'))} at δ = "
                       f"{record['dp']['delta']:g} (largest cumulative ε any client reports)."]

@@ -114,34 +114,47 @@ def invert_known_pairs(fit: dict, disguised: torch.Tensor, block_size: int) -> t
 
 LEVELS = (1, 2)
 INVERSE_METHODS = ("unet", "known-pairs")
+TARGET_SETS = ("client", "test")
 
 
 @register
 class InverseNetwork(Attack):
-    """Level 1: a U-Net trained on the attacker's public data disguised under its own key.
-    Level 2: pairs under the victim's key, inverted by a U-Net or by known-pairs algebra.
-    Scored on victim images the attacker did not hold as pairs."""
+    """Level 1: a U-Net trained on the attacker's public data disguised under its own key
+    (for a keyless defence such as transform-net, the public h_θ itself: Ito et al.'s ITN
+    attack). Level 2: pairs under the victim's key, inverted by a U-Net or by known-pairs
+    algebra. Scored on victim images the attacker did not hold as pairs: the client's own
+    (`target_set = "client"`) or held-out test images under the victim's disguise (`"test"`)."""
 
     name = "inverse_network"
 
     def __init__(self, round: int = 1, client: int = 0, level: int = 1, method: str = "unet",
-                 pairs: int = 1000, epochs: int = 5, targets: int = 500) -> None:
+                 pairs: int = 1000, epochs: int = 5, targets: int = 500,
+                 target_set: str = "client") -> None:
         if level not in LEVELS or method not in INVERSE_METHODS:
             raise ValueError(f"level must be one of {LEVELS} and method one of "
                              f"{INVERSE_METHODS}, got {level!r}, {method!r}")
+        if target_set not in TARGET_SETS:
+            raise ValueError(f"target_set must be one of {TARGET_SETS}, got {target_set!r}")
         if method == "known-pairs" and level == 1:
             raise ValueError("known-pairs needs pairs under the victim's key: level = 2")
         if min(round, pairs, epochs, targets) < 1 or client < 0:
             raise ValueError("round, pairs, epochs and targets must be >= 1")
         self.round, self.client, self.level, self.method = round, client, level, method
         self.pairs, self.epochs, self.targets = pairs, epochs, targets
+        self.target_set = target_set
 
     def run(self, ctx: AttackContext) -> dict:
         truth = ctx.truth
         plain, disguised = truth.train_plain.images, truth.train_disguised
         held = min(self.pairs, len(plain) // 2) if self.level == 2 else 0
-        goal_plain = plain[held:held + self.targets]
-        goal_disguised = disguised[held:held + self.targets]
+        if self.target_set == "test":  # test images the victim disguises as it would its own
+            goal_plain = ctx.holdout.images[:self.targets]
+            victim = build_disguise(truth.disguise_spec, truth.disguise_key)
+            victim.reseed("attack-targets")
+            goal_disguised = victim.apply(goal_plain, ctx.holdout.labels[:self.targets])[0]
+        else:
+            goal_plain = plain[held:held + self.targets]
+            goal_disguised = disguised[held:held + self.targets]
         if self.level == 1:
             attacker_key = DisguiseKey.generate(ctx.seed + 7919)  # the attacker's own key
             own = build_disguise(truth.disguise_spec, attacker_key)
@@ -151,7 +164,8 @@ class InverseNetwork(Attack):
         else:
             pair_plain, pair_disguised = plain[:held], disguised[:held]
         figures: dict = {"status": "ok", "level": self.level, "method": self.method,
-                         "pairs": len(pair_plain), "targets": len(goal_plain)}
+                         "pairs": len(pair_plain), "targets": len(goal_plain),
+                         "target_set": self.target_set}
         if self.method == "known-pairs":
             _, params = spec_params(truth.disguise_spec)
             block = int(params.get("block_size", plain.shape[-1]))

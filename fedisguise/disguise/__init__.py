@@ -3,7 +3,13 @@
 Importing this package registers every defence, so `build(spec, key)` knows all names.
 """
 
-from fedisguise.disguise import aes, disguisednets, instahide, visualmixer  # noqa: F401
+from fedisguise.disguise import (  # noqa: F401
+    aes,
+    disguisednets,
+    instahide,
+    transform_net,
+    visualmixer,
+)
 from fedisguise.disguise.base import DISGUISES, Disguise, NoDisguise, build, check_images
 from fedisguise.disguise.keys import DisguiseKey
 

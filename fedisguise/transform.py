@@ -1,0 +1,138 @@
+"""The transformation network in a federated run: trained once before the run, then public.
+
+Ito et al.'s framework has a cloud provider's classifier ψ and a user who trains h_θ against it.
+In a federation the trainer is configured: the `coordinator` (training images no client holds)
+or one client (`trainer = "client"`, its own plain partition). ψ is the run's model architecture
+(or `classifier`) trained on the trainer's plain images, or a supplied `classifier_path`. The
+trained h_θ is written to results/<run>/transform-net.pt, the run's disguise spec points every
+client at it, and each client transforms its own images locally before training and inference.
+
+The run records ψ's accuracy on the plain test set (without h_θ) and on h_θ(test) (with it),
+as the paper's Table I, beside the federated model's accuracy on transformed test images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fedisguise.config import Config, ConfigError
+from fedisguise.data import (
+    ImageDataset,
+    client_data,
+    load_dataset,
+    server_test_set,
+    unassigned_train_indices,
+)
+from fedisguise.disguise.base import spec_params
+from fedisguise.disguise.transform_net import (
+    HARNESS_DEFAULTS,
+    TRAINING_DEFAULTS,
+    load_transform_net,
+    save_transform_net,
+    train_transform_net,
+)
+from fedisguise.models import build_model
+from fedisguise.training import evaluate, resolve_device, train_local
+
+FILE = "transform-net.pt"
+
+
+def trainer_data(cfg: Config, harness: dict[str, Any]) -> ImageDataset:
+    """The plain images h_θ and ψ are trained on, as the configured trainer holds them."""
+    d, e = cfg.data, cfg.experiment
+    if harness["trainer"] == "client":
+        k = harness["trainer_client"]
+        if k >= e.clients:
+            raise ConfigError(f"disguise.trainer_client {k} is not a client of this run "
+                              f"({e.clients} clients)")
+        data = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, e.seed, k,
+                           e.clients, d.train_per_client, d.test_samples).train
+        return data.subset(np.arange(min(len(data), harness["train_samples"])))
+    free = unassigned_train_indices(d.dataset, d.data_dir, d.partitioner, d.alpha, e.seed,
+                                    e.clients, d.train_per_client)
+    if len(free) < 10:
+        raise ConfigError(
+            "disguise.trainer = 'coordinator' trains on training images no client holds, and "
+            f"the clients hold {'all' if not len(free) else 'all but ' + str(len(free))} of "
+            "them: set data.train_per_client, or trainer = 'client'")
+    chosen = np.random.default_rng([e.seed, 23]).permutation(free)[:harness["train_samples"]]
+    return load_dataset(d.dataset, "train", d.data_dir).subset(np.sort(chosen))
+
+
+def classifier(cfg: Config, harness: dict[str, Any], data: ImageDataset,
+               device: torch.device) -> torch.nn.Module:
+    """ψ: a supplied state dict, or the model trained on the trainer's plain images."""
+    c, h, _ = data.image_shape
+    torch.manual_seed(cfg.experiment.seed)
+    psi = build_model(harness["classifier"] or cfg.model.name, c, data.num_classes, h)
+    if harness["classifier_path"]:
+        if not Path(harness["classifier_path"]).is_file():
+            raise FileNotFoundError(f"classifier_path not found: {harness['classifier_path']}")
+        try:
+            psi.load_state_dict(torch.load(harness["classifier_path"], map_location="cpu",
+                                           weights_only=True))
+        except (RuntimeError, OSError, ValueError) as err:
+            raise ValueError(f"{harness['classifier_path']}: not a state dict of "
+                             f"{harness['classifier'] or cfg.model.name} ({err})") from err
+        return psi.to(device)
+    gen = torch.Generator().manual_seed(cfg.experiment.seed)
+    for _ in tqdm(range(harness["classifier_epochs"]), desc="classifier ψ (plain)",
+                  unit="epoch"):
+        train_local(psi, data, epochs=1, batch_size=64, optimizer="adam", lr=1e-3,
+                    device=device, generator=gen)
+    return psi
+
+
+def prepare(cfg: Config) -> Config:
+    """For a `transform-net` run without a `path`: train ψ and h_θ, save h_θ in the run's
+    folder, and return the config whose disguise spec points at it. Other runs pass through."""
+    if cfg.disguise_name != "transform-net":
+        return cfg
+    _, params = spec_params(cfg.disguise)
+    if params.get("path"):
+        load_transform_net(params["path"])  # a missing or broken file fails before the run
+        return cfg
+    harness = {**HARNESS_DEFAULTS, **{k: v for k, v in params.items() if k in HARNESS_DEFAULTS}}
+    training = {k: v for k, v in params.items() if k in TRAINING_DEFAULTS}
+    training.setdefault("seed", cfg.experiment.seed)
+    device = resolve_device(cfg.resources.device)
+    data = trainer_data(cfg, harness)
+    psi = classifier(cfg, harness, data, device)
+    net, info = train_transform_net(data.images, data.labels, psi, device=device, **training)
+    test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
+                           cfg.experiment.seed)
+    with torch.no_grad():
+        transformed = torch.cat([net.to(device)(x.to(device)).cpu()
+                                 for x in test.images.split(1024)])
+    net.cpu()
+    info.update({
+        "trainer": harness["trainer"],
+        "trainer_client": harness["trainer_client"] if harness["trainer"] == "client" else None,
+        "classifier": harness["classifier"] or cfg.model.name,
+        "classifier_source": harness["classifier_path"] or
+        f"trained {harness['classifier_epochs']} epochs on the trainer's plain images",
+        "psi_accuracy_plain": evaluate(psi, test, device=device)[1],
+        "psi_accuracy_transformed": evaluate(
+            psi, ImageDataset(transformed, test.labels, test.num_classes), device=device)[1],
+    })
+    run_dir = cfg.run_dir.resolve()
+    save_transform_net(run_dir / FILE, net, info)
+    (run_dir / "transform-net.json").write_text(json.dumps(info, indent=2) + "\n")
+    return replace(cfg, disguise={**cfg.disguise, "path": str(run_dir / FILE)}
+                   if isinstance(cfg.disguise, dict) else {"name": "transform-net",
+                                                           "path": str(run_dir / FILE)})
+
+
+def figures(cfg: Config) -> dict[str, Any] | None:
+    """What the run records about its h_θ (no history, no weights)."""
+    if cfg.disguise_name != "transform-net":
+        return None
+    _, info = load_transform_net(spec_params(cfg.disguise)[1]["path"])
+    return {k: v for k, v in info.items() if k != "history"}
