@@ -190,7 +190,10 @@ def test_every_shipped_config_builds(path):
         full = path.with_name(reduction.name.removesuffix("-fmnist.toml") + ".toml")
         small, big = load_grid(reduction).cells[-1].config, load_grid(full).cells[-1].config
         assert small.data.dataset == "fashion-mnist" and big.data.dataset != "fashion-mnist"
-        assert small.disguise == big.disguise and small.train.optimizer == big.train.optimizer
+        assert small.disguise_name == big.disguise_name
+        if small.disguise_name != "transform-net":  # h_θ's training budget is reduced too
+            assert small.disguise == big.disguise
+        assert small.train.optimizer == big.train.optimizer
 
 
 @pytest.mark.slow
