@@ -450,6 +450,7 @@ def write_plots(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -465,6 +466,7 @@ def write_plots(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
                         [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)
     ax.set(xlabel="round", ylabel="test accuracy (own test shard)",
            title=f"{grid.name}: accuracy per round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
