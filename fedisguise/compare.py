@@ -106,6 +106,10 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     results folder the cells go under.
     """
     path = Path(path)
+    owned = [o for o in overrides if o.partition("=")[0].strip() in OWNED_BY_GRID]
+    if owned:
+        raise ConfigError(f"{owned}: a grid sets every cell's name, seed (compare.seeds) and "
+                          f"output folder (--out) itself")
     raw = _read_toml(path)
     spec = raw.pop("compare", None)
     if not isinstance(spec, dict):

@@ -103,6 +103,11 @@ def test_bad_grids_are_refused_with_the_reason(tmp_path, body, match):
         load_grid(grid_file(tmp_path, body))
 
 
+def test_overrides_cannot_take_what_the_grid_owns(tmp_path):
+    with pytest.raises(ConfigError, match="compare.seeds"):
+        load_grid(grid_file(tmp_path, GRID), overrides=["experiment.seed=3"])
+
+
 def test_a_compare_file_inherits_its_base_file(tmp_path):
     (tmp_path / "base.toml").write_text(BASE + "[train]\nlr = 0.3\n")
     path = tmp_path / "grid.toml"
