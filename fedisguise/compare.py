@@ -51,11 +51,13 @@ OWNED_BY_GRID = ("experiment.name", "experiment.seed", "experiment.out")
 # Columns of table.csv: one row per defence; *_std is empty with fewer than two values.
 TABLE_FIGURES = ("accuracy", "accuracy_gap", "visual_privacy", "misusability", "epsilon",
                  "gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
-                 "membership_tpr_at_1pct_fpr", "seconds_per_round", "time_ratio",
+                 "membership_tpr_at_1pct_fpr", "inverse_psnr_vs_original", "seconds_per_round",
+                 "time_ratio",
                  "first_round_seconds")
 CELL_FIGURES = ("accuracy", "accuracy_per_round", "visual_privacy", "misusability", "epsilon",
                 "gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
-                "membership_tpr_at_1pct_fpr", "seconds_per_round", "first_round_seconds")
+                "membership_tpr_at_1pct_fpr", "inverse_psnr_vs_original", "seconds_per_round",
+                "first_round_seconds")
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,7 @@ def cell_figures(record: dict[str, Any]) -> dict[str, Any]:
         "gi_psnr_vs_disguised": strongest("gradient_inversion", "psnr_vs_disguised"),
         "membership_auc": strongest("membership", "auc"),
         "membership_tpr_at_1pct_fpr": strongest("membership", "tpr_at_1pct_fpr"),
+        "inverse_psnr_vs_original": strongest("inverse_network", "psnr_vs_original"),
         "seconds_per_round": statistics.fmean(steady) if steady else None,
         "first_round_seconds": seconds[0] if seconds else None,
     }
@@ -340,7 +343,7 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
                     "seconds_per_round", "first_round_seconds"):
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([f[key] for f in util])
         for key in ("gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
-                    "membership_tpr_at_1pct_fpr"):
+                    "membership_tpr_at_1pct_fpr", "inverse_psnr_vs_original"):
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([f[key] for f in every])
         rounds = [f["accuracy_per_round"] for f in util]
         row["accuracy_per_round"] = [_stats(list(r))[:2] for r in zip(*rounds, strict=False)]
@@ -416,9 +419,10 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         f"gap and ratio against `{grid.reference}`. – : not defined or not measured (visual "
         f"privacy needs disguised images; ε needs DP).", "",
         "| defence | accuracy | gap (points) | visual privacy | misusability | ε | GI PSNR vs "
-        "original (dB) | GI PSNR vs disguised (dB) | membership AUC | TPR @ 1% FPR | s/round "
-        "(after round 1) | time × ref |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "original (dB) | GI PSNR vs disguised (dB) | membership AUC | TPR @ 1% FPR | inverse net "
+        "PSNR vs original (dB) | s/round (after round 1) | time × ref |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for r in rows:
         gap = None if r["accuracy_gap"] is None else 100 * r["accuracy_gap"]
@@ -431,6 +435,7 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
             f"{_fmt(r['gi_psnr_vs_disguised'], r['gi_psnr_vs_disguised_std'], 1)} | "
             f"{_fmt(r['membership_auc'], r['membership_auc_std'])} | "
             f"{_fmt(r['membership_tpr_at_1pct_fpr'], r['membership_tpr_at_1pct_fpr_std'])} | "
+            f"{_fmt(r['inverse_psnr_vs_original'], r['inverse_psnr_vs_original_std'], 1)} | "
             f"{_fmt(r['seconds_per_round'], r['seconds_per_round_std'], 1)} | "
             f"{_fmt(r['time_ratio'], None, 2)} |")
     lines += ["", "Defences:"]
@@ -479,7 +484,9 @@ def write_plots(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
     written.append("accuracy_per_round.png")
 
     success = [(k, t) for k, t in (("gi_psnr_vs_original", "gradient inversion PSNR vs "
-                                    "original (dB)"), ("membership_auc", "membership AUC"))
+                                    "original (dB)"), ("membership_auc", "membership AUC"),
+                                   ("inverse_psnr_vs_original", "inverse network PSNR vs "
+                                    "original (dB)"))
                if any(r[k] is not None for r in rows)]
     if success:
         fig, axes = plt.subplots(1, len(success), figsize=(5.5 * len(success), 4),

@@ -139,7 +139,10 @@ def test_the_table_aggregates_over_seeds_against_the_reference(tmp_path):
         "none--gi--seed1": cell_figures(fake_record(0.1, [9.0], gi=[26.0])),
         "none--mia--seed0": cell_figures(fake_record(0.80, [10.0, 2.0, 2.0], auc=[0.6, 0.7])),
         "none--mia--seed1": cell_figures(fake_record(0.84, [10.0, 2.0, 2.0], auc=[0.6])),
-        "bp--gi--seed0": cell_figures(fake_record(0.1, [9.0], gi=[10.0], vp=0.9)),
+        "bp--gi--seed0": cell_figures({**fake_record(0.1, [9.0], gi=[10.0], vp=0.9)} | {
+            "attacks": {"gradient_inversion": {"psnr_vs_original": 10.0},
+                        "inverse_network": {"psnr_vs_original": 18.0},
+                        "inverse_network-3": {"psnr_vs_original": 12.0}}}),
         "bp--mia--seed0": cell_figures(fake_record(0.70, [11.0, 3.0, 3.0], vp=0.8, eps=2.0,
                                                    auc=[0.5])),
         # bp--*--seed1 did not finish: its row is over what there is.
@@ -157,6 +160,7 @@ def test_the_table_aggregates_over_seeds_against_the_reference(tmp_path):
     # Steady seconds per round (after the first, which starts clients and disguises once).
     assert none["seconds_per_round"] == 2.0 and bp["time_ratio"] == pytest.approx(1.5)
     assert none["first_round_seconds"] == 10.0
+    assert bp["inverse_psnr_vs_original"] == 18.0 and none["inverse_psnr_vs_original"] is None
     assert [m for m, _ in none["accuracy_per_round"]] == pytest.approx([0.62, 0.72, 0.82])
 
 
