@@ -30,6 +30,7 @@ from fedisguise.data import (
     server_test_set,
     unassigned_train_indices,
 )
+from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.transform_net import (
     HARNESS_DEFAULTS,
@@ -97,7 +98,7 @@ def prepare(cfg: Config) -> Config:
         return cfg
     _, params = spec_params(cfg.disguise)
     if params.get("path"):
-        load_transform_net(params["path"])  # a missing or broken file fails before the run
+        build_disguise(cfg.disguise)  # a missing, broken or mismatching file fails now
         return cfg
     harness = {**HARNESS_DEFAULTS, **{k: v for k, v in params.items() if k in HARNESS_DEFAULTS}}
     training = {k: v for k, v in params.items() if k in TRAINING_DEFAULTS}

@@ -90,6 +90,19 @@ def test_save_load_round_trip_and_bad_files(trained, data, tmp_path):
         build({"name": "transform-net", "path": str(path)}).apply(torch.rand(2, 3, 28, 28))
 
 
+def test_a_run_given_a_file_checks_it_before_anything_starts(trained, tmp_path):
+    from fedisguise import transform
+
+    path = trained[0]
+    wrong = synthetic_config(tmp_path).with_overrides(
+        [f'disguise={{"name": "transform-net", "path": "{path}", "alpha": 0.01}}'])
+    with pytest.raises(ValueError, match="other parameters"):
+        transform.prepare(wrong)
+    given = synthetic_config(tmp_path).with_overrides(
+        [f'disguise={{"name": "transform-net", "path": "{path}"}}'])
+    assert transform.prepare(given) is given  # nothing retrained, the file is used as it is
+
+
 def test_larger_alpha_pushes_features_further_on_the_same_budget(data, psi):
     phi, _ = feature_extractor("vgg16-random")
     x = data.images[:100]
@@ -160,7 +173,7 @@ def test_a_run_trains_h_once_and_the_itn_attack_scores_it(tmp_path):
         'disguise={"name": "transform-net", "alpha": 0.0, "features": "vgg16-random", '
         '"epochs": 4, "width": 8, "lr": 0.01, "batch_size": 32, "train_samples": 1000, '
         '"classifier_epochs": 5}',
-        'attacks=[{"name": "inverse_network", "level": 1, "pairs": 1000, "epochs": 5, '
+        'attacks=[{"name": "inverse_network", "level": 1, "pairs": 800, "epochs": 4, '
         '"targets": 200, "target_set": "test"}]'])
     record = run_experiment(cfg)
     t = record["transform_net"]
