@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.disguise import DISGUISES, DisguiseKey, build  # noqa: E402
+from fedisguise.disguise.transform_net import (  # noqa: E402
+    save_transform_net,
+    train_transform_net,
+)
 from fedisguise.models import build_model  # noqa: E402
 from fedisguise.training import train_local  # noqa: E402
 
@@ -73,10 +78,24 @@ def main() -> None:
     epoch = timed(lambda: train_local(model, data, epochs=1, batch_size=32, optimizer="sgd",
                                       lr=0.01, momentum=0.9, device=device), 2, device)
     key = DisguiseKey.generate(0)
+    specs = dict(SPECS)
+    with tempfile.TemporaryDirectory() as tmp:
+        # transform-net applies a trained U-Net: train one briefly (its weights do not change
+        # the time to apply it; its training is a one-off before a run, not timed here).
+        psi = build_model("lenet", 1, 10, 28)
+        net, info = train_transform_net(train.images[:256], train.labels[:256], psi, epochs=1,
+                                        features="vgg16-random", progress=False)
+        save_transform_net(Path(tmp) / "h.pt", net, info)
+        specs["transform-net"] = {"name": "transform-net", "path": str(Path(tmp) / "h.pt")}
+        bench_all(data, specs, key, epoch, device, args)
+
+
+def bench_all(data: ImageDataset, specs: dict, key: DisguiseKey, epoch: float,
+              device: torch.device, args: argparse.Namespace) -> None:
     results = {"_meta": {"device": str(device), "images": len(data),
                          "lenet_epoch_seconds": epoch, "torch_threads": torch.get_num_threads()}}
     for name in sorted(DISGUISES):
-        disguise = build(SPECS.get(name, name), None if name == "none" else key)
+        disguise = build(specs.get(name, name), None if name == "none" else key)
         disguise.apply(data.images[:64], data.labels[:64])  # warm-up: tables, kernels
         seconds = timed(lambda d=disguise: d.apply(data.images, data.labels), args.repeats, device)
         results[name] = {"images_per_s": len(data) / seconds, "seconds": seconds,
