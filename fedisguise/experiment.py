@@ -48,16 +48,15 @@ def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
     if not metrics_path.is_file():
         raise RuntimeError(f"the run ended without writing {metrics_path}; see the log above")
     record = json.loads(metrics_path.read_text())
-    if cfg.disguise_name == "none" and not cfg.attacks:
-        return record
+    from fedisguise.privacy import plain_grid, privacy_figures
     from fedisguise.results import rewrite_record
 
     if cfg.disguise_name == "transform-net":
         record["transform_net"] = transform.figures(cfg)
     if cfg.disguise_name != "none":
-        from fedisguise.privacy import privacy_figures
-
         record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
+    else:
+        record["grid"] = plain_grid(cfg, cfg.run_dir)
     if cfg.attacks:
         from fedisguise.attacks.suite import run_attacks
 

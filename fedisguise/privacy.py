@@ -75,10 +75,28 @@ def privacy_figures(cfg: Config, record: dict[str, Any], run_dir: Path) -> dict[
         "ssim_disguised_vs_plain": ssim(disguised, test.images).mean().item(),
         "key_client": 0,
     }
-    images_dir = run_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    k = min(cfg.privacy.grid_images, len(test))
-    save_image(torch.cat([test.images[:k], display_range(disguised[:k])]),
-               images_dir / "plain_vs_disguised.png", nrow=k, padding=2, pad_value=1.0)
-    figures["grid"] = "images/plain_vs_disguised.png"
+    figures["grid"] = write_grid(cfg, test.images, disguised, run_dir)
     return figures
+
+
+GRID = "images/plain_vs_disguised.png"
+
+
+def write_grid(cfg: Config, plain: torch.Tensor, disguised: torch.Tensor, run_dir: Path) -> str:
+    """Top row plain test images, bottom row the same images as the run's clients see them."""
+    (run_dir / GRID).parent.mkdir(parents=True, exist_ok=True)
+    k = min(cfg.privacy.grid_images, len(plain))
+    save_image(torch.cat([plain[:k], display_range(disguised[:k])]), run_dir / GRID, nrow=k,
+               padding=2, pad_value=1.0)
+    return GRID
+
+
+def plain_grid(cfg: Config, run_dir: Path) -> str:
+    """The grid of a run without a disguise: both rows plain, because `none` is the identity
+    (applied through the same interface, not assumed). No examiner is trained: a plain run
+    has no privacy figures to report."""
+    test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
+                           cfg.experiment.seed)
+    k = min(cfg.privacy.grid_images, len(test))
+    shown, _ = build_disguise("none").apply(test.images[:k], test.labels[:k])
+    return write_grid(cfg, test.images[:k], shown, run_dir)

@@ -84,6 +84,9 @@ def summary_markdown(record: dict[str, Any]) -> str:
         lines += ["", "Privacy: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                                               for k, v in record["privacy"].items()
                                               if not isinstance(v, dict))]
+    grid = (record.get("privacy") or {}).get("grid") or record.get("grid")
+    if grid:
+        lines += ["", f"![plain (top) | as the clients see them (bottom)]({grid})"]
     if record.get("transform_net"):
         t = record["transform_net"]
         lines += ["", f"Transformation network (α = {t['training']['alpha']}, features "

@@ -42,4 +42,8 @@ def test_simulation_improves_accuracy_and_writes_results(tmp_path):
     with (run_dir / "rounds.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["test_accuracy"]) for r in rows] == accuracies[1:]
-    assert "Final test accuracy" in (run_dir / "summary.md").read_text()
+    summary = (run_dir / "summary.md").read_text()
+    assert "Final test accuracy" in summary
+    # Even a plain run shows its images: `none` applied through the disguise interface.
+    assert record["grid"] == "images/plain_vs_disguised.png" and not record["privacy"]
+    assert (run_dir / record["grid"]).stat().st_size > 0 and f"]({record['grid']})" in summary
