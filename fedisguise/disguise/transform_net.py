@@ -67,6 +67,9 @@ class VGGFeatures(nn.Module):
         return super().train(False)
 
 
+_IMAGENET_FAILURE: list[Exception] = []  # why ImageNet weights could not be had, if so
+
+
 def feature_extractor(features: str, fallback: str = "vgg16-random",
                       seed: int = 0) -> tuple[VGGFeatures, str]:
     """(φ_k, the name actually used)."""
@@ -77,9 +80,14 @@ def feature_extractor(features: str, fallback: str = "vgg16-random",
     if fallback not in FALLBACKS:
         raise ValueError(f"unknown features_fallback {fallback!r}; valid: {list(FALLBACKS)}")
     if features == "vgg16-imagenet":
+        cached = Path(torch.hub.get_dir(), "checkpoints", "vgg16-397923af.pth").is_file()
         try:
+            if _IMAGENET_FAILURE and not cached:  # one failed download per process, not per run
+                raise _IMAGENET_FAILURE[0]
             return VGGFeatures(vgg16(weights=VGG16_Weights.IMAGENET1K_V1).features[:4]), features
         except (OSError, RuntimeError) as err:  # URLError is an OSError
+            if not cached:
+                _IMAGENET_FAILURE[:] = [err]
             if not fallback:
                 hub = Path(torch.hub.get_dir()) / "checkpoints"
                 raise ValueError(
