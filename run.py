@@ -45,17 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace):
     from fedisguise.config import load_config
 
-    overrides = list(args.overrides)
-    for flag, key in (("mode", "experiment.mode"), ("clients", "experiment.clients"),
-                      ("rounds", "experiment.rounds"), ("out", "experiment.out")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = cell_overrides(args) + ([f"experiment.out={args.out}"] if args.out else [])
     return load_config(args.config or DEFAULT_CONFIG).with_overrides(overrides)
 
 
 def cell_overrides(args: argparse.Namespace) -> list[str]:
-    """--set and the shorthand flags, as overrides for every cell of a grid."""
+    """--set and the shorthand flags as overrides (for a grid: of every cell; a grid places
+    its cells under --out itself)."""
     overrides = list(args.overrides)
     for flag, key in (("mode", "experiment.mode"), ("clients", "experiment.clients"),
                       ("rounds", "experiment.rounds")):
