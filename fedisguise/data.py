@@ -238,9 +238,7 @@ def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, see
         raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
     full = load_dataset(dataset, "train", data_dir)
     parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
-    own = np.random.default_rng([seed, partition_id]).permutation(parts[partition_id])
-    if train_per_client:
-        own = own[:train_per_client]
+    own = _own_indices(parts[partition_id], seed, partition_id, train_per_client)
     test = server_test_set(dataset, data_dir, test_samples, seed)
     shard = partition_iid(test.labels.numpy(), num_partitions, seed)[partition_id]
     return ClientData(train=full.subset(own), test=test.subset(shard))
@@ -255,9 +253,16 @@ def unassigned_train_indices(dataset: str, data_dir: str, partitioner: str, alph
     parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
     used = np.zeros(n, dtype=bool)
     for pid, part in enumerate(parts):
-        own = np.random.default_rng([seed, pid]).permutation(part)
-        used[own[:train_per_client] if train_per_client else own] = True
+        used[_own_indices(part, seed, pid, train_per_client)] = True
     return np.flatnonzero(~used)
+
+
+def _own_indices(part: np.ndarray, seed: int, partition_id: int,
+                 train_per_client: int) -> np.ndarray:
+    """The training indices a client keeps from its partition: a seeded shuffle, cut to
+    `train_per_client` when set (0 keeps all)."""
+    own = np.random.default_rng([seed, partition_id]).permutation(part)
+    return own[:train_per_client] if train_per_client else own
 
 
 @functools.lru_cache(maxsize=8)
