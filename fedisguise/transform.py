@@ -38,6 +38,7 @@ from fedisguise.disguise.transform_net import (
     load_transform_net,
     save_transform_net,
     train_transform_net,
+    transform_images,
 )
 from fedisguise.models import build_model
 from fedisguise.training import evaluate, resolve_device, train_local
@@ -109,9 +110,7 @@ def prepare(cfg: Config) -> Config:
     net, info = train_transform_net(data.images, data.labels, psi, device=device, **training)
     test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
                            cfg.experiment.seed)
-    with torch.no_grad():
-        transformed = torch.cat([net.to(device)(x.to(device)).cpu()
-                                 for x in test.images.split(1024)])
+    transformed = transform_images(net, test.images.to(device)).cpu()
     net.cpu()
     info.update({
         "trainer": harness["trainer"],

@@ -306,9 +306,14 @@ class TransformNet(Disguise):
             raise ValueError(f"this transformation network takes {channels}-channel images, "
                              f"got {chw[0]}")
 
-    @torch.no_grad()
     def _apply(self, images, labels):
-        if not len(images):
-            return images.clone(), labels
-        net = self.net.to(images.device)
-        return torch.cat([net(chunk) for chunk in images.split(1024)]).to(images.dtype), labels
+        return transform_images(self.net, images), labels
+
+
+@torch.no_grad()
+def transform_images(net: UNet, images: torch.Tensor) -> torch.Tensor:
+    """h_θ(images) in chunks, without gradients, on the images' device and in their dtype."""
+    if not len(images):
+        return images.clone()
+    net = net.to(images.device)
+    return torch.cat([net(chunk) for chunk in images.split(1024)]).to(images.dtype)
