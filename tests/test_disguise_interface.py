@@ -46,6 +46,17 @@ def test_same_key_same_output_other_key_other_output(name, batch):
 
 
 @pytest.mark.parametrize("name", sorted(KEYED))
+def test_memory_layout_does_not_change_the_output(name):
+    images = torch.rand(4, 3, 28, 56, generator=torch.Generator().manual_seed(3))
+    dense = images[..., ::2].contiguous()
+    spec = {"name": name, **KEYED[name]}
+    expected, _ = build(spec, DisguiseKey.generate(1)).apply(dense)
+    for layout in (dense.to(memory_format=torch.channels_last), images[..., ::2]):
+        out, _ = build(spec, DisguiseKey.generate(1)).apply(layout)
+        assert torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(KEYED))
 def test_keyed_defences_refuse_to_run_without_a_key(name):
     with pytest.raises(ValueError, match="is keyed: pass a DisguiseKey"):
         build({"name": name, **KEYED[name]}, None)

@@ -199,7 +199,7 @@ def shuffle_regions4(images: torch.Tensor, whole: torch.Tensor | None,
     tables = _region4_tables(w, dtype, images.device)
     corner = ((torch.arange(th) * 4 * w)[:, None] + torch.arange(tw) * 4)
     corner = corner.to(images.device, dtype).view(1, 1, th, 1, tw, 1)
-    out = torch.empty_like(images)
+    out = torch.empty(images.shape, dtype=images.dtype, device=images.device)  # contiguous
     step = max(1, _CHUNK_PIXELS // (c * h * w))
     for start in range(0, n, step):
         k = min(step, n - start)
