@@ -19,6 +19,7 @@ from fedisguise.disguise.blocks import from_blocks, to_blocks
 from fedisguise.disguise.keys import DisguiseKey
 
 AES_BLOCK = 16
+_CHUNK_PIXELS = 2 ** 20  # pixels (N·C·H·W) per chunk: its bytes and floats stay in cache
 
 
 def _ecb(key: bytes, data: bytes) -> bytes:
@@ -59,12 +60,21 @@ class AESBlocks(Disguise):
     def _apply(self, images, labels):
         n, c, h, w = images.shape
         b = self.block_size
-        # N×C×T×b×b -> N×T×(b·b·C): each pixel block's bytes contiguous, channels last.
-        blocks = to_blocks(images, b).permute(0, 2, 3, 4, 1)
-        plain = (blocks * 255).round().to(torch.uint8).cpu().numpy().reshape(n, -1, AES_BLOCK)
-        tweak = self._tweak(plain.shape[1])
-        cipher = np.frombuffer(_ecb(self._k1, (plain ^ tweak).tobytes()), dtype=np.uint8)
-        cipher = cipher.reshape(plain.shape) ^ tweak
-        out = torch.from_numpy(cipher.reshape(blocks.shape).copy()).to(images.device)
-        out = out.permute(0, 4, 1, 2, 3).to(images.dtype) / 255.0
-        return from_blocks(out, h, w), labels
+        tweak = self._tweak(c * h * w // AES_BLOCK)
+        out = torch.empty(images.shape, dtype=images.dtype, device=images.device)
+        step = max(1, _CHUNK_PIXELS // (c * h * w))
+        for start in range(0, n, step):  # chunks small enough to stay in cache
+            chunk = images[start:start + step]
+            k = len(chunk)
+            # Quantise in raster order, then reorder the bytes (4× less to move than floats):
+            # k×C×T×b×b -> k×T×(b·b·C), each pixel block's bytes contiguous, channels last.
+            levels = torch.mul(chunk, 255).round_().to(torch.uint8)
+            blocks = to_blocks(levels, b).permute(0, 2, 3, 4, 1)
+            plain = blocks.cpu().numpy().reshape(k, -1, AES_BLOCK)  # reshape copies once
+            cipher = np.frombuffer(_ecb(self._k1, (plain ^ tweak).tobytes()), dtype=np.uint8)
+            cipher = torch.from_numpy(cipher.reshape(plain.shape) ^ tweak).to(images.device)
+            cipher = cipher.view(blocks.shape).permute(0, 4, 1, 2, 3)  # back to k×C×T×b×b
+            target = out[start:start + k]
+            target.copy_(from_blocks(cipher, h, w))  # bytes -> float, in raster order
+            target.div_(255.0)
+        return out, labels
