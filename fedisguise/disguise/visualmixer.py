@@ -41,6 +41,7 @@ from fedisguise.disguise.keys import DisguiseKey
 from fedisguise.metrics import pixel_gradient
 
 
+@functools.lru_cache(maxsize=64)
 def lower_window_bound(target_vfe: float, confidence: float, limit: int) -> int:
     """§IV-B: the smallest WS reaching `target_vfe` with probability `confidence`."""
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(confidence)).item()
