@@ -5,7 +5,8 @@ b×b pixel blocks (channels last within a block). Each AES block is encrypted in
 (the core of XTS): C = E_K1(P ⊕ T_j) ⊕ T_j with T_j = E_K2(j) for its position j in the image.
 Deterministic for a key, so equal content at the same position always encrypts equally and a
 model can still learn; a known plain/cipher pair reveals nothing about other content (the
-paper's Level-2 guarantee), unlike an XOR keystream. One ECB call per batch: no Python loops.
+paper's Level-2 guarantee), unlike an XOR keystream. One ECB call per chunk of images:
+no Python loops over blocks or pixels.
 """
 
 from __future__ import annotations

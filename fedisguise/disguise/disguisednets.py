@@ -59,7 +59,8 @@ class _DisguisedNetsBase(Disguise):
         check_block_size(chw, self.block_size)
 
     def _add_noise_(self, x: torch.Tensor) -> torch.Tensor:
-        """Add Δ in place to `x`, a fresh tensor of this disguise's own."""
+        """Add Δ to `x`, a fresh tensor of this disguise's own: in place (a strided `x` is
+        made contiguous first)."""
         if not self.noise_level:
             return x
         x = x.contiguous()  # Δ is drawn in raster order, whatever the input's layout
