@@ -16,11 +16,10 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedisguise.disguise.base import Disguise, check_block_size, register
-from fedisguise.disguise.blocks import from_blocks, to_blocks
+from fedisguise.disguise.blocks import from_blocks, images_per_chunk, to_blocks
 from fedisguise.disguise.keys import DisguiseKey
 
 AES_BLOCK = 16
-_CHUNK_PIXELS = 2 ** 20  # pixels (N·C·H·W) per chunk: its bytes and floats stay in cache
 
 
 def _ecb(key: bytes, data: bytes) -> bytes:
@@ -63,7 +62,7 @@ class AESBlocks(Disguise):
         b = self.block_size
         tweak = self._tweak(c * h * w // AES_BLOCK)
         out = torch.empty(images.shape, dtype=images.dtype, device=images.device)
-        step = max(1, _CHUNK_PIXELS // (c * h * w))
+        step = images_per_chunk(images)
         for start in range(0, n, step):  # chunks small enough to stay in cache
             chunk = images[start:start + step]
             k = len(chunk)

@@ -1,6 +1,9 @@
-"""Cutting images into b×b blocks and back, as views where possible (no per-block loops)."""
+"""Cutting images into b×b blocks and back, as views where possible (no per-block loops),
+and cutting batches into chunks that stay in cache."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -17,3 +20,13 @@ def from_blocks(blocks: torch.Tensor, h: int, w: int) -> torch.Tensor:
     n, c, _, b, _ = blocks.shape
     x = blocks.reshape(n, c, h // b, w // b, b, b).permute(0, 1, 2, 4, 3, 5)
     return x.reshape(n, c, h, w)
+
+
+# Pixels (N·C·H·W) a disguise takes at a time: a chunk's float32 temporaries (4 MiB) stay in
+# cache instead of streaming whole-batch copies through memory.
+CHUNK_PIXELS = 2 ** 20
+
+
+def images_per_chunk(images: torch.Tensor, pixels: int = CHUNK_PIXELS) -> int:
+    """How many images of the batch make one chunk of about `pixels` pixels (at least one)."""
+    return max(1, pixels // math.prod(images.shape[1:]))

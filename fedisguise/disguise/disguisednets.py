@@ -16,13 +16,10 @@ import numpy as np
 import torch
 
 from fedisguise.disguise.base import Disguise, check_block_size, register
-from fedisguise.disguise.blocks import from_blocks, to_blocks
+from fedisguise.disguise.blocks import CHUNK_PIXELS, from_blocks, images_per_chunk, to_blocks
 from fedisguise.disguise.keys import DisguiseKey
 
 MATRICES = ("orthogonal", "projection")
-# Work in chunks of this many pixels (N·C·H·W): a chunk's temporaries (4 MiB of float32)
-# stay in cache instead of streaming whole-batch copies through memory.
-_CHUNK_PIXELS = 2 ** 20
 
 
 def random_matrices(gen: torch.Generator, count: int, size: int, kind: str) -> torch.Tensor:
@@ -68,8 +65,8 @@ class _DisguisedNetsBase(Disguise):
         # than a pixel step): raw generator words are ~5× cheaper than float draws.
         scale = self.noise_level / 255.0 / 65536.0
         flat = x.view(-1)
-        for start in range(0, flat.numel(), _CHUNK_PIXELS):
-            part = flat[start:start + _CHUNK_PIXELS]
+        for start in range(0, flat.numel(), CHUNK_PIXELS):
+            part = flat[start:start + CHUNK_PIXELS]
             words = self._noise.bit_generator.random_raw(-(-len(part) // 4)).view(np.uint16)
             delta = torch.from_numpy(words[:len(part)]).to(x.device, x.dtype)
             part.add_(delta, alpha=scale).add_(0.5 * scale)  # level + 0.5: mid-level
@@ -165,7 +162,7 @@ class BlockRMT(_DisguisedNetsBase):
         rows, b = h // self.block_size, self.block_size
         d = self._row_matrices(h, w, images.device).to(images.dtype)
         out = torch.empty(images.shape, dtype=images.dtype, device=images.device)  # contiguous
-        step = max(1, _CHUNK_PIXELS // (c * h * w))
+        step = images_per_chunk(images)
         for start in range(0, n, step):
             chunk = images[start:start + step]
             k = len(chunk)

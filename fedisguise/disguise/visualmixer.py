@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fedisguise.disguise.base import Disguise, register
-from fedisguise.disguise.blocks import from_blocks, to_blocks
+from fedisguise.disguise.blocks import from_blocks, images_per_chunk, to_blocks
 from fedisguise.disguise.keys import DisguiseKey
 from fedisguise.metrics import pixel_gradient
 
@@ -201,7 +201,7 @@ def shuffle_regions4(images: torch.Tensor, whole: torch.Tensor | None,
     corner = ((torch.arange(th) * 4 * w)[:, None] + torch.arange(tw) * 4)
     corner = corner.to(images.device, dtype).view(1, 1, th, 1, tw, 1)
     out = torch.empty(images.shape, dtype=images.dtype, device=images.device)  # contiguous
-    step = max(1, _CHUNK_PIXELS // (c * h * w))
+    step = images_per_chunk(images, _CHUNK_PIXELS)
     for start in range(0, n, step):
         k = min(step, n - start)
         mask = None if whole is None else \
