@@ -57,6 +57,13 @@ def test_memory_layout_does_not_change_the_output(name):
 
 
 @pytest.mark.parametrize("name", sorted(KEYED))
+def test_an_empty_batch_gives_an_empty_batch(name):
+    out, labels = build({"name": name, **KEYED[name]}, DisguiseKey.generate(1)).apply(
+        torch.rand(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, 1, 28, 28) and len(labels) == 0
+
+
+@pytest.mark.parametrize("name", sorted(KEYED))
 def test_keyed_defences_refuse_to_run_without_a_key(name):
     with pytest.raises(ValueError, match="is keyed: pass a DisguiseKey"):
         build({"name": name, **KEYED[name]}, None)

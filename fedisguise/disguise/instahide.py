@@ -69,7 +69,8 @@ class InstaHide(Disguise):
     def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
         if labels.ndim == 2:
             return labels.float()
-        if labels.dtype.is_floating_point or labels.min() < 0 or labels.max() >= self.num_classes:
+        out_of_range = labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes)
+        if labels.dtype.is_floating_point or out_of_range:
             raise ValueError(f"labels must be class indices in [0, {self.num_classes}) "
                              "or an N×classes probability matrix")
         return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()

@@ -349,7 +349,7 @@ class VisualMixer(_Shuffler):
         n, c, h, w = images.shape
         plan = self.plan(images)
         if list(plan) == [4, 2]:  # the default bounds on 28×28 and 32×32 images
-            return shuffle_regions4(images, plan[4].reshape(n, -1), self._rng), labels
+            return shuffle_regions4(images, plan[4].flatten(1), self._rng), labels
         top = next(iter(plan))
         blocks = to_blocks(images, top).reshape(n, c, -1, top * top)  # N×C×T×L
         # Every pixel lies in exactly one final window, so every entry below gets written.
@@ -365,7 +365,7 @@ class VisualMixer(_Shuffler):
         n, c, regions, _ = source.shape
         channels = torch.arange(c, device=source.device)
         for size, mask in plan.items():
-            img, window = mask.reshape(n, -1).nonzero(as_tuple=True)
+            img, window = mask.flatten(1).nonzero(as_tuple=True)
             if not len(img):
                 continue
             region_of, positions = _window_layout(*hw, top, size, source.device)
