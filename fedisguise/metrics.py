@@ -73,6 +73,21 @@ def pixel_gradient(images: torch.Tensor) -> torch.Tensor:
     return grad.addcmul_(across, across)
 
 
+def block_sums(x: torch.Tensor, b: int) -> torch.Tensor:
+    """Sums over the b×b blocks of the last two dims (…×H×W -> …×H/b×W/b), as b − 1 strided
+    adds per axis: on the CPU avg_pool2d takes ~2.5× as long for the small blocks used here."""
+    *lead, h, w = x.shape
+    rows = x.reshape(-1, h // b, b, w)
+    acc = torch.add(rows[:, :, 0], rows[:, :, 1]) if b > 1 else rows[:, :, 0].clone()
+    for i in range(2, b):
+        acc += rows[:, :, i]
+    cols = acc.view(-1, h // b, w // b, b)
+    out = torch.add(cols[..., 0], cols[..., 1]) if b > 1 else cols[..., 0].clone()
+    for i in range(2, b):
+        out += cols[..., i]
+    return out.view(*lead, h // b, w // b)
+
+
 def region_vfe(images: torch.Tensor, region: int) -> torch.Tensor:
     """VFE of every region: the gradient summed over region×region cells -> N×C×H/r×W/r."""
     if images.ndim != 4:
@@ -80,7 +95,7 @@ def region_vfe(images: torch.Tensor, region: int) -> torch.Tensor:
     h, w = images.shape[-2:]
     if region < 1 or h % region or w % region:
         raise ValueError(f"image size {h}×{w} is not divisible by region {region}")
-    return F.avg_pool2d(pixel_gradient(images), region) * region * region
+    return block_sums(pixel_gradient(images), region)
 
 
 def vfe(images: torch.Tensor, region: int = 4) -> torch.Tensor:
