@@ -144,3 +144,25 @@ def test_default_two_level_path_keeps_split_regions_within_their_quadrants():
     assert same[split].all()  # 2×2 windows keep their own pixels, channel by channel
     assert torch.equal(to_blocks(x, 4).flatten(3).sort(-1).values,
                        to_blocks(out, 4).flatten(3).sort(-1).values)
+
+
+def test_default_path_holds_beyond_int16_offsets_and_across_chunks(monkeypatch):
+    """184×184 planes need int32 offsets (two 8-byte words per region row), and a chunk
+    of two images leaves a short last chunk: the shuffle must still follow plan() region by
+    region (split regions keep their 2×2 quadrants, whole ones mix them) and every 4×4
+    region keep its pixels."""
+    from fedisguise.disguise import visualmixer
+
+    monkeypatch.setattr(visualmixer, "_CHUNK_PIXELS", 2 * 2 * 184 * 184)
+    x = torch.rand(5, 2, 184, 184, generator=torch.Generator().manual_seed(4))
+    d = build({"name": "visualmixer", "min_window": 2, "max_window": 4}, KEY)
+    plan = d.plan(x)
+    assert list(plan) == [4, 2] and visualmixer._offset_dtype(184, 184) == torch.int32
+    out, _ = d.apply(x)
+    split = ~plan[4].repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(5, -1)
+    a, b = to_blocks(x, 2), to_blocks(out, 2)
+    same = (a.flatten(3).sort(-1).values == b.flatten(3).sort(-1).values).all(-1).all(1)
+    assert same[split].all()
+    assert (~same[~split]).float().mean() > 0.99  # the plan's whole regions mix quadrants
+    assert torch.equal(to_blocks(x, 4).flatten(3).sort(-1).values,
+                       to_blocks(out, 4).flatten(3).sort(-1).values)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from fedisguise.disguise.base import Disguise, register
 from fedisguise.disguise.blocks import from_blocks, images_per_chunk, to_blocks
 from fedisguise.disguise.keys import DisguiseKey
-from fedisguise.metrics import pixel_gradient
+from fedisguise.metrics import block_sums, pixel_gradient
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,7 +133,7 @@ def _region4_tables(w: int, dtype: torch.dtype, device: torch.device
     [8!, 2·8!) of its bottom half (8–15), then 24² rows for the top half and 24² for the
     bottom half whose two 2×2 quadrants are permuted independently (a region split into
     four 2×2 windows is one top row plus one bottom row).
-    `riffle` (int16 rows of 16): for each of the C(16, 8) choices of the positions that
+    `riffle` (int64 rows of 16): for each of the C(16, 8) choices of the positions that
     receive the top half's pixels, the column of [top order | bottom order] each takes.
     A uniform permutation of 16 is a uniform riffle of uniform orders of both halves:
     12870 · 8! · 8! = 16!, each permutation exactly once.
@@ -150,28 +151,34 @@ def _region4_tables(w: int, dtype: torch.dtype, device: torch.device
     top = torch.zeros(_RIFFLES, 16, dtype=torch.bool)
     top.scatter_(1, picks, True)
     riffle = torch.where(top, top.cumsum(1) - 1, (~top).cumsum(1) + 7)
-    return halves.to(device, dtype), riffle.to(device, torch.int16)  # small types: cheap lookups
+    # int64 riffle rows index the gather below without a conversion pass.
+    return halves.to(device, dtype), riffle.to(device)
 
 
 def _region4_rows(whole: torch.Tensor | None, count: int, rng: np.random.Generator,
-                  tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                  tables: tuple[torch.Tensor, torch.Tensor],
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """count×16 source offsets, one row per 4×4 region: a uniform permutation of all 16
     pixels where `whole` is set (or everywhere when it is None), else independent uniform
     permutations of the four 2×2 quadrants. Table lookups only, no sort."""
     halves, riffle = tables
     device = halves.device
 
-    def draw(size: int, k: int) -> torch.Tensor:
-        return torch.from_numpy(rng.integers(0, size, size=k)).to(device)
+    def pairs(k: int, choices: int, first: int) -> np.ndarray:
+        """k×2 rows of `halves`: a top-half row and a bottom-half row, each of `choices`."""
+        pair = rng.integers(0, choices, size=(k, 2))
+        pair += (first, first + choices)
+        return pair
 
-    def full(k: int) -> torch.Tensor:
-        pair = torch.stack([draw(_ORDERS_8, k), draw(_ORDERS_8, k) + _ORDERS_8], 1)
+    def full(k: int, out: torch.Tensor | None) -> torch.Tensor:
+        pair = torch.from_numpy(pairs(k, _ORDERS_8, 0)).to(device)
         orders = halves.index_select(0, pair.view(-1)).view(k, 16)
-        return orders.gather(1, riffle.index_select(0, draw(_RIFFLES, k)).long())
+        interleave = torch.from_numpy(rng.integers(0, _RIFFLES, size=k)).to(device)
+        return torch.gather(orders, 1, riffle.index_select(0, interleave), out=out)
 
+    rows = torch.empty(count, 16, dtype=halves.dtype, device=device) if out is None else out
     if whole is None:
-        return full(count)
-    rows = torch.empty(count, 16, dtype=halves.dtype, device=device)
+        return full(count, rows)
     if device.type == "cpu":  # NumPy finds the rows ~4× faster than torch.nonzero here
         flags = whole.numpy()
         at_whole = torch.from_numpy(np.flatnonzero(flags))
@@ -179,40 +186,68 @@ def _region4_rows(whole: torch.Tensor | None, count: int, rng: np.random.Generat
     else:
         at_whole, at_split = whole.nonzero().squeeze(1), (~whole).nonzero().squeeze(1)
     if len(at_whole):
-        rows.index_copy_(0, at_whole, full(len(at_whole)))
+        rows.index_copy_(0, at_whole, full(len(at_whole), None))
     if len(at_split):
-        k, first = len(at_split), 2 * _ORDERS_8  # where the quadrant-pair rows start
-        pair = torch.stack([draw(_PAIRS_2x2, k) + first,
-                            draw(_PAIRS_2x2, k) + first + _PAIRS_2x2], 1)
+        k = len(at_split)
+        pair = torch.from_numpy(pairs(k, _PAIRS_2x2, 2 * _ORDERS_8)).to(device)
         rows.index_copy_(0, at_split, halves.index_select(0, pair.view(-1)).view(k, 16))
     return rows
 
 
-def shuffle_regions4(images: torch.Tensor, whole: torch.Tensor | None,
+def shuffle_regions4(images: torch.Tensor,
+                     whole: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None,
                      rng: np.random.Generator) -> torch.Tensor:
     """Shuffle every 4×4 region of every image and channel: as one window where `whole`
-    (N×regions, row-major) is set or `whole` is None, else as four 2×2 windows. The source
-    index is built straight in raster order (in int16 while offsets fit), so one gather per
-    chunk moves the pixels."""
+    (N×regions, row-major) is set or `whole` is None, else as four 2×2 windows. `whole` may
+    be a function giving a chunk of images' mask, so that a plan is made chunk by chunk
+    while the chunk is in cache.
+
+    The region rows hold source offsets relative to the region's corner, in the region's own
+    raster order. They move into the image's raster order as whole 8-byte words (a region row
+    of four int16 offsets is one int64: a quarter of the elements to move), take their
+    corners' offsets in place, and are widened once into the gather's int64 index. The
+    buffers are reused from chunk to chunk."""
     n, c, h, w = images.shape
     th, tw = h // 4, w // 4
-    dtype = torch.int16 if h * w <= torch.iinfo(torch.int16).max else torch.int32
+    dtype = _offset_dtype(h, w)
     tables = _region4_tables(w, dtype, images.device)
-    corner = ((torch.arange(th) * 4 * w)[:, None] + torch.arange(tw) * 4)
-    corner = corner.to(images.device, dtype).view(1, 1, th, 1, tw, 1)
+    corners = _raster_corners(h, w, dtype, images.device)
     out = torch.empty(images.shape, dtype=images.dtype, device=images.device)  # contiguous
-    step = images_per_chunk(images, _CHUNK_PIXELS)
+    if not n:
+        return out
+    step = min(n, images_per_chunk(images, _CHUNK_PIXELS))
+    rows = torch.empty(step * c * th * tw, 16, dtype=dtype, device=images.device)
+    local = torch.empty(step * c, h * w, dtype=dtype, device=images.device)
+    index = torch.empty(step * c, h * w, dtype=torch.long, device=images.device)
     for start in range(0, n, step):
         k = min(step, n - start)
-        mask = None if whole is None else \
-            whole[start:start + k].reshape(k, 1, -1).expand(k, c, -1).reshape(-1)
-        rows = _region4_rows(mask, k * c * th * tw, rng, tables)
-        index = torch.empty(k, c, h, w, dtype=dtype, device=images.device)
-        torch.add(rows.view(k, c, th, tw, 4, 4).permute(0, 1, 2, 4, 3, 5), corner,
-                  out=index.view(k, c, th, 4, tw, 4))
-        torch.gather(images[start:start + k].reshape(k * c, h * w), 1,
-                     index.view(k * c, h * w).long(), out=out[start:start + k].view(k * c, h * w))
+        planes, regions = k * c, k * c * th * tw
+        mask = whole(images[start:start + k]) if callable(whole) else \
+            None if whole is None else whole[start:start + k]
+        if mask is not None:
+            mask = mask.reshape(k, 1, -1).expand(k, c, -1).reshape(-1)
+        _region4_rows(mask, regions, rng, tables, out=rows[:regions])
+        words = rows[:regions].view(torch.int64).view(planes, th, tw, 4, -1)
+        local[:planes].view(torch.int64).view(planes, th, 4, tw, -1).copy_(
+            words.permute(0, 1, 3, 2, 4))
+        local[:planes].add_(corners)
+        index[:planes].copy_(local[:planes])
+        torch.gather(images[start:start + k].reshape(planes, h * w), 1, index[:planes],
+                     out=out[start:start + k].view(planes, h * w))
     return out
+
+
+def _offset_dtype(h: int, w: int) -> torch.dtype:
+    """The smallest type holding a pixel's offset inside one image plane (int16 or int32, so
+    that a region row of four offsets is whole 8-byte words)."""
+    return torch.int16 if h * w <= torch.iinfo(torch.int16).max else torch.int32
+
+
+@functools.lru_cache(maxsize=16)
+def _raster_corners(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """For every pixel of an h×w raster: the offset of its 4×4 region's corner."""
+    y, x = torch.arange(h)[:, None], torch.arange(w)[None, :]
+    return ((y - y % 4) * w + (x - x % 4)).reshape(-1).to(device, dtype)
 
 
 def random_permutations(shape: tuple[int, ...], rng: np.random.Generator,
@@ -270,6 +305,15 @@ def _window_layout(h: int, w: int, top: int, size: int, device: torch.device
     return region.to(device), pos.reshape(len(y0), -1).to(device)
 
 
+def vfe_density(images: torch.Tensor, sizes: list[int]) -> dict[int, torch.Tensor]:
+    """Per size s: every s×s region's VFE per pixel (N×H/s×W/s), so that regions of
+    different sizes compare; the gradient is averaged over channels (eq. 4)."""
+    grad = pixel_gradient(images)
+    if images.shape[1] > 1:
+        grad = grad.mean(1, keepdim=True)
+    return {s: block_sums(grad[:, 0], s).div_(s * s) for s in sizes}
+
+
 def _lower_median(rows: torch.Tensor) -> torch.Tensor:
     """torch.median along dim 1 (the lower of the two middle values for even lengths); on the
     CPU through NumPy's partition, ~3× faster for the plan's short rows."""
@@ -322,13 +366,8 @@ class VisualMixer(_Shuffler):
         """Per level size s: an N×(H/s)×(W/s) mask of the windows shuffled at that size."""
         n, c, h, w = images.shape
         levels = window_levels(h, w, *self.bounds(h, w))
-        grad = pixel_gradient(images)
-        if c > 1:
-            grad = grad.mean(1, keepdim=True)  # averaged over channels (eq. 4)
-        # VFE density (per pixel) so that regions of different sizes compare.
         # The last level takes every remaining region, so its density is never needed.
-        density = {s: F.avg_pool2d(grad, s)[:, 0] for s in levels[:-1]} or \
-            {levels[0]: F.avg_pool2d(grad, levels[0])[:, 0]}
+        density = vfe_density(images, levels[:-1] or levels)
         median = _lower_median(density[levels[0]].flatten(1)).view(n, 1, 1)
         active = torch.ones(n, h // levels[0], w // levels[0], dtype=torch.bool,
                             device=images.device)
@@ -347,9 +386,15 @@ class VisualMixer(_Shuffler):
         """All levels in one gather: every window lies inside one top-level region, so each
         region's pixels get one source index map, built level by level, applied once."""
         n, c, h, w = images.shape
+        if window_levels(h, w, *self.bounds(h, w)) == [4, 2]:  # default bounds, 28² and 32²
+            # Planned chunk by chunk as the shuffle reaches it: the gradients stay in cache.
+            # plan()[4], without the 2×2 level's mask: the shuffle reads it off the first.
+            def whole(chunk: torch.Tensor) -> torch.Tensor:
+                density = vfe_density(chunk, [4])[4].flatten(1)
+                return density <= _lower_median(density).unsqueeze(1)
+
+            return shuffle_regions4(images, whole, self._rng), labels
         plan = self.plan(images)
-        if list(plan) == [4, 2]:  # the default bounds on 28×28 and 32×32 images
-            return shuffle_regions4(images, plan[4].flatten(1), self._rng), labels
         top = next(iter(plan))
         blocks = to_blocks(images, top).reshape(n, c, -1, top * top)  # N×C×T×L
         # Every pixel lies in exactly one final window, so every entry below gets written.
