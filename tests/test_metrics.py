@@ -74,3 +74,15 @@ def test_visual_privacy_and_misusability_are_accuracy_based():
     assert visual_privacy(Oracle(), plain, labels) == 0.0
     assert visual_privacy(Oracle(), torch.zeros(10, 1, 4, 4), labels) == 0.9
     assert misusability(Oracle(), plain, labels) == 1.0
+
+
+@pytest.mark.parametrize("b", [1, 2, 4, 7])
+def test_block_sums_match_average_pooling(b):
+    from fedisguise.metrics import block_sums
+
+    x = torch.rand(3, 2, 28, 56, generator=torch.Generator().manual_seed(b))
+    expected = torch.nn.functional.avg_pool2d(x, b) * (b * b)
+    assert block_sums(x, b).shape == (3, 2, 28 // b, 56 // b)
+    assert torch.allclose(block_sums(x, b), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="does not divide"):
+        block_sums(x[..., :27, :], b + 1)
