@@ -79,12 +79,14 @@ def block_sums(x: torch.Tensor, b: int) -> torch.Tensor:
     *lead, h, w = x.shape
     if b < 1 or h % b or w % b:
         raise ValueError(f"a {h}×{w} array does not divide into {b}×{b} blocks")
+    if b == 1:
+        return x.clone()
     rows = x.reshape(-1, h // b, b, w)
-    acc = torch.add(rows[:, :, 0], rows[:, :, 1]) if b > 1 else rows[:, :, 0].clone()
+    acc = torch.add(rows[:, :, 0], rows[:, :, 1])
     for i in range(2, b):
         acc += rows[:, :, i]
     cols = acc.view(-1, h // b, w // b, b)
-    out = torch.add(cols[..., 0], cols[..., 1]) if b > 1 else cols[..., 0].clone()
+    out = torch.add(cols[..., 0], cols[..., 1])
     for i in range(2, b):
         out += cols[..., i]
     return out.view(*lead, h // b, w // b)
