@@ -224,7 +224,7 @@ class Config:
     # ---- validation ---------------------------------------------------------------------
     def validate(self) -> None:
         """Check names against the registries and values against their ranges."""
-        from fedisguise.attacks import ATTACKS, build_attack
+        from fedisguise.attacks import ATTACKS, build_attack, parse_spec
         from fedisguise.data import DATASETS, PARTITIONERS
         from fedisguise.disguise import DISGUISES
         from fedisguise.disguise.base import check_params, spec_params
@@ -318,13 +318,20 @@ class Config:
                 raise ConfigError(f"attacks[{i}] must be a table with a 'name', got {attack!r}")
             _choice(f"attacks[{i}].name", attack["name"], ATTACKS)
             try:
-                build_attack(attack)  # parameter names, types and ranges
+                spec = parse_spec(attack)
+                built = build_attack(spec)  # parameter names, types and ranges
             except ValueError as err:
                 raise ConfigError(f"attacks[{i}]: {err}") from None
-            _check(attack.get("round", 1) <= e.rounds, f"attacks[{i}].round",
-                   attack.get("round", 1), f"<= experiment.rounds ({e.rounds})")
-            _check(attack.get("client", 0) < e.clients, f"attacks[{i}].client",
-                   attack.get("client", 0), f"< experiment.clients ({e.clients})")
+            _check(spec.target.round <= e.rounds, f"attacks[{i}].round", spec.target.round,
+                   f"<= experiment.rounds ({e.rounds})")
+            _check(spec.target.client < e.clients, f"attacks[{i}].client", spec.target.client,
+                   f"< experiment.clients ({e.clients})")
+            plan = getattr(built, "plan", None)
+            if plan is not None:  # a chain's default stages depend on the run's disguise
+                try:
+                    plan(self.disguise)
+                except ValueError as err:
+                    raise ConfigError(f"attacks[{i}]: {err}") from None
 
     @property
     def disguise_name(self) -> str:

@@ -1,16 +1,33 @@
-"""What every attack shares: its registry, its parameters, and the two views of a run.
+"""The attack contract: what an attack may see, what it returns, and how it is scored.
 
-An attack sees only the server's view (`ServerView`: the global model it sent, the update it
-received, the hyperparameters it configured) plus what its knowledge level grants (public
-data; at Level 2, pairs made with the victim's key; candidates for membership). The
-experimenter's ground truth (`GroundTruth`: the client's original and disguised images)
-only scores the result and is never handed to an attack's reconstruction step.
+An attack works in two steps with a wall between them (STYLE principle 12; breaching's
+`(shared_data, true_user_data)` split):
+
+1. `reconstruct(evidence, knowledge, runtime)` sees only
+   - `Evidence`: the server's view of one update (`ServerView`: the global model it sent, the
+     update as received, num_examples, and the training settings the server itself sent),
+     plus, where the game hands them over, images the attacker observes (disguised images in
+     the outsourcing threat model, or a previous chain stage's estimates) or membership
+     candidates (without their membership);
+   - `Knowledge` of its declared level: Level 0 public data from the same distribution;
+     Level 1 also the disguise algorithm and its parameters (never the key); Level 2 also k
+     plain/disguised pairs under the victim's key.
+   It returns a `Reconstruction`.
+2. `score(reconstruction, truth, scorer)` compares that reconstruction with the
+   experimenter's `GroundTruth`. Nothing of the truth reaches step 1: no parameter carries
+   it, and the batch size and image shape an attack inverts come from the `ServerView`.
+
+An attack's target update (round, client) is parsed once, into a `Target`, by `parse_spec`;
+attack constructors take only their own parameters. Each attack class declares the figures it
+reports (`Figure`: name, title, and whether higher means a stronger attack), so tables,
+strongest-attack choices and plots are built from the registry.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -18,20 +35,149 @@ import torch
 from fedisguise.data import ImageDataset
 from fedisguise.disguise.base import check_params
 
+LEVELS = (0, 1, 2)
+EVIDENCE_KINDS = ("update", "images", "candidates")
 
-@dataclass
+
+@dataclass(frozen=True)
+class Target:
+    """The captured update an attack works on."""
+
+    round: int = 1
+    client: int = 0
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One `attacks = [...]` entry, parsed: the attack's name, target and own parameters."""
+
+    name: str
+    target: Target
+    params: dict[str, Any]
+
+
+def parse_spec(spec: Mapping[str, Any]) -> AttackSpec:
+    """Split a config table into name, target (round, client) and the attack's parameters."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ValueError(f"an attack spec is a table with a 'name', got {spec!r}")
+    params = dict(spec)
+    name = params.pop("name")
+    where = {k: params.pop(k) for k in ("round", "client") if k in params}
+    for key, value in where.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+    target = Target(**where)
+    if target.round < 1 or target.client < 0:
+        raise ValueError(f"round must be >= 1 and client >= 0, got round {target.round}, "
+                         f"client {target.client}")
+    return AttackSpec(name, target, params)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number an attack reports: `higher_is_stronger` orients 'strongest attack'."""
+
+    name: str
+    title: str
+    higher_is_stronger: bool = True
+
+    def stronger(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_stronger else a < b
+
+
+@dataclass(frozen=True)
 class ServerView:
-    """One captured client update, exactly as the server received it."""
+    """One captured client update, exactly as the server received it, with what the server
+    knows because it configured it: the model's input shape and classes, and the client's
+    training settings."""
 
     server_round: int
     partition_id: int
     num_examples: int
     global_state: dict[str, torch.Tensor]  # the model the server sent that round
     client_state: dict[str, torch.Tensor]  # the model the client sent back
-    lr: float  # the client learning rate and steps the server configured
-    local_steps: int
+    model_name: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    lr: float
+    local_steps: int  # 0: whole local epochs
+    local_epochs: int
     batch_size: int
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
     final_global_state: dict[str, torch.Tensor] | None = None
+
+    def step_sizes(self) -> list[int]:
+        """The batch sizes of the client's local steps, as `training.batch_order` cuts them:
+        `batch_size` images per step, a shorter last batch at each epoch's end."""
+        n, b = self.num_examples, self.batch_size
+        epoch = [b] * (n // b) + ([n % b] if n % b else [])
+        sizes = epoch * self.local_epochs
+        return sizes[:self.local_steps] if self.local_steps else sizes
+
+    def images_behind_update(self) -> int:
+        """How many distinct images the update covers (at most the client's partition)."""
+        return min(self.num_examples, sum(self.step_sizes()))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one attack is handed: the server's view, and what the game adds to it."""
+
+    view: ServerView
+    images: torch.Tensor | None = None  # disguised images the attacker observes
+    images_from: str = ""  # "outsourced": the true disguised images (the papers' threat
+    #                        model); otherwise the chain stage that estimated them
+    candidates: ImageDataset | None = None  # membership candidates, membership withheld
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """What an attacker of `level` holds besides the evidence."""
+
+    level: int
+    public: ImageDataset  # Level 0+: same distribution, disjoint from every client
+    algorithm: Any = None  # Level 1+: the disguise spec (name and parameters), no key
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None  # Level 2: (plain, disguised)
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"knowledge level must be one of {LEVELS}, got {self.level}")
+        if self.level < 1 and self.algorithm is not None:
+            raise ValueError("Level 0 does not know the disguise algorithm")
+        if self.level < 2 and self.pairs is not None:
+            raise ValueError("only Level 2 holds pairs under the victim's key")
+
+    def own_disguise(self, seed: int) -> Any:
+        """The public algorithm under the attacker's own key (Level 1 and up)."""
+        if self.level < 1 or self.algorithm is None:
+            raise ValueError("a Level-0 attacker does not know the disguise algorithm")
+        from fedisguise.disguise import DisguiseKey
+        from fedisguise.disguise import build as build_disguise
+
+        return build_disguise(self.algorithm, DisguiseKey.generate(seed + 7919))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    seed: int
+    progress: bool = True
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output before scoring. `images` estimate originals or disguised images
+    (`space`), in an order the attacker does not know; `scores` rank membership candidates;
+    `figures` are what the attacker can report without the truth (loss, time, iterations)."""
+
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    space: str = "original"  # "original" | "disguised"
+    scores: torch.Tensor | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # attack-specific outputs
 
 
 @dataclass
@@ -44,58 +190,71 @@ class GroundTruth:
     train_plain: ImageDataset  # the client's whole partition (members)
     train_disguised: torch.Tensor
     disguise_spec: Any
-    disguise_key: Any  # the victim's DisguiseKey; used to make Level-2 pairs, never logged
-
-
-@dataclass
-class AttackContext:
-    view: ServerView
-    truth: GroundTruth
-    public: ImageDataset  # attacker's public data, same distribution, disjoint from clients
-    holdout: ImageDataset  # non-member candidates (disjoint from public and clients)
-    model_name: str
-    device: torch.device
-    seed: int
-    progress: bool = True
+    disguise_key: Any  # the victim's DisguiseKey; makes Level-2 pairs, never logged
+    batch_index: torch.Tensor | None = None  # partition indices behind the update
+    observed_plain: torch.Tensor | None = None  # originals behind Evidence.images
+    observed_disguised: torch.Tensor | None = None
+    observed_labels: torch.Tensor | None = None
+    candidates_member: torch.Tensor | None = None  # membership of Evidence.candidates
 
 
 class Attack:
-    """Base: parameters validated against the constructor; `run` returns figures."""
+    """Base class. Subclasses set `name`, `evidence` (what they consume), `figures`, and
+    implement `reconstruct` and `score`."""
 
     name: ClassVar[str] = ""
+    evidence: ClassVar[str] = "update"  # one of EVIDENCE_KINDS
+    figures: ClassVar[tuple[Figure, ...]] = ()
+    level: int = 0
 
-    def run(self, ctx: AttackContext) -> dict[str, Any]:
+    def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
+                    ) -> Reconstruction:
         raise NotImplementedError
+
+    def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Any
+              ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def pairs_wanted(self) -> int:
+        """How many victim-key pairs a Level-2 attacker of this kind holds."""
+        return 0
 
 
 ATTACKS: dict[str, type[Attack]] = {}
 
 
 def register(cls: type[Attack]) -> type[Attack]:
+    if cls.evidence not in EVIDENCE_KINDS:
+        raise ValueError(f"{cls.__name__}.evidence must be one of {EVIDENCE_KINDS}")
+    names = [f.name for f in cls.figures]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{cls.__name__} declares a figure twice: {names}")
     ATTACKS[cls.name] = cls
     return cls
 
 
-def attack_params(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ValueError(f"an attack spec is a table with a 'name', got {spec!r}")
-    params = dict(spec)
-    return params.pop("name"), params
-
-
-def build_attack(spec: Mapping[str, Any]) -> Attack:
-    name, params = attack_params(spec)
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; valid choices: {sorted(ATTACKS)}")
-    cls = ATTACKS[name]
-    check_params(cls, params, kind="attack")
-    return cls(**params)
+def build_attack(spec: Mapping[str, Any] | AttackSpec) -> Attack:
+    """The attack of a spec; its target is not the attack's business (see `parse_spec`)."""
+    parsed = spec if isinstance(spec, AttackSpec) else parse_spec(spec)
+    if parsed.name not in ATTACKS:
+        raise ValueError(f"unknown attack {parsed.name!r}; valid choices: {sorted(ATTACKS)}")
+    cls = ATTACKS[parsed.name]
+    check_params(cls, parsed.params, kind="attack")
+    return cls(**parsed.params)
 
 
 def targets(specs: list[Mapping[str, Any]]) -> set[tuple[int, int]]:
-    """(round, partition) pairs whose updates the server must capture for these attacks."""
-    found = set()
-    for spec in specs:
-        _, params = attack_params(spec)
-        found.add((int(params.get("round", 1)), int(params.get("client", 0))))
-    return found
+    """(round, client) pairs whose updates the server must capture for these attacks."""
+    return {(t.round, t.client) for t in (parse_spec(s).target for s in specs)}
+
+
+def figure_catalogue() -> dict[str, tuple[Figure, ...]]:
+    """Every registered attack's declared figures, for tables and plots."""
+    return {name: cls.figures for name, cls in sorted(ATTACKS.items())}
+
+
+def finite(value: Any) -> float | None:
+    """A figure as a finite float, or None (JSON has no inf/NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None

@@ -8,7 +8,8 @@ probability, with a small total-variation prior and a batch-diversity term so th
 collapse onto one adversarial pattern.
 
 Scored two ways, as DESIGN.md asks: recognisability (the fraction of samples an independent
-classifier, trained by the attacker on public plain data, assigns to the target class) and
+classifier, trained by the attacker on public plain data, assigns to the target class; the
+scorer's classifier) and
 similarity to the victim's images of that class (for each sample, the best SSIM against the
 victim's originals, and against its disguised images).
 """
@@ -22,11 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedisguise.attacks.base import Attack, AttackContext, register
+from fedisguise.attacks.base import (
+    Attack,
+    Evidence,
+    Figure,
+    GroundTruth,
+    Knowledge,
+    Reconstruction,
+    Runtime,
+    register,
+)
 from fedisguise.attacks.gradient_inversion import total_variation
+from fedisguise.attacks.scoring import Scorer
 from fedisguise.metrics import ssim
 from fedisguise.models import build_model
-from fedisguise.training import train_local
 
 
 class Generator(nn.Module):
@@ -84,59 +94,68 @@ def best_ssim(samples: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
 
 @register
 class GanReconstruction(Attack):
-    """A generator of the victim's class, trained against the final global model."""
+    """A generator of the victim's class, trained against the final global model the server
+    holds. Its samples estimate what the model was trained on: disguised images."""
 
     name = "gan"
+    evidence = "update"
+    figures = (
+        Figure("recognisability", "GAN recognisability"),
+        Figure("ssim_vs_original", "GAN best SSIM vs original"),
+        Figure("ssim_vs_disguised", "GAN best SSIM vs disguised"),
+    )
 
-    def __init__(self, round: int = 1, client: int = 0, target_class: int = 0,
-                 iterations: int = 500, samples: int = 16, examiner_epochs: int = 2) -> None:
-        if min(round, iterations, samples, examiner_epochs) < 1 or min(client, target_class) < 0:
-            raise ValueError("round, iterations, samples, examiner_epochs must be >= 1; "
-                             "client and target_class >= 0")
-        self.round, self.client, self.target_class = round, client, target_class
-        self.iterations, self.samples, self.examiner_epochs = iterations, samples, examiner_epochs
+    def __init__(self, target_class: int = 0, iterations: int = 500, samples: int = 16) -> None:
+        if min(iterations, samples) < 1 or target_class < 0:
+            raise ValueError("iterations and samples must be >= 1; target_class >= 0")
+        self.target_class, self.iterations, self.samples = target_class, iterations, samples
 
-    def run(self, ctx: AttackContext) -> dict:
-        view, truth = ctx.view, ctx.truth
-        classes = ctx.public.num_classes
-        if self.target_class >= classes:
-            raise ValueError(f"target_class {self.target_class} >= {classes} classes")
+    def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
+                    ) -> Reconstruction:
+        view = evidence.view
+        if self.target_class >= view.num_classes:
+            raise ValueError(f"target_class {self.target_class} >= {view.num_classes} classes")
         if view.final_global_state is None:
             raise ValueError("the GAN attack needs the final global model capture")
         started = time.perf_counter()
-        shape = tuple(truth.train_plain.images.shape[1:])
-        model = build_model(ctx.model_name, shape[0], classes, shape[1])
+        c, h, _ = view.image_shape
+        model = build_model(view.model_name, c, view.num_classes, h)
         model.load_state_dict(view.final_global_state)
-        gen = train_generator(model, self.target_class, shape, iterations=self.iterations,
-                              device=ctx.device, seed=ctx.seed, progress=ctx.progress)
+        gen = train_generator(model, self.target_class, view.image_shape,
+                              iterations=self.iterations, device=runtime.device,
+                              seed=runtime.seed, progress=runtime.progress)
         with torch.no_grad():
             z = torch.randn(self.samples, gen.latent, generator=torch.Generator().manual_seed(
-                ctx.seed)).to(ctx.device)
+                runtime.seed)).to(runtime.device)
             samples = gen(z).cpu()
-        # The attacker's own independent classifier, on its public plain data.
-        torch.manual_seed(ctx.seed)
-        examiner = build_model(ctx.model_name, shape[0], classes, shape[1])
-        train_local(examiner, ctx.public, epochs=self.examiner_epochs, batch_size=64,
-                    optimizer="adam", lr=1e-3, device=ctx.device,
-                    generator=torch.Generator().manual_seed(ctx.seed))
-        with torch.no_grad():
-            examiner.eval()
-            predicted = examiner.to(ctx.device)(samples.to(ctx.device)).argmax(1).cpu()
-            model.eval()
-            fooled = model.to(ctx.device)(samples.to(ctx.device)).argmax(1).cpu()
+            fooled = model.to(runtime.device)(samples.to(runtime.device)).argmax(1).cpu()
+        return Reconstruction(
+            images=samples, labels=torch.full((self.samples,), self.target_class),
+            space="disguised",
+            figures={"status": "ok", "target_class": self.target_class,
+                     "samples": self.samples, "iterations": self.iterations,
+                     "global_model_target_rate": float(
+                         (fooled == self.target_class).float().mean()),
+                     "seconds": time.perf_counter() - started})
+
+    def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
+              ) -> dict:
+        """Hitaj et al. ask for class representatives, not a given image: each sample is
+        scored by its best SSIM against the victim's images of the class."""
+        figures = dict(reconstruction.figures)
+        samples = reconstruction.images
         of_class = truth.train_plain.labels == self.target_class
         victims = truth.train_plain.images[of_class][:500]
         victims_disguised = truth.train_disguised[of_class][:500]
         if not len(victims):
-            raise ValueError(f"client {view.partition_id} holds no image of class "
-                             f"{self.target_class}")
-        return {
-            "status": "ok", "target_class": self.target_class, "samples": self.samples,
-            "iterations": self.iterations,
-            "global_model_target_rate": float((fooled == self.target_class).float().mean()),
-            "recognisability": float((predicted == self.target_class).float().mean()),
-            "ssim_vs_original": best_ssim(samples, victims).mean().item(),
-            "ssim_vs_disguised": best_ssim(samples, victims_disguised.clamp(0, 1)).mean().item(),
-            "seconds": time.perf_counter() - started,
+            figures.update(status="not applicable",
+                           reason=f"the client holds no image of class {self.target_class}")
+            return figures
+        figures.update({
+            "recognisability": scorer.recognisability(samples, reconstruction.labels),
+            "ssim_vs_original": best_ssim(samples.clamp(0, 1), victims).mean().item(),
+            "ssim_vs_disguised": best_ssim(samples.clamp(0, 1),
+                                           victims_disguised.clamp(0, 1)).mean().item(),
             "_grid": (victims[:8], victims_disguised[:8], samples[:8]),
-        }
+        })
+        return figures

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,17 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from fedisguise.attacks.base import Attack, AttackContext, register
-from fedisguise.metrics import psnr, ssim
+from fedisguise.attacks.base import (
+    Attack,
+    Evidence,
+    Figure,
+    GroundTruth,
+    Knowledge,
+    Reconstruction,
+    Runtime,
+    register,
+)
+from fedisguise.attacks.scoring import Scorer, matching_order
 from fedisguise.models import build_model
 
 METHODS = ("ig", "dlg")
@@ -93,20 +102,38 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def _simulated_delta(model: nn.Module, params: dict[str, torch.Tensor], images: torch.Tensor,
-                     labels: torch.Tensor, lr: float, steps: int, create_graph: bool = True
+                     labels: torch.Tensor, lr: float, steps: int | Sequence[int],
+                     momentum: float = 0.0, create_graph: bool = True
                      ) -> dict[str, torch.Tensor]:
-    """θ0 − θ_steps after `steps` plain SGD steps on consecutive slices of the batch."""
-    current = dict(params)
-    for chunk_x, chunk_y in zip(images.chunk(steps), labels.chunk(steps)):
-        loss = F.cross_entropy(functional_call(model, current, (chunk_x,)), chunk_y)
+    """θ0 − θ_end after the client's SGD steps on the dummy batch (Geiping et al. §5).
+
+    `steps` is a count (equal consecutive slices) or the size of every step, as the server
+    knows them from num_examples, batch size and local steps (`ServerView.step_sizes`); the
+    dummies are taken in order and reused from the start once an epoch is used up (the
+    client's reshuffle between epochs is unknown to the server). `momentum` is the client
+    optimizer's heavy-ball term (torch.optim.SGD's convention)."""
+    if isinstance(steps, int):
+        slices = [len(c) for c in images.chunk(steps)]
+    else:
+        slices = list(steps)
+    n, start = len(images), 0
+    current, velocity = dict(params), None
+    for size in slices:
+        idx = (torch.arange(start, start + size, device=images.device) % n)
+        start = (start + size) % n
+        loss = F.cross_entropy(functional_call(model, current, (images[idx],)), labels[idx])
         grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
-        current = {n: p - lr * g for (n, p), g in zip(current.items(), grads)}
-    return {n: params[n] - current[n] for n in params}
+        if momentum:
+            velocity = list(grads) if velocity is None else [
+                momentum * v + g for v, g in zip(velocity, grads, strict=True)]
+            grads = velocity
+        current = {n_: p - lr * g for (n_, p), g in zip(current.items(), grads, strict=True)}
+    return {n_: params[n_] - current[n_] for n_ in params}
 
 
 def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: int,
-           image_shape: tuple[int, int, int], lr: float, steps: int = 1,
-           labels: torch.Tensor | None = None, method: str = "ig",
+           image_shape: tuple[int, int, int], lr: float, steps: int | Sequence[int] = 1,
+           momentum: float = 0.0, labels: torch.Tensor | None = None, method: str = "ig",
            delta_mode: str = "effective-gradient", iterations: int = 2000,
            step_size: float = 0.1, tv_weight: float = 1e-4, restarts: int = 1,
            signed: bool = True, init: str = "uniform", seed: int = 0,
@@ -122,7 +149,8 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
         raise ValueError(f"unknown delta_mode {delta_mode!r}; valid: {DELTA_MODES}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid: {INITS}")
-    if batch_size < 1 or steps < 1 or iterations < 1 or restarts < 1:
+    step_count = steps if isinstance(steps, int) else len(steps)
+    if batch_size < 1 or step_count < 1 or iterations < 1 or restarts < 1:
         raise ValueError("batch_size, steps, iterations and restarts must be >= 1")
     if lr <= 0:
         raise ValueError(f"the client's learning rate must be > 0, got {lr}")
@@ -131,7 +159,7 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
     model.eval()  # no dropout; BatchNorm would need the client's batch statistics
     params = {n: p.detach() for n, p in trainable(model).items()}
     target = {n: delta[n].to(device).float() for n in params}
-    gradient = {n: t / (lr * steps) for n, t in target.items()}  # the effective gradient
+    gradient = {n: t / (lr * step_count) for n, t in target.items()}  # effective gradient
     if labels is None:
         labels = recover_labels(model, gradient, batch_size)
     labels = labels.to(device)
@@ -142,7 +170,7 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
 
     def observed(x: torch.Tensor) -> dict[str, torch.Tensor]:
         if delta_mode == "unrolled":
-            return _simulated_delta(model, params, x, labels, lr, steps)
+            return _simulated_delta(model, params, x, labels, lr, steps, momentum)
         loss = F.cross_entropy(functional_call(model, params, (x,)), labels)
         return dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names],
                                                    create_graph=True)))
@@ -203,17 +231,8 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
 
 
 def match_reconstructions(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Order the reconstructions like the originals (the batch order is unknown to the
-    attacker): greedy on pairwise MSE, best pair first."""
-    cost = (original.flatten(1)[:, None] - reconstructed.flatten(1)[None]).pow(2).mean(-1)
-    order = torch.empty(len(original), dtype=torch.long)
-    cost = cost.clone()
-    for _ in range(len(original)):
-        i, j = divmod(int(torch.argmin(cost)), cost.shape[1])
-        order[i] = j
-        cost[i, :] = torch.inf
-        cost[:, j] = torch.inf
-    return reconstructed[order]
+    """The reconstructions in the originals' order (for tests and benches that hold both)."""
+    return reconstructed[matching_order(reconstructed, original)]
 
 
 def label_accuracy(recovered: torch.Tensor, true: torch.Tensor, num_classes: int) -> float:
@@ -225,62 +244,78 @@ def label_accuracy(recovered: torch.Tensor, true: torch.Tensor, num_classes: int
 
 @register
 class GradientInversion(Attack):
-    """Inverts one captured update (round, client) of the run."""
+    """Inverts one captured update. The number of images, their shape and the client's
+    steps come from the server's view: num_examples, batch size, local steps and epochs,
+    learning rate and momentum are what the server itself configured. `delta_mode = "auto"`
+    unrolls the client's SGD steps when the update holds more than one, and matches the
+    effective gradient otherwise (identical for one step)."""
 
     name = "gradient_inversion"
+    evidence = "update"
+    figures = (
+        Figure("psnr_vs_original", "GI PSNR vs original (dB)"),
+        Figure("ssim_vs_original", "GI SSIM vs original"),
+        Figure("recognisability", "GI recognisability"),
+        Figure("psnr_vs_disguised", "GI PSNR vs disguised (dB)"),
+        Figure("label_accuracy", "GI label recovery"),
+    )
 
-    def __init__(self, round: int = 1, client: int = 0, method: str = "ig",
-                 delta_mode: str = "effective-gradient", iterations: int = 1000,
+    def __init__(self, method: str = "ig", delta_mode: str = "auto", iterations: int = 1000,
                  step_size: float = 0.1, tv_weight: float = 0.01, restarts: int = 1,
-                 known_labels: bool = False, max_batch: int = 16, init: str = "uniform"
-                 ) -> None:
-        if method not in METHODS or delta_mode not in DELTA_MODES:
+                 max_batch: int = 256, init: str = "uniform") -> None:
+        if method not in METHODS or delta_mode not in (*DELTA_MODES, "auto"):
             raise ValueError(f"method must be one of {METHODS} and delta_mode one of "
-                             f"{DELTA_MODES}, got {method!r}, {delta_mode!r}")
-        if min(round, iterations, restarts, max_batch) < 1 or client < 0:
-            raise ValueError("round, iterations, restarts, max_batch must be >= 1, client >= 0")
-        self.round, self.client, self.method, self.delta_mode = round, client, method, delta_mode
-        self.iterations, self.step_size, self.tv_weight = iterations, step_size, tv_weight
-        self.restarts, self.known_labels, self.max_batch = restarts, known_labels, max_batch
+                             f"{(*DELTA_MODES, 'auto')}, got {method!r}, {delta_mode!r}")
+        if min(iterations, restarts, max_batch) < 1:
+            raise ValueError("iterations, restarts and max_batch must be >= 1")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid: {INITS}")
-        self.init = init
+        self.method, self.delta_mode, self.iterations = method, delta_mode, iterations
+        self.step_size, self.tv_weight, self.restarts = step_size, tv_weight, restarts
+        self.max_batch, self.init = max_batch, init
 
-    def run(self, ctx: AttackContext) -> dict:
-        view, truth = ctx.view, ctx.truth
-        batch = len(truth.batch_plain)
-        if batch > self.max_batch:
-            return {"status": "not applicable",
-                    "reason": f"the update covers {batch} images (> max_batch "
-                              f"{self.max_batch}); set train.local_steps and train.batch_size "
-                              "so that one update covers a small batch"}
-        image_shape = tuple(truth.batch_plain.shape[1:])
-        model = build_model(ctx.model_name, image_shape[0], ctx.public.num_classes,
-                            image_shape[1]).to(ctx.device)
+    def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
+                    ) -> Reconstruction:
+        view = evidence.view
+        count, sizes = view.images_behind_update(), view.step_sizes()
+        settings = {"method": self.method, "round": view.server_round,
+                    "client": view.partition_id, "batch_size": count,
+                    "local_steps": len(sizes)}
+        if count > self.max_batch:
+            return Reconstruction(figures={
+                **settings, "status": "not applicable",
+                "reason": f"the update covers {count} images (> max_batch {self.max_batch})"})
+        unrolled = (self.delta_mode == "unrolled" or (
+            self.delta_mode == "auto" and len(sizes) > 1 and view.optimizer == "sgd"))
+        c, h, _ = view.image_shape
+        model = build_model(view.model_name, c, view.num_classes, h).to(runtime.device)
         model.load_state_dict(view.global_state)
         delta = update_delta(model, view.global_state, view.client_state)
-        out = invert(model, delta, batch_size=batch, image_shape=image_shape, lr=view.lr,
-                     steps=max(view.local_steps, 1),
-                     labels=truth.batch_labels if self.known_labels else None,
-                     method=self.method, delta_mode=self.delta_mode,
+        out = invert(model, delta, batch_size=count, image_shape=view.image_shape, lr=view.lr,
+                     steps=sizes, momentum=view.momentum if unrolled else 0.0,
+                     method=self.method,
+                     delta_mode="unrolled" if unrolled else "effective-gradient",
                      iterations=self.iterations, step_size=self.step_size,
                      tv_weight=self.tv_weight, restarts=self.restarts, init=self.init,
-                     seed=ctx.seed,
-                     progress=ctx.progress)
-        rec = match_reconstructions(out["images"], truth.batch_plain)
-        rec_d = match_reconstructions(out["images"], truth.batch_disguised)
-        return {
-            "status": "ok", "method": self.method, "delta_mode": self.delta_mode,
-            "round": view.server_round, "client": view.partition_id, "batch_size": batch,
-            "local_steps": max(view.local_steps, 1),
-            "psnr_vs_original": psnr(rec, truth.batch_plain).mean().item(),
-            "ssim_vs_original": ssim(rec, truth.batch_plain).mean().item(),
-            "psnr_vs_disguised": psnr(rec_d, truth.batch_disguised).mean().item(),
-            "ssim_vs_disguised": ssim(rec_d, truth.batch_disguised).mean().item(),
-            "label_accuracy": label_accuracy(out["labels"], truth.batch_labels,
-                                             ctx.public.num_classes),
-            "labels_known": self.known_labels,
-            "iterations": out["iterations"], "seconds": out["seconds"],
-            "iterations_per_s": out["iterations"] / out["seconds"],
-            "_grid": (truth.batch_plain, truth.batch_disguised, rec),
-        }
+                     seed=runtime.seed, progress=runtime.progress)
+        return Reconstruction(images=out["images"], labels=out["labels"], space="disguised",
+                              figures={**settings, "status": "ok",
+                                       "delta_mode": "unrolled" if unrolled
+                                       else "effective-gradient",
+                                       "iterations": out["iterations"],
+                                       "seconds": out["seconds"], "final_loss": out["loss"],
+                                       "iterations_per_s": out["iterations"] / out["seconds"]})
+
+    def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
+              ) -> dict:
+        figures = dict(reconstruction.figures)
+        if reconstruction.images is None:
+            return figures
+        scored = scorer.images(reconstruction.images, truth.batch_plain, truth.batch_labels,
+                               disguised=truth.batch_disguised)
+        rec = scored.pop("_matched")
+        figures.update(scored)
+        figures["label_accuracy"] = label_accuracy(reconstruction.labels, truth.batch_labels,
+                                                   scorer.public.num_classes)
+        figures["_grid"] = (truth.batch_plain[:8], truth.batch_disguised[:8], rec[:8])
+        return figures

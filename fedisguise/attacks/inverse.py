@@ -21,9 +21,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fedisguise.attacks.base import Attack, AttackContext, register
-from fedisguise.disguise import DisguiseKey
-from fedisguise.disguise import build as build_disguise
+from fedisguise.attacks.base import (
+    Attack,
+    Evidence,
+    Figure,
+    GroundTruth,
+    Knowledge,
+    Reconstruction,
+    Runtime,
+    register,
+)
+from fedisguise.attacks.scoring import PSNR_CAP, Scorer
 from fedisguise.disguise.base import spec_params
 from fedisguise.metrics import psnr, ssim
 from fedisguise.unet import UNet
@@ -117,19 +125,34 @@ INVERSE_METHODS = ("unet", "known-pairs")
 TARGET_SETS = ("client", "test")
 
 
+def block_size_of(algorithm: object, image_size: int) -> int:
+    """The disguise's block size from its public parameters (whole image if it has none)."""
+    _, params = spec_params(algorithm)
+    return int(params.get("block_size", image_size))
+
+
 @register
 class InverseNetwork(Attack):
-    """Level 1: a U-Net trained on the attacker's public data disguised under its own key
-    (for a keyless defence such as transform-net, the public h_θ itself: Ito et al.'s ITN
-    attack). Level 2: pairs under the victim's key, inverted by a U-Net or by known-pairs
-    algebra. Scored on victim images the attacker did not hold as pairs: the client's own
-    (`target_set = "client"`) or held-out test images under the victim's disguise (`"test"`)."""
+    """Maps disguised images back to originals. Level 1: a U-Net trained on the attacker's
+    public data disguised under its own key (for a keyless defence such as transform-net,
+    the public h_θ itself: Ito et al.'s ITN attack). Level 2: pairs under the victim's key,
+    inverted by a U-Net or by known-pairs algebra.
+
+    The disguised images it inverts are its evidence: on its own, the true disguised images
+    (the papers' outsourcing threat model; the client's own, `target_set = "client"`, or
+    held-out test images under the victim's disguise, `"test"`); in a chain, what gradient
+    inversion estimated from an update."""
 
     name = "inverse_network"
+    evidence = "images"
+    figures = (
+        Figure("psnr_vs_original", "inverse net PSNR vs original (dB)"),
+        Figure("ssim_vs_original", "inverse net SSIM vs original"),
+        Figure("recognisability", "inverse net recognisability"),
+    )
 
-    def __init__(self, round: int = 1, client: int = 0, level: int = 1, method: str = "unet",
-                 pairs: int = 1000, epochs: int = 5, targets: int = 500,
-                 target_set: str = "client") -> None:
+    def __init__(self, level: int = 1, method: str = "unet", pairs: int = 1000,
+                 epochs: int = 5, targets: int = 500, target_set: str = "client") -> None:
         if level not in LEVELS or method not in INVERSE_METHODS:
             raise ValueError(f"level must be one of {LEVELS} and method one of "
                              f"{INVERSE_METHODS}, got {level!r}, {method!r}")
@@ -137,51 +160,56 @@ class InverseNetwork(Attack):
             raise ValueError(f"target_set must be one of {TARGET_SETS}, got {target_set!r}")
         if method == "known-pairs" and level == 1:
             raise ValueError("known-pairs needs pairs under the victim's key: level = 2")
-        if min(round, pairs, epochs, targets) < 1 or client < 0:
-            raise ValueError("round, pairs, epochs and targets must be >= 1")
-        self.round, self.client, self.level, self.method = round, client, level, method
+        if min(pairs, epochs, targets) < 1:
+            raise ValueError("pairs, epochs and targets must be >= 1")
+        self.level, self.method = level, method
         self.pairs, self.epochs, self.targets = pairs, epochs, targets
         self.target_set = target_set
 
-    def run(self, ctx: AttackContext) -> dict:
-        truth = ctx.truth
-        plain, disguised = truth.train_plain.images, truth.train_disguised
-        held = min(self.pairs, len(plain) // 2) if self.level == 2 else 0
-        if self.target_set == "test":  # test images the victim disguises as it would its own
-            goal_plain = ctx.holdout.images[:self.targets]
-            victim = build_disguise(truth.disguise_spec, truth.disguise_key)
-            victim.reseed("attack-targets")
-            goal_disguised = victim.apply(goal_plain, ctx.holdout.labels[:self.targets])[0]
-        else:
-            goal_plain = plain[held:held + self.targets]
-            goal_disguised = disguised[held:held + self.targets]
+    def pairs_wanted(self) -> int:
+        return self.pairs if self.level == 2 else 0
+
+    def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
+                    ) -> Reconstruction:
+        if evidence.images is None:
+            raise ValueError("the inverse network needs disguised images to invert")
+        goal = evidence.images
         if self.level == 1:
-            attacker_key = DisguiseKey.generate(ctx.seed + 7919)  # the attacker's own key
-            own = build_disguise(truth.disguise_spec, attacker_key)
-            public = ctx.public.images[:self.pairs]
-            pair_plain, pair_disguised = public, own.apply(public, ctx.public.labels[
-                :self.pairs])[0]
+            own = knowledge.own_disguise(runtime.seed)
+            public = knowledge.public.images[:self.pairs]
+            pair_plain = public
+            pair_disguised = own.apply(public, knowledge.public.labels[:self.pairs])[0]
         else:
-            pair_plain, pair_disguised = plain[:held], disguised[:held]
+            if knowledge.pairs is None:
+                raise ValueError("a Level-2 inverse needs pairs under the victim's key")
+            pair_plain, pair_disguised = knowledge.pairs
         figures: dict = {"status": "ok", "level": self.level, "method": self.method,
-                         "pairs": len(pair_plain), "targets": len(goal_plain),
-                         "target_set": self.target_set}
+                         "pairs": len(pair_plain), "targets": len(goal),
+                         "observed": evidence.images_from}
         if self.method == "known-pairs":
-            _, params = spec_params(truth.disguise_spec)
-            block = int(params.get("block_size", plain.shape[-1]))
+            block = block_size_of(knowledge.algorithm, goal.shape[-1])
             fit = fit_known_pairs(pair_plain, pair_disguised, block)
-            rec = invert_known_pairs(fit, goal_disguised, block)
+            rec = invert_known_pairs(fit, goal, block)
             figures.update(block_size=block, fit_residual=fit["residual"],
                            seconds=fit["seconds"])
         else:
             net, info = train_inverse(pair_disguised, pair_plain, epochs=self.epochs,
-                                      device=ctx.device, seed=ctx.seed, progress=ctx.progress)
-            rec = apply_inverse(net, goal_disguised)
+                                      device=runtime.device, seed=runtime.seed,
+                                      progress=runtime.progress)
+            rec = apply_inverse(net, goal).clamp(0, 1)
             figures.update(info)
+        return Reconstruction(images=rec, space="original", figures=figures)
+
+    def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
+              ) -> dict:
+        """Outsourcing threat model: image i of the evidence is the disguise of original i,
+        so no matching is needed."""
+        figures = dict(reconstruction.figures)
+        rec, plain = reconstruction.images, truth.observed_plain
         figures.update({
-            "psnr_vs_original": psnr(rec, goal_plain).clamp(max=100).mean().item(),
-            "ssim_vs_original": ssim(rec, goal_plain).mean().item(),
-            "psnr_disguised_vs_original": psnr(goal_disguised, goal_plain).mean().item(),
-            "_grid": (goal_plain[:8], goal_disguised[:8], rec[:8]),
+            "psnr_vs_original": psnr(rec, plain).clamp(max=PSNR_CAP).mean().item(),
+            "ssim_vs_original": ssim(rec, plain).mean().item(),
+            "recognisability": scorer.recognisability(rec, truth.observed_labels),
+            "_grid": (plain[:8], truth.observed_disguised[:8], rec[:8]),
         })
         return figures

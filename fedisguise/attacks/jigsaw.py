@@ -17,7 +17,17 @@ import time
 
 import torch
 
-from fedisguise.attacks.base import Attack, AttackContext, register
+from fedisguise.attacks.base import (
+    Attack,
+    Evidence,
+    Figure,
+    GroundTruth,
+    Knowledge,
+    Reconstruction,
+    Runtime,
+    register,
+)
+from fedisguise.attacks.scoring import PSNR_CAP, Scorer
 from fedisguise.disguise import build as build_disguise
 from fedisguise.metrics import psnr, ssim
 
@@ -111,35 +121,56 @@ def accuracy(placement: torch.Tensor, truth: torch.Tensor, grid: tuple[int, int]
 
 @register
 class Jigsaw(Attack):
-    """Reassembles the target client's disguised training images (Level 0: disguised data
-    only). Direct accuracy is scored against the key's permutation."""
+    """Reassembles disguised images whose blocks share one keyed permutation (Level 0:
+    disguised images only: the target client's own, outsourced, or a chain's estimates).
+    Direct accuracy is scored against the key's permutation."""
 
     name = "jigsaw"
+    evidence = "images"
+    figures = (
+        Figure("direct_accuracy", "jigsaw blocks placed right"),
+        Figure("neighbour_accuracy", "jigsaw neighbours kept"),
+        Figure("psnr_vs_original", "jigsaw PSNR vs original (dB)"),
+        Figure("ssim_vs_original", "jigsaw SSIM vs original"),
+    )
 
-    def __init__(self, round: int = 1, client: int = 0, block_size: int = 7,
-                 images: int = 1000) -> None:
-        if min(round, block_size, images) < 1 or client < 0:
-            raise ValueError("round, block_size and images must be >= 1, client >= 0")
-        self.round, self.client, self.block_size, self.images = round, client, block_size, images
+    def __init__(self, block_size: int = 7, images: int = 1000) -> None:
+        if min(block_size, images) < 1:
+            raise ValueError("block_size and images must be >= 1")
+        self.block_size, self.images = block_size, images
+        self.targets, self.target_set = images, "client"
 
-    def run(self, ctx: AttackContext) -> dict:
-        truth = ctx.truth
-        disguised = truth.train_disguised[:self.images]
-        plain = truth.train_plain.images[:self.images]
+    def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
+                    ) -> Reconstruction:
+        if evidence.images is None:
+            raise ValueError("the jigsaw attack needs disguised images to reassemble")
+        disguised = evidence.images[:self.images]
         solved = solve(disguised, self.block_size)
         rec = reassemble(disguised, solved["placement"], self.block_size)
-        figures = {"status": "ok", "block_size": self.block_size, "images": len(disguised),
-                   "seconds": solved["seconds"],
-                   "psnr_vs_original": psnr(rec, plain).clamp(max=100).mean().item(),
-                   "ssim_vs_original": ssim(rec.clamp(0, 1), plain).mean().item(),
-                   "_grid": (plain[:8], disguised[:8], rec[:8])}
+        return Reconstruction(
+            images=rec, space="original",
+            figures={"status": "ok", "block_size": self.block_size, "images": len(disguised),
+                     "seconds": solved["seconds"], "observed": evidence.images_from},
+            extra={"placement": solved["placement"], "grid": solved["grid"]})
+
+    def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
+              ) -> dict:
+        figures = dict(reconstruction.figures)
+        rec = reconstruction.images
+        plain = truth.observed_plain[:len(rec)]
+        figures.update({
+            "psnr_vs_original": psnr(rec, plain).clamp(max=PSNR_CAP).mean().item(),
+            "ssim_vs_original": ssim(rec.clamp(0, 1), plain).mean().item(),
+            "_grid": (plain[:8], truth.observed_disguised[:8], rec[:8])})
         disguise = build_disguise(truth.disguise_spec, truth.disguise_key)
-        gh, gw = solved["grid"]
-        permutation = getattr(disguise, "_permutation", None)
-        if permutation is not None and getattr(disguise, "block_size", None) == self.block_size:
+        gh, gw = reconstruction.extra["grid"]
+        permutation = getattr(disguise, "block_permutation", None)
+        perm = permutation(gh * gw) if permutation is not None else None
+        if perm is not None and getattr(disguise, "block_size", None) == self.block_size:
             # Disguised position q holds source block perm[q]: source p sits at argsort(perm)[p].
-            truth_placement = torch.argsort(permutation(gh * gw, torch.device("cpu")).cpu())
-            figures.update(accuracy(solved["placement"], truth_placement, (gh, gw)))
+            truth_placement = torch.argsort(perm.cpu())
+            figures.update(accuracy(reconstruction.extra["placement"], truth_placement,
+                                    (gh, gw)))
         else:
             figures["direct_accuracy"] = None  # no keyed block permutation of this size
         return figures

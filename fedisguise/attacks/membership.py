@@ -21,7 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedisguise.attacks.base import Attack, AttackContext, register
+from fedisguise.attacks.base import (
+    Attack,
+    Evidence,
+    Figure,
+    GroundTruth,
+    Knowledge,
+    Reconstruction,
+    Runtime,
+    register,
+)
+from fedisguise.attacks.scoring import Scorer
 from fedisguise.data import ImageDataset
 from fedisguise.models import build_model
 from fedisguise.training import train_local
@@ -133,57 +143,63 @@ TARGETS = ("global", "update")
 
 @register
 class Membership(Attack):
-    """Was a candidate image in the target client's training data? Candidates: half from
-    the client's partition (members, plain images), half from held-out test images."""
+    """Was a candidate image in the target client's training data? The game hands the
+    attacker a balanced candidate set (half from the client's partition, plain images; half
+    from held-out test images) without saying which is which."""
 
     name = "membership"
+    evidence = "candidates"
+    figures = (
+        Figure("auc", "membership AUC"),
+        Figure("tpr_at_1pct_fpr", "membership TPR @ 1% FPR"),
+    )
 
-    def __init__(self, round: int = 1, client: int = 0, method: str = "lira",
-                 target: str = "global", candidates: int = 500, references: int = 4,
-                 reference_epochs: int = 3) -> None:
+    def __init__(self, method: str = "lira", target: str = "global", candidates: int = 500,
+                 references: int = 4, reference_epochs: int = 3) -> None:
         if method not in METHODS or target not in TARGETS:
             raise ValueError(f"method must be one of {METHODS} and target one of {TARGETS}, "
                              f"got {method!r}, {target!r}")
-        if min(round, candidates, references, reference_epochs) < 1 or client < 0:
-            raise ValueError("round, candidates, references, reference_epochs must be >= 1")
-        self.round, self.client, self.method, self.target = round, client, method, target
-        self.candidates, self.references = candidates, references
-        self.reference_epochs = reference_epochs
+        if min(candidates, references, reference_epochs) < 1:
+            raise ValueError("candidates, references, reference_epochs must be >= 1")
+        self.method, self.target, self.candidates = method, target, candidates
+        self.references, self.reference_epochs = references, reference_epochs
 
-    def run(self, ctx: AttackContext) -> dict:
-        view, truth = ctx.view, ctx.truth
+    def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
+                    ) -> Reconstruction:
+        view, candidates = evidence.view, evidence.candidates
+        if candidates is None:
+            raise ValueError("membership inference needs candidates")
         state = view.client_state if self.target == "update" else view.final_global_state
         if state is None:
             raise ValueError("membership against the global model needs the final global "
                              "model capture")
-        c, h = truth.train_plain.image_shape[:2]
-        classes = ctx.public.num_classes
+        c, h, _ = view.image_shape
 
         def build() -> nn.Module:
-            return build_model(ctx.model_name, c, classes, h)
+            return build_model(view.model_name, c, view.num_classes, h)
 
         model = build()
         model.load_state_dict(state)
-        half = min(self.candidates // 2, len(truth.train_plain), len(ctx.holdout))
-        gen = torch.Generator().manual_seed(ctx.seed)
-        members = truth.train_plain.subset(
-            torch.randperm(len(truth.train_plain), generator=gen)[:half])
-        outsiders = ctx.holdout.subset(torch.randperm(len(ctx.holdout), generator=gen)[:half])
-        candidates = ImageDataset(torch.cat([members.images, outsiders.images]),
-                                  torch.cat([members.labels, outsiders.labels]), classes)
-        is_member = torch.cat([torch.ones(half, dtype=torch.bool),
-                               torch.zeros(half, dtype=torch.bool)])
-        reference = None
         started = time.perf_counter()
+        reference = None
         if self.method == "lira":
-            reference = reference_statistics(build, ctx.public, candidates,
+            reference = reference_statistics(build, knowledge.public, candidates,
                                              references=self.references,
                                              epochs=self.reference_epochs, batch_size=64,
-                                             lr=1e-3, device=ctx.device, seed=ctx.seed,
-                                             progress=ctx.progress)
-        figures = evaluate_membership(model, candidates, is_member, method=self.method,
-                                      device=ctx.device, reference=reference)
-        figures.update({"status": "ok", "method": self.method, "target": self.target,
-                        "round": view.server_round, "client": view.partition_id,
-                        "seconds": time.perf_counter() - started})
+                                             lr=1e-3, device=runtime.device,
+                                             seed=runtime.seed, progress=runtime.progress)
+        scores = membership_scores(model, candidates, method=self.method,
+                                   device=runtime.device, reference=reference)
+        return Reconstruction(scores=scores, figures={
+            "status": "ok", "method": self.method, "target": self.target,
+            "round": view.server_round, "client": view.partition_id,
+            "candidates": len(candidates), "seconds": time.perf_counter() - started})
+
+    def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
+              ) -> dict:
+        figures = dict(reconstruction.figures)
+        member = truth.candidates_member
+        figures.update({"auc": roc_auc(reconstruction.scores, member),
+                        "tpr_at_1pct_fpr": tpr_at_fpr(reconstruction.scores, member),
+                        "members": int(member.sum())})
         return figures

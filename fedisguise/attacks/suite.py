@@ -3,12 +3,13 @@
 The experimenter, not the server, runs this step: scoring needs the target client's
 original images and, for the disguised copy, the client's key (as for the privacy figures).
 Each attack's reconstruction step only receives the server's view and what its knowledge
-level allows (fedisguise.attacks.base).
+level allows (fedisguise.attacks.base); the truth goes to its scoring step alone.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,20 @@ import torch
 from torchvision.utils import save_image
 
 from fedisguise.attacks.base import (
-    AttackContext,
+    Attack,
+    Evidence,
     GroundTruth,
+    Knowledge,
+    Runtime,
     ServerView,
-    attack_params,
+    Target,
     build_attack,
+    parse_spec,
 )
 from fedisguise.attacks.capture import capture_path, final_global_path
+from fedisguise.attacks.scoring import Scorer
 from fedisguise.config import Config
-from fedisguise.data import client_data, load_dataset
+from fedisguise.data import ImageDataset, client_data, load_dataset
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import client_key
 from fedisguise.dp import poisson_batches
@@ -35,7 +41,9 @@ from fedisguise.training import batch_indices, resolve_device, training_order_se
 HOLDOUT = 5000  # test images [0, 5000) are non-member candidates, the rest public data
 
 
-def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int) -> ServerView:
+def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int,
+              image_shape: tuple[int, int, int], num_classes: int) -> ServerView:
+    """The server's view of one capture: the arrays it received and what it configured."""
     path = capture_path(run_dir, server_round, partition)
     if not path.is_file():
         raise FileNotFoundError(
@@ -43,11 +51,14 @@ def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int) -> 
             f"client sampled, and is round <= experiment.rounds = {cfg.experiment.rounds}?")
     saved = torch.load(path, weights_only=True)
     final = final_global_path(run_dir)
+    t = cfg.train
     return ServerView(
         server_round=server_round, partition_id=partition,
         num_examples=int(saved["num_examples"]), global_state=saved["global_state"],
-        client_state=saved["client_state"], lr=cfg.train.lr,
-        local_steps=cfg.train.local_steps, batch_size=cfg.train.batch_size,
+        client_state=saved["client_state"], model_name=cfg.model.name,
+        image_shape=image_shape, num_classes=num_classes, lr=t.lr,
+        local_steps=t.local_steps, local_epochs=t.local_epochs, batch_size=t.batch_size,
+        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
         final_global_state=torch.load(final, weights_only=True) if final.is_file() else None)
 
 
@@ -69,10 +80,11 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
                             cfg.train.local_epochs)
     else:
         idx = torch.arange(len(plain))  # whole epochs: every image is behind the update
+    idx = torch.unique(idx, sorted=False) if len(torch.unique(idx)) < len(idx) else idx
     return GroundTruth(batch_plain=plain.images[idx], batch_disguised=disguised[idx],
                        batch_labels=plain.labels[idx], train_plain=plain,
                        train_disguised=disguised, disguise_spec=cfg.disguise,
-                       disguise_key=key)
+                       disguise_key=key, batch_index=idx)
 
 
 def save_grid(path: Path, rows: tuple[torch.Tensor, ...]) -> None:
@@ -84,31 +96,102 @@ def save_grid(path: Path, rows: tuple[torch.Tensor, ...]) -> None:
                padding=2, pad_value=1.0)
 
 
+def knowledge_for(attack: Attack, truth: GroundTruth, public: ImageDataset,
+                  algorithm: Any, seed: int) -> tuple[Knowledge, torch.Tensor]:
+    """What an attacker of the attack's declared level holds, and (for the experimenter)
+    which client images its Level-2 pairs are: the client's own images under its key,
+    never those behind the attacked update."""
+    level = getattr(attack, "level", 0)
+    pairs, chosen = None, torch.empty(0, dtype=torch.long)
+    if level == 2:
+        spare = torch.ones(len(truth.train_plain), dtype=torch.bool)
+        spare[truth.batch_index] = False
+        pool = spare.nonzero().flatten()
+        order = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
+        wanted = min(attack.pairs_wanted(), len(order) // 2)
+        if wanted < 1:
+            raise ValueError("the client holds no images outside the attacked batch to serve "
+                             "as Level-2 pairs")
+        chosen = order[:wanted]
+        pairs = (truth.train_plain.images[chosen], truth.train_disguised[chosen])
+    return Knowledge(level=level, public=public, algorithm=algorithm if level else None,
+                     pairs=pairs), chosen
+
+
+def evidence_for(attack: Attack, view: ServerView, truth: GroundTruth, paired: torch.Tensor,
+                 holdout: ImageDataset, seed: int) -> tuple[Evidence, GroundTruth]:
+    """The game: what the attack is handed besides the view, and the truth that scores it.
+
+    Image attacks on their own get the true disguised images (the papers' outsourcing
+    threat model, marked "outsourced"); membership gets a balanced candidate set."""
+    if attack.evidence == "update":
+        return Evidence(view=view), truth
+    if attack.evidence == "candidates":
+        half = min(attack.candidates // 2, len(truth.train_plain), len(holdout))
+        gen = torch.Generator().manual_seed(seed)
+        members = truth.train_plain.subset(
+            torch.randperm(len(truth.train_plain), generator=gen)[:half])
+        outsiders = holdout.subset(torch.randperm(len(holdout), generator=gen)[:half])
+        candidates = ImageDataset(torch.cat([members.images, outsiders.images]),
+                                  torch.cat([members.labels, outsiders.labels]),
+                                  holdout.num_classes)
+        member = torch.cat([torch.ones(half, dtype=torch.bool),
+                            torch.zeros(half, dtype=torch.bool)])
+        return (Evidence(view=view, candidates=candidates),
+                replace(truth, candidates_member=member))
+    count = getattr(attack, "targets", len(truth.train_plain))
+    if getattr(attack, "target_set", "client") == "test":
+        plain, labels = holdout.images[:count], holdout.labels[:count]
+        victim = build_disguise(truth.disguise_spec, truth.disguise_key)
+        victim.reseed("attack-targets")
+        disguised = victim.apply(plain, labels)[0]
+    else:  # the client's own images that are not among a Level-2 attacker's pairs
+        free = torch.ones(len(truth.train_plain), dtype=torch.bool)
+        free[paired] = False
+        keep = free.nonzero().flatten()[:count]
+        plain, labels = truth.train_plain.images[keep], truth.train_plain.labels[keep]
+        disguised = truth.train_disguised[keep]
+    return (Evidence(view=view, images=disguised, images_from="outsourced"),
+            replace(truth, observed_plain=plain, observed_disguised=disguised,
+                    observed_labels=labels))
+
+
 def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Figures per attack, keyed by name (a second attack of one name gets a suffix)."""
+    """Figures per attack, keyed by name (a second attack of one name gets a suffix).
+
+    Per attack: the server's view and the knowledge of its level go to `reconstruct`;
+    the ground truth only to `score`."""
     device = resolve_device(cfg.resources.device)
     test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir)
     order = np.random.default_rng([cfg.experiment.seed, 11]).permutation(len(test))
     holdout, public = test.subset(order[:HOLDOUT]), test.subset(order[HOLDOUT:])
+    runtime = Runtime(device=device, seed=cfg.experiment.seed, progress=progress)
+    scorer = Scorer(public, cfg.model.name, device, cfg.experiment.seed, progress=progress)
     results: dict[str, Any] = {}
-    loaded: dict[tuple[int, int], tuple[ServerView, GroundTruth]] = {}
-    for spec in cfg.attacks:
-        name, params = attack_params(spec)
+    loaded: dict[Target, tuple[ServerView, GroundTruth]] = {}
+    for raw in cfg.attacks:
+        spec = parse_spec(raw)
         attack = build_attack(spec)
-        target = int(params.get("round", 1)), int(params.get("client", 0))
-        if target not in loaded:  # attacks on one update share its capture and truth
-            loaded[target] = load_view(cfg, run_dir, *target), ground_truth(cfg, *target)
-        view, truth = loaded[target]
-        ctx = AttackContext(view=view, truth=truth, public=public,
-                            holdout=holdout, model_name=cfg.model.name, device=device,
-                            seed=cfg.experiment.seed, progress=progress)
-        figures = attack.run(ctx)
-        label = name if name not in results else f"{name}-{len(results)}"
+        if spec.target not in loaded:  # attacks on one update share its capture and truth
+            loaded[spec.target] = (
+                load_view(cfg, run_dir, spec.target.round, spec.target.client,
+                          public.image_shape, public.num_classes),
+                ground_truth(cfg, spec.target.round, spec.target.client))
+        view, truth = loaded[spec.target]
+        knowledge, paired = knowledge_for(attack, truth, public, cfg.disguise,
+                                          cfg.experiment.seed)
+        evidence, truth = evidence_for(attack, view, truth, paired, holdout,
+                                       cfg.experiment.seed)
+        reconstruction = attack.reconstruct(evidence, knowledge, runtime)
+        figures = attack.score(reconstruction, truth, scorer)  # the only step with the truth
+        label = spec.name if spec.name not in results else f"{spec.name}-{len(results)}"
         grid = figures.pop("_grid", None)
         if grid is not None:
             save_grid(run_dir / "images" / f"attack-{label}.png", grid)
             figures["grid"] = f"images/attack-{label}.png"
-        figures["params"] = params
+        figures.update(attack=spec.name, level=knowledge.level,
+                       target={"round": spec.target.round, "client": spec.target.client},
+                       params=spec.params)
         results[label] = _json_safe(figures)
     return results
 

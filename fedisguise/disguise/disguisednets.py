@@ -12,6 +12,8 @@ Outputs are on the [0, 1] scale of the inputs (X·R + Δ/255), so they may leave
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -34,6 +36,8 @@ def random_matrices(gen: torch.Generator, count: int, size: int, kind: str) -> t
 
 class _DisguisedNetsBase(Disguise):
     """Shared parameters and the fresh-per-image noise stream."""
+
+    permutes_blocks: ClassVar[bool] = False
 
     def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 0.0,
                  matrix: str = "orthogonal") -> None:
@@ -87,6 +91,11 @@ class _DisguisedNetsBase(Disguise):
         flat = images.reshape(n * c, h * w)
         return torch.gather(flat, 1, self._tables[cache].expand(n * c, -1)).view(n, c, h, w)
 
+    def block_permutation(self, blocks: int) -> torch.Tensor | None:
+        """The keyed π over `blocks` blocks where this defence moves blocks, else None.
+        For the experimenter's scoring of a jigsaw attack; never for an attacker."""
+        return self._permutation(blocks, torch.device("cpu")) if self.permutes_blocks else None
+
     def _permutation(self, blocks: int, device: torch.device) -> torch.Tensor:
         cache = ("perm", blocks, device)
         if cache not in self._tables:
@@ -120,6 +129,7 @@ class _DisguisedNetsBase(Disguise):
 
 @register
 class BlockPermutation(_DisguisedNetsBase):
+    permutes_blocks = True
     name = "block-permutation"
 
     def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 0.0) -> None:
@@ -177,6 +187,7 @@ class BlockRMT(_DisguisedNetsBase):
 
 @register
 class DisguisedNets(BlockRMT):
+    permutes_blocks = True
     """Block-wise RMT, then block permutation: R_j belongs to the block's source position."""
 
     name = "disguisednets"
