@@ -36,6 +36,8 @@ import re
 import statistics
 import tomllib
 import traceback
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,21 +45,27 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+# Importing attacks.base loads the attacks package, whose modules register every attack.
+from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 COMPARE_KEYS = {"name", "seeds", "base", "defence", "attack"}
 OWNED_BY_GRID = ("experiment.name", "experiment.seed", "experiment.out")
-# Columns of table.csv: one row per defence; *_std is empty with fewer than two values.
-TABLE_FIGURES = ("accuracy", "accuracy_gap", "visual_privacy", "misusability", "epsilon",
-                 "gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
-                 "membership_tpr_at_1pct_fpr", "inverse_psnr_vs_original", "seconds_per_round",
-                 "time_ratio",
-                 "first_round_seconds")
-CELL_FIGURES = ("accuracy", "accuracy_per_round", "visual_privacy", "misusability", "epsilon",
-                "gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
-                "membership_tpr_at_1pct_fpr", "inverse_psnr_vs_original", "seconds_per_round",
-                "first_round_seconds")
+# table.csv: one row per defence; each column with its *_std (empty with fewer than two
+# values). Utility columns come first and last; the attack columns between them are built
+# from the attack registry (`figure_catalogue`), for the attacks some cell ran.
+UTILITY_HEAD = ("accuracy", "accuracy_gap", "visual_privacy", "misusability", "epsilon")
+UTILITY_TAIL = ("seconds_per_round", "time_ratio", "first_round_seconds")
+UTILITY_FIGURES = ("accuracy", "visual_privacy", "misusability", "epsilon",
+                   "seconds_per_round", "first_round_seconds")
+# What the strongest attack recovers of the client's originals: `best.<figure>`, over every
+# attack that declares the figure; `best.attack` names the one that reached the best BEST_BY.
+BEST_FIGURES = {"psnr_vs_original": "best PSNR vs original (dB)",
+                "ssim_vs_original": "best SSIM vs original",
+                "recognisability": "best recognisability"}
+BEST_BY = "psnr_vs_original"
+BEST_ATTACK = "best.attack"
 
 
 @dataclass(frozen=True)
@@ -290,36 +298,97 @@ def run_grid(grid: Grid, progress: bool = True) -> dict[str, Any]:
 
 
 # ---- the table --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """An attack column: `<kind>.<figure>` for a figure a registered attack declares, or
+    `best.<figure>` across attacks; the figure gives the title and which way is stronger."""
+
+    key: str
+    kind: str  # the attack's registered name, or "best"
+    figure: Figure
+
+
+def attack_kind(label: str, entry: Mapping[str, Any]) -> str:
+    """The registered attack behind a metrics.json label (`name`, or `name-<i>` for a later
+    one of the same name); records from before attacks named themselves have only the label."""
+    kind = entry.get("attack")
+    return kind if isinstance(kind, str) else re.sub(r"-\d+$", "", label)
+
+
+def _strongest(figure: Figure, candidates: Iterable[tuple[float | None, Any]]
+               ) -> tuple[float, Any] | None:
+    """The strongest (value, who reached it) by the figure's orientation; the first on a tie."""
+    top = None
+    for value, who in candidates:
+        if value is not None and (top is None or figure.stronger(value, top[0])):
+            top = (value, who)
+    return top
+
+
+def best_figures(catalogue: Mapping[str, tuple[Figure, ...]]
+                 ) -> dict[str, tuple[Figure, list[str]]]:
+    """Each cross-attack figure (BEST_FIGURES) some attack declares, oriented as they declare
+    it, with the attacks that declare it."""
+    best = {}
+    for name, title in BEST_FIGURES.items():
+        declared = {kind: f for kind, figures in catalogue.items() for f in figures
+                    if f.name == name}
+        orientation = {f.higher_is_stronger for f in declared.values()}
+        if len(orientation) > 1:
+            raise ValueError(f"attacks disagree on whether a higher {name} is stronger: "
+                             f"{ {k: f.higher_is_stronger for k, f in declared.items()} }")
+        if declared:
+            best[name] = (Figure(name, title, orientation.pop()), list(declared))
+    return best
+
+
 def cell_figures(record: dict[str, Any]) -> dict[str, Any]:
-    """One cell's figures. Several attacks of one kind in a cell: the strongest counts."""
-    final, attacks = record["final"], record.get("attacks") or {}
+    """One cell's figures: utility; `<kind>.<figure>` for every figure each attack that ran
+    declares (several of one kind in a cell: the strongest counts); `best.*` over all kinds.
 
-    def strongest(kind: str, figure: str) -> float | None:
-        values = [f.get(figure) for label, f in attacks.items()
-                  if re.sub(r"-\d+$", "", label) == kind]
-        values = [v for v in values if isinstance(v, int | float)]
-        return max(values) if values else None
-
+    Attacks that reported "not applicable" contribute nothing.
+    """
+    final, catalogue = record["final"], figure_catalogue()
+    ran: dict[str, list[Mapping[str, Any]]] = {}
+    for label, entry in (record.get("attacks") or {}).items():
+        if entry.get("status", "ok") == "ok":
+            ran.setdefault(attack_kind(label, entry), []).append(entry)
     privacy = record.get("privacy") or {}
     # Round 1 also starts the clients and disguises their data once; later rounds are the
     # steady cost of training on it. Both are reported, the steady one in the table.
     seconds = [r["round_seconds"] for r in record["rounds"]]
     steady = seconds[1:] or seconds
-    return {
+    figures: dict[str, Any] = {
         "accuracy": final["test_accuracy"],
         "accuracy_per_round": [r["test_accuracy"] for r in record["rounds"]],
         "visual_privacy": privacy.get("visual_privacy"),
         # An undisguised model is used on plain images as it is: misusability = its accuracy.
         "misusability": privacy.get("misusability", final["plain_test_accuracy"]),
         "epsilon": final.get("epsilon"),
-        "gi_psnr_vs_original": strongest("gradient_inversion", "psnr_vs_original"),
-        "gi_psnr_vs_disguised": strongest("gradient_inversion", "psnr_vs_disguised"),
-        "membership_auc": strongest("membership", "auc"),
-        "membership_tpr_at_1pct_fpr": strongest("membership", "tpr_at_1pct_fpr"),
-        "inverse_psnr_vs_original": strongest("inverse_network", "psnr_vs_original"),
         "seconds_per_round": statistics.fmean(steady) if steady else None,
         "first_round_seconds": seconds[0] if seconds else None,
     }
+    for kind, declared in catalogue.items():
+        for figure in declared if kind in ran else ():
+            top = _strongest(figure, ((finite(e.get(figure.name)), None) for e in ran[kind]))
+            figures[f"{kind}.{figure.name}"] = None if top is None else top[0]
+    for name, (figure, kinds) in best_figures(catalogue).items():
+        top = _strongest(figure, ((figures.get(f"{k}.{name}"), k) for k in kinds))
+        figures[f"best.{name}"] = None if top is None else top[0]
+        if name == BEST_BY:
+            figures[BEST_ATTACK] = None if top is None else top[1]
+    return figures
+
+
+def attack_columns(figures: Iterable[Mapping[str, Any]]) -> list[Column]:
+    """The attack columns with a value in at least one of these cells' figures: `best.*`
+    first, then each registered attack's declared figures, in registry order."""
+    figures, catalogue = list(figures), figure_catalogue()
+    columns = [Column(f"best.{name}", "best", figure)
+               for name, (figure, _) in best_figures(catalogue).items()]
+    columns += [Column(f"{kind}.{figure.name}", kind, figure)
+                for kind, declared in catalogue.items() for figure in declared]
+    return [c for c in columns if any(f.get(c.key) is not None for f in figures)]
 
 
 def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -331,20 +400,34 @@ def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]
 
 
 def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per defence: mean/std over its finished cells (utility figures from utility cells)."""
+    """Per defence: mean/std over its finished cells (utility figures from utility cells, an
+    attack's figures from every cell that ran it). `best.*`: per seed, the strongest over
+    every attack setting run against the defence; then mean/std over seeds."""
     any_utility = any(a.utility for a in grid.attacks)
+    columns = attack_columns(figures.values())
     rows = []
     for defence in grid.defences:
         cells = [c for c in grid.cells if c.defence == defence.label and c.name in figures]
         util = [figures[c.name] for c in cells if c.utility or not any_utility]
         every = [figures[c.name] for c in cells]
         row: dict[str, Any] = {"defence": defence.label, "cells": len(cells)}
-        for key in ("accuracy", "visual_privacy", "misusability", "epsilon",
-                    "seconds_per_round", "first_round_seconds"):
+        for key in UTILITY_FIGURES:
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([f[key] for f in util])
-        for key in ("gi_psnr_vs_original", "gi_psnr_vs_disguised", "membership_auc",
-                    "membership_tpr_at_1pct_fpr", "inverse_psnr_vs_original"):
-            row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([f[key] for f in every])
+        for column in columns:
+            key = column.key
+            if column.kind != "best":
+                row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats(
+                    [f.get(key) for f in every])
+                continue
+            tops = [_strongest(column.figure, ((figures[c.name].get(key),
+                                                figures[c.name].get(BEST_ATTACK))
+                                               for c in cells if c.seed == seed))
+                    for seed in grid.seeds]
+            tops = [t for t in tops if t is not None]
+            row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([v for v, _ in tops])
+            if key == f"best.{BEST_BY}":
+                reached = Counter(who for _, who in tops).most_common()
+                row[BEST_ATTACK] = " / ".join(who for who, _ in reached) or None
         rounds = [f["accuracy_per_round"] for f in util]
         row["accuracy_per_round"] = [_stats(list(r))[:2] for r in zip(*rounds, strict=False)]
         rows.append(row)
@@ -366,6 +449,20 @@ def _fmt(mean: float | None, std: float | None = None, digits: int = 3) -> str:
     return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
+def _digits(rows: list[dict[str, Any]], key: str) -> int:
+    """dB-sized figures to one decimal, fractions to three."""
+    values = [abs(r[key]) for r in rows if r.get(key) is not None]
+    return 1 if values and max(values) >= 10 else 3
+
+
+def _table_columns(columns: list[Column]) -> list[str]:
+    """table.csv's value columns, in the order table.md shows them."""
+    attack = [c.key for c in columns]
+    if f"best.{BEST_BY}" in attack:
+        attack.insert(attack.index(f"best.{BEST_BY}"), BEST_ATTACK)
+    return [*UTILITY_HEAD, *attack, *UTILITY_TAIL]
+
+
 def write_table(grid: Grid) -> dict[str, Any]:
     """table.md, table.csv, cells.csv, compare.json and the plots from the cells on disk."""
     figures, records = {}, {}
@@ -375,16 +472,17 @@ def write_table(grid: Grid) -> dict[str, Any]:
             figures[cell.name] = cell_figures(records[cell.name])
     missing = [c.name for c in grid.cells if c.name not in figures]
     rows = table_rows(grid, figures)
+    columns = attack_columns(figures.values())
     with (grid.out / "table.csv").open("w", newline="") as fh:
-        columns = ["defence", "cells"] + [f"{k}{s}" for k in TABLE_FIGURES
-                                          for s in ("", "_std")]
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        names = ["defence", "cells"] + [f"{k}{s}" for k in _table_columns(columns)
+                                        for s in ("",) + (() if k == BEST_ATTACK else ("_std",))]
+        writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
     with (grid.out / "cells.csv").open("w", newline="") as fh:
-        columns = ["cell", "defence", "attack", "seed", "utility"] + [
-            k for k in CELL_FIGURES if k != "accuracy_per_round"]
-        writer = csv.DictWriter(fh, fieldnames=columns)
+        names = ["cell", "defence", "attack", "seed", "utility"] + [
+            k for k in _table_columns(columns) if k not in ("accuracy_gap", "time_ratio")]
+        writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore", restval="")
         writer.writeheader()
         for c in grid.cells:
             if c.name in figures:
@@ -393,17 +491,19 @@ def write_table(grid: Grid) -> dict[str, Any]:
                                      k: ("" if v is None else v)
                                      for k, v in figures[c.name].items()
                                      if k != "accuracy_per_round"}})
-    plots = write_plots(grid, rows)
-    (grid.out / "table.md").write_text(table_markdown(grid, rows, records, missing, plots))
+    plots = write_plots(grid, rows, columns)
+    (grid.out / "table.md").write_text(
+        table_markdown(grid, rows, records, missing, plots, columns))
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
-               "reference": grid.reference, "rows": rows, "missing": missing,
-               "plots": plots}
+               "reference": grid.reference,
+               "columns": {c.key: c.figure.title for c in columns}, "rows": rows,
+               "missing": missing, "plots": plots}
     (grid.out / "compare.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return {"rows": rows, "missing": missing, "plots": plots}
 
 
 def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, Any],
-                   missing: list[str], plots: list[str]) -> str:
+                   missing: list[str], plots: list[str], columns: list[Column]) -> str:
     c = next((c for c in grid.cells if c.utility), grid.cells[0]).config
     lines = [f"# {grid.name}", "",
              f"{c.data.dataset}, {c.experiment.clients} clients ({c.data.partitioner}, "
@@ -415,29 +515,36 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
     lines += [
         f"Accuracy (final, on the clients' own — disguised — test shards), visual privacy, "
         f"misusability, ε and time come from the cells of {utility}; attack figures from "
-        f"every cell that ran the attack (the strongest of several). Mean ± std over seeds; "
-        f"gap and ratio against `{grid.reference}`. – : not defined or not measured (visual "
-        f"privacy needs disguised images; ε needs DP).", "",
-        "| defence | accuracy | gap (points) | visual privacy | misusability | ε | GI PSNR vs "
-        "original (dB) | GI PSNR vs disguised (dB) | membership AUC | TPR @ 1% FPR | inverse net "
-        "PSNR vs original (dB) | s/round (after round 1) | time × ref |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        f"every cell that ran the attack (the strongest of several in one cell). \"best\": "
+        f"what the strongest attack recovers of the originals — per seed the strongest over "
+        f"every attack setting, and the attack that reached the best PSNR. Mean ± std over "
+        f"seeds; gap and ratio against `{grid.reference}`. – : not defined or not measured "
+        f"(visual privacy needs disguised images; ε needs DP).", ""]
+    # (title, a row's entry) per column: utility first, attacks between, time last.
+    shown: list[tuple[str, Any]] = [
+        ("accuracy", lambda r: _fmt(r["accuracy"], r["accuracy_std"])),
+        ("gap (points)", lambda r: _fmt(None if r["accuracy_gap"] is None
+                                        else 100 * r["accuracy_gap"], None, 1)),
+        ("visual privacy", lambda r: _fmt(r["visual_privacy"], r["visual_privacy_std"])),
+        ("misusability", lambda r: _fmt(r["misusability"], r["misusability_std"])),
+        ("ε", lambda r: _fmt(r["epsilon"], r["epsilon_std"], 2)),
     ]
-    for r in rows:
-        gap = None if r["accuracy_gap"] is None else 100 * r["accuracy_gap"]
-        lines.append(
-            f"| {r['defence']} | {_fmt(r['accuracy'], r['accuracy_std'])} | "
-            f"{_fmt(gap, None, 1)} | {_fmt(r['visual_privacy'], r['visual_privacy_std'])} | "
-            f"{_fmt(r['misusability'], r['misusability_std'])} | "
-            f"{_fmt(r['epsilon'], r['epsilon_std'], 2)} | "
-            f"{_fmt(r['gi_psnr_vs_original'], r['gi_psnr_vs_original_std'], 1)} | "
-            f"{_fmt(r['gi_psnr_vs_disguised'], r['gi_psnr_vs_disguised_std'], 1)} | "
-            f"{_fmt(r['membership_auc'], r['membership_auc_std'])} | "
-            f"{_fmt(r['membership_tpr_at_1pct_fpr'], r['membership_tpr_at_1pct_fpr_std'])} | "
-            f"{_fmt(r['inverse_psnr_vs_original'], r['inverse_psnr_vs_original_std'], 1)} | "
-            f"{_fmt(r['seconds_per_round'], r['seconds_per_round_std'], 1)} | "
-            f"{_fmt(r['time_ratio'], None, 2)} |")
+    titles = {c.key: c.figure.title for c in columns}
+    for key in _table_columns(columns)[len(UTILITY_HEAD):-len(UTILITY_TAIL)]:
+        if key == BEST_ATTACK:
+            shown.append(("strongest attack", lambda r: r.get(BEST_ATTACK) or "–"))
+        else:
+            shown.append((titles[key], lambda r, k=key, d=_digits(rows, key):
+                          _fmt(r[k], r[f"{k}_std"], d)))
+    shown += [
+        ("s/round (after round 1)",
+         lambda r: _fmt(r["seconds_per_round"], r["seconds_per_round_std"], 1)),
+        ("time × ref", lambda r: _fmt(r["time_ratio"], None, 2)),
+    ]
+    lines += ["| defence | " + " | ".join(t for t, _ in shown) + " |",
+              "| --- |" + " ---: |" * len(shown)]
+    lines += ["| " + " | ".join([r["defence"], *(entry(r) for _, entry in shown)]) + " |"
+              for r in rows]
     lines += ["", "Defences:"]
     lines += [f"- `{d.label}`: {json.dumps(d.changes) if d.changes else 'the base config'}"
               for d in grid.defences]
@@ -453,8 +560,9 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
     return "\n".join(lines)
 
 
-def write_plots(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
-    """accuracy per round per defence; final accuracy against each attack's success."""
+def write_plots(grid: Grid, rows: list[dict[str, Any]], columns: list[Column]) -> list[str]:
+    """accuracy per round per defence; final accuracy against each attack's headline figure
+    (the first it declares that the grid measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -483,15 +591,15 @@ def write_plots(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
     plt.close(fig)
     written.append("accuracy_per_round.png")
 
-    success = [(k, t) for k, t in (("gi_psnr_vs_original", "gradient inversion PSNR vs "
-                                    "original (dB)"), ("membership_auc", "membership AUC"),
-                                   ("inverse_psnr_vs_original", "inverse network PSNR vs "
-                                    "original (dB)"))
-               if any(r[k] is not None for r in rows)]
-    if success:
-        fig, axes = plt.subplots(1, len(success), figsize=(5.5 * len(success), 4),
+    headlines: dict[str, Column] = {}
+    for column in columns:
+        if column.kind != "best":
+            headlines.setdefault(column.kind, column)
+    if headlines:
+        fig, axes = plt.subplots(1, len(headlines), figsize=(5.5 * len(headlines), 4),
                                  squeeze=False)
-        for ax, (key, title) in zip(axes[0], success, strict=True):
+        for ax, column in zip(axes[0], headlines.values(), strict=True):
+            key = column.key
             for r in rows:
                 if r[key] is None or r["accuracy"] is None:
                     continue
@@ -499,10 +607,11 @@ def write_plots(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
                             yerr=r["accuracy_std"], fmt="o", capsize=3)
                 ax.annotate(r["defence"], (r[key], r["accuracy"]), fontsize=8,
                             xytext=(4, 4), textcoords="offset points")
-            if key == "membership_auc":  # chance is 0.5: keep small differences in scale
+            if column.figure.name == "auc":  # chance is 0.5: keep small differences in scale
                 low = min([0.45] + [r[key] for r in rows if r[key] is not None])
                 ax.set_xlim(low - 0.02, 1.0)
-            ax.set(xlabel=title + " (attack success →)", ylabel="final accuracy")
+            way = "attack success →" if column.figure.higher_is_stronger else "← attack success"
+            ax.set(xlabel=f"{column.figure.title} ({way})", ylabel="final accuracy")
             ax.grid(alpha=0.3)
         fig.suptitle(f"{grid.name}: utility vs attack success")
         fig.tight_layout()

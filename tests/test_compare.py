@@ -1,5 +1,5 @@
 """Comparison grids: cells built from one base, clear errors, resume, the table's arithmetic,
-and the smoke grid end to end on Fashion-MNIST."""
+columns from the attack registry, and the smoke grid end to end on Fashion-MNIST."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from fedisguise.attacks import base as attacks_base
+from fedisguise.attacks.base import Attack, Figure, figure_catalogue, register
 from fedisguise.compare import (
     Grid,
+    _comparable,
+    attack_columns,
+    best_figures,
     cell_done,
     cell_figures,
     load_grid,
@@ -118,31 +123,60 @@ def test_a_compare_file_inherits_its_base_file(tmp_path):
     assert cell.config.experiment.rounds == 3 and cell.attack == "base"
 
 
-def fake_record(acc: float, seconds: list[float], *, vp=None, eps=None, gi=(), auc=()) -> dict:
+def fake_attack(name: str, *figures: Figure) -> type[Attack]:
+    return type(f"Fake{name.title()}", (Attack,), {"name": name, "figures": figures})
+
+
+def use_registry(monkeypatch, *attacks: type[Attack], keep: bool = False) -> None:
+    """For this test, a registry of these attacks (after the real ones with `keep`)."""
+    monkeypatch.setattr(attacks_base, "ATTACKS", dict(attacks_base.ATTACKS) if keep else {})
+    for cls in attacks:
+        register(cls)
+
+
+# The figures the table test needs, declared as attacks declare them (titles are theirs).
+PSNR, SSIM = Figure("psnr_vs_original", "PSNR (dB)"), Figure("ssim_vs_original", "SSIM")
+GI = fake_attack("gradient_inversion", PSNR, SSIM,
+                 Figure("psnr_vs_disguised", "GI PSNR vs disguised (dB)"))
+INVERSE = fake_attack("inverse_network", PSNR)
+MEMBERSHIP = fake_attack("membership", Figure("auc", "membership AUC"),
+                         Figure("tpr_at_1pct_fpr", "TPR @ 1% FPR"))
+
+
+def fake_record(acc: float, seconds: list[float], *, vp=None, eps=None, gi=(), auc=(),
+                attacks=None) -> dict:
     rounds = [{"test_accuracy": acc - 0.1 * (len(seconds) - 1 - i), "round_seconds": s}
               for i, s in enumerate(seconds)]
-    attacks = {}
+    entries = {}
     for i, psnr in enumerate(gi):
-        attacks["gradient_inversion" + (f"-{i}" if i else "")] = {"psnr_vs_original": psnr,
-                                                                  "psnr_vs_disguised": psnr}
+        entries["gradient_inversion" + (f"-{i}" if i else "")] = {
+            "attack": "gradient_inversion", "status": "ok", "level": 0,
+            "psnr_vs_original": psnr, "psnr_vs_disguised": psnr, "ssim_vs_original": psnr / 40}
     for i, a in enumerate(auc):
-        attacks["membership" + (f"-{i + 5}" if i else "")] = {"auc": a, "tpr_at_1pct_fpr": a / 10}
+        entries["membership" + (f"-{i + 5}" if i else "")] = {
+            "attack": "membership", "status": "ok", "auc": a, "tpr_at_1pct_fpr": a / 10}
     return {"final": {"test_accuracy": acc, "plain_test_accuracy": acc - 0.01,
-                      "epsilon": eps}, "rounds": rounds, "attacks": attacks,
+                      "epsilon": eps}, "rounds": rounds, "attacks": {**entries, **(attacks or {})},
             "privacy": {"visual_privacy": vp, "misusability": 0.2} if vp is not None else {}}
 
 
-def test_the_table_aggregates_over_seeds_against_the_reference(tmp_path):
+def test_the_table_aggregates_over_seeds_against_the_reference(tmp_path, monkeypatch):
     grid = load_grid(grid_file(tmp_path, GRID), out=str(tmp_path))
+    use_registry(monkeypatch, GI, INVERSE, MEMBERSHIP,
+                 fake_attack("jigsaw", PSNR))  # registered, but no cell ran it
+    inverse = {"inverse_network": {"attack": "inverse_network", "psnr_vs_original": 18.0},
+               "inverse_network-3": {"attack": "inverse_network", "psnr_vs_original": 12.0}}
     figures = {
         "none--gi--seed0": cell_figures(fake_record(0.1, [9.0], gi=[30.0, 20.0])),
         "none--gi--seed1": cell_figures(fake_record(0.1, [9.0], gi=[26.0])),
-        "none--mia--seed0": cell_figures(fake_record(0.80, [10.0, 2.0, 2.0], auc=[0.6, 0.7])),
+        # Another attack setting beats the inversion in seed 0 only.
+        "none--mia--seed0": cell_figures(fake_record(0.80, [10.0, 2.0, 2.0], auc=[0.6, 0.7],
+                                                     attacks={"inverse_network": {
+                                                         "attack": "inverse_network",
+                                                         "psnr_vs_original": 40.0}})),
         "none--mia--seed1": cell_figures(fake_record(0.84, [10.0, 2.0, 2.0], auc=[0.6])),
-        "bp--gi--seed0": cell_figures({**fake_record(0.1, [9.0], gi=[10.0], vp=0.9)} | {
-            "attacks": {"gradient_inversion": {"psnr_vs_original": 10.0},
-                        "inverse_network": {"psnr_vs_original": 18.0},
-                        "inverse_network-3": {"psnr_vs_original": 12.0}}}),
+        "bp--gi--seed0": cell_figures(fake_record(0.1, [9.0], gi=[10.0], vp=0.9,
+                                                  attacks=inverse)),
         "bp--mia--seed0": cell_figures(fake_record(0.70, [11.0, 3.0, 3.0], vp=0.8, eps=2.0,
                                                    auc=[0.5])),
         # bp--*--seed1 did not finish: its row is over what there is.
@@ -151,8 +185,10 @@ def test_the_table_aggregates_over_seeds_against_the_reference(tmp_path):
     assert none["accuracy"] == pytest.approx(0.82) and none["accuracy_n"] == 2
     assert none["accuracy_std"] == pytest.approx(0.02 * 2 ** 0.5)
     # The strongest of two inversions in one cell counts; mean over seeds.
-    assert none["gi_psnr_vs_original"] == pytest.approx(28.0)
-    assert none["membership_auc"] == pytest.approx(0.65)
+    assert none["gradient_inversion.psnr_vs_original"] == pytest.approx(28.0)
+    assert none["gradient_inversion.psnr_vs_original_n"] == 2
+    assert none["membership.auc"] == pytest.approx(0.65)
+    assert none["membership.tpr_at_1pct_fpr"] == pytest.approx(0.065)
     # Misusability of an undisguised model is its plain accuracy; no visual privacy, no ε.
     assert none["misusability"] == pytest.approx(0.81) and none["visual_privacy"] is None
     assert bp["accuracy_gap"] == pytest.approx(0.70 - 0.82) and bp["epsilon"] == 2.0
@@ -160,8 +196,105 @@ def test_the_table_aggregates_over_seeds_against_the_reference(tmp_path):
     # Steady seconds per round (after the first, which starts clients and disguises once).
     assert none["seconds_per_round"] == 2.0 and bp["time_ratio"] == pytest.approx(1.5)
     assert none["first_round_seconds"] == 10.0
-    assert bp["inverse_psnr_vs_original"] == 18.0 and none["inverse_psnr_vs_original"] is None
+    assert bp["inverse_network.psnr_vs_original"] == 18.0
+    assert none["inverse_network.psnr_vs_original"] == 40.0
     assert [m for m, _ in none["accuracy_per_round"]] == pytest.approx([0.62, 0.72, 0.82])
+    # What the strongest attack recovers: per seed the strongest over every attack setting
+    # (40 from inverse_network, then 26 from the inversion), not the mean of the cells.
+    assert none["best.psnr_vs_original"] == pytest.approx(33.0)
+    assert none["best.psnr_vs_original_std"] == pytest.approx(14 / 2 ** 0.5)
+    assert none["best.attack"] == "inverse_network / gradient_inversion"
+    assert bp["best.psnr_vs_original"] == 18.0 and bp["best.attack"] == "inverse_network"
+    # Only the inversion declares SSIM here: its best is the inversion's.
+    assert none["best.ssim_vs_original"] == pytest.approx((30.0 + 26.0) / 2 / 40)
+    # Columns: what some cell measured, best first, then in registry order; no jigsaw.
+    assert [c.key for c in attack_columns(figures.values())] == [
+        "best.psnr_vs_original", "best.ssim_vs_original",
+        "gradient_inversion.psnr_vs_original", "gradient_inversion.ssim_vs_original",
+        "gradient_inversion.psnr_vs_disguised", "inverse_network.psnr_vs_original",
+        "membership.auc", "membership.tpr_at_1pct_fpr"]
+    assert not any(k.startswith("jigsaw") for k in none)
+
+
+ECHO = fake_attack("echo", Figure("leak", "echo leak (bits)"),
+                   Figure("queries", "echo queries needed", higher_is_stronger=False),
+                   Figure("psnr_vs_original", "echo PSNR vs original (dB)"))
+
+
+def test_strongest_follows_each_figures_orientation(monkeypatch):
+    use_registry(monkeypatch, ECHO, GI)
+    figures = cell_figures(fake_record(0.5, [1.0], gi=[20.0], attacks={
+        "echo": {"attack": "echo", "status": "ok", "leak": 0.3, "queries": 50,
+                 "psnr_vs_original": 25.0},
+        "x-1": {"attack": "echo", "status": "ok", "leak": 0.6, "queries": 80},
+        "echo-2": {"leak": 0.1, "queries": 20},  # an older record: the kind from the label
+        # Not applicable: its figures do not count, however strong.
+        "echo-3": {"attack": "echo", "status": "not applicable", "leak": 9.0, "queries": 1},
+    }))
+    assert figures["echo.leak"] == 0.6  # higher is stronger
+    assert figures["echo.queries"] == 20  # lower is stronger
+    assert figures["best.psnr_vs_original"] == 25.0 and figures["best.attack"] == "echo"
+    assert figures["gradient_inversion.psnr_vs_original"] == 20.0
+    # A lower-is-stronger "best" figure picks the lowest over the attacks that declare it.
+    low = Figure("psnr_vs_original", "PSNR", higher_is_stronger=False)
+    use_registry(monkeypatch, fake_attack("a", low), fake_attack("b", low))
+    figures = cell_figures(fake_record(0.5, [1.0], attacks={
+        "a": {"attack": "a", "psnr_vs_original": 12.0},
+        "b": {"attack": "b", "psnr_vs_original": 7.0}}))
+    assert (figures["best.psnr_vs_original"], figures["best.attack"]) == (7.0, "b")
+    with pytest.raises(ValueError, match="disagree"):
+        best_figures({"a": (low,), "b": (PSNR,)})
+
+
+def test_a_newly_registered_attack_reaches_the_table(tmp_path, monkeypatch):
+    """One attack class and one registry line: its figures reach table.csv, cells.csv,
+    table.md, compare.json and the plot, beside the real attacks, which no cell ran."""
+    grid = load_grid(grid_file(tmp_path, "[compare]\nname = 'g'\nseeds = [0, 1]\n"
+                               "[[compare.defence]]\nlabel = 'none'\n"), out=str(tmp_path))
+    use_registry(monkeypatch, ECHO, keep=True)
+    for cell, (leak, queries) in zip(grid.cells, [(0.2, 40), (0.4, 10)], strict=True):
+        cell.config.run_dir.mkdir(parents=True)
+        (cell.config.run_dir / "metrics.json").write_text(json.dumps(fake_record(
+            0.8, [1.0, 1.0], attacks={"echo": {"attack": "echo", "status": "ok",
+                                               "leak": leak, "queries": queries},
+                                      "echo-1": {"attack": "echo", "status": "ok",
+                                                 "leak": 0.0, "queries": 100}})))
+        (cell.config.run_dir / "cell.json").write_text(json.dumps(
+            {"config": _comparable(cell.config)}))
+    table = write_table(grid)
+    with (grid.out / "table.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        (row,) = list(reader)
+    attack_columns_csv = [c for c in reader.fieldnames if "." in c]
+    assert attack_columns_csv == ["echo.leak", "echo.leak_std", "echo.queries",
+                                  "echo.queries_std"]
+    assert float(row["echo.leak"]) == pytest.approx(0.3)
+    assert float(row["echo.queries"]) == pytest.approx(25.0)  # the fewer queries per seed
+    assert float(row["echo.queries_std"]) == pytest.approx(15 * 2 ** 0.5)
+    with (grid.out / "cells.csv").open() as fh:
+        assert [float(r["echo.queries"]) for r in csv.DictReader(fh)] == [40.0, 10.0]
+    md = (grid.out / "table.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| defence |"))
+    assert "echo leak (bits)" in header and "echo queries needed" in header
+    assert "| 0.300 ± 0.141 | 25.0 ± 21.2 |" in md
+    titles = {f.title for figures in figure_catalogue().values() for f in figures}
+    assert not any(t in header for t in titles - {f.title for f in ECHO.figures})
+    summary = json.loads((grid.out / "compare.json").read_text())
+    assert summary["columns"] == {"echo.leak": "echo leak (bits)",
+                                  "echo.queries": "echo queries needed"}
+    assert "accuracy_vs_attack.png" in table["plots"]
+
+
+def test_every_registered_attack_reaches_the_table():
+    """Each registered attack's declared figures become columns (GAN and jigsaw included)."""
+    catalogue = figure_catalogue()
+    assert {"gan", "jigsaw"} <= set(catalogue) and all(catalogue.values())
+    record = fake_record(0.5, [1.0], attacks={
+        kind: {"attack": kind, "status": "ok", **{f.name: 0.5 for f in figures}}
+        for kind, figures in catalogue.items()})
+    keys = {c.key for c in attack_columns([cell_figures(record)])}
+    assert keys >= {f"{kind}.{f.name}" for kind, figures in catalogue.items()
+                    for f in figures}
 
 
 def test_finished_cells_are_skipped_only_while_their_config_holds(tmp_path):
@@ -172,8 +305,6 @@ def test_finished_cells_are_skipped_only_while_their_config_holds(tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(fake_record(0.8, [1.0, 1.0])))
     assert not cell_done(cell)  # metrics without the marker: a run that did not finish
-    from fedisguise.compare import _comparable
-
     (run_dir / "cell.json").write_text(json.dumps({"config": _comparable(cell.config)}))
     assert cell_done(cell)
     assert cell_done(load_grid(path, out=str(tmp_path)).cells[1])
@@ -219,9 +350,11 @@ def test_compare_smoke_grid_end_to_end(tmp_path):
     assert float(none["accuracy"]) > 0.6 and float(vm["accuracy"]) > 0.5
     assert float(none["accuracy_gap"]) == 0.0 and float(none["time_ratio"]) == 1.0
     assert none["visual_privacy"] == "" and float(vm["visual_privacy"]) > 0.1
-    assert 0.0 <= float(vm["membership_auc"]) <= 1.0 and float(vm["seconds_per_round"]) > 0
+    assert 0.0 <= float(vm["membership.auc"]) <= 1.0 and float(vm["seconds_per_round"]) > 0
+    assert "gradient_inversion.psnr_vs_original" not in none  # no cell ran it
     md = (grid.out / "table.md").read_text()
     assert "| visualmixer |" in md and "none--membership--seed0/summary.md" in md
+    assert all(f.title in md for f in figure_catalogue()["membership"])
     for png in ("accuracy_per_round.png", "accuracy_vs_attack.png"):
         assert (grid.out / png).read_bytes()[:4] == b"\x89PNG"
     # Run again: nothing re-runs, the table is rewritten from the finished cells.
