@@ -71,6 +71,26 @@ def client_update(model: torch.nn.Module, data: ImageDataset, batch_size: int, s
     return client.state_dict(), torch.unique(used)
 
 
+def markdown(rows: list[dict]) -> str:
+    """One table row per (defence, regime); "fails" where PSNR stays under 15 dB."""
+    def f(v: float | None, digits: int = 1) -> str:
+        return "–" if v is None else f"{v:.{digits}f}"
+
+    lines = ["| defence | B | local steps | images | PSNR vs original (dB) | SSIM vs original "
+             "| recognisability | PSNR vs disguised (dB) | labels recovered | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        p = r.get("psnr_vs_original")
+        verdict = ("not applicable" if r.get("status") != "ok" else
+                   "recovers" if p is not None and p >= 20 else
+                   "partial" if p is not None and p >= 15 else "fails")
+        lines.append(f"| {r['defence']} | {r['batch_size']} | {r['local_steps']} | "
+                     f"{r['images']} | {f(p)} | {f(r.get('ssim_vs_original'), 3)} | "
+                     f"{f(r.get('recognisability'), 2)} | {f(r.get('psnr_vs_disguised'))} | "
+                     f"{f(r.get('label_accuracy'), 2)} | {verdict} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=300)
@@ -78,15 +98,26 @@ def main() -> None:
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--steps", default=",".join(map(str, STEPS)),
                         help="local steps per regime; 0 = one local epoch")
+    parser.add_argument("--regimes", default="",
+                        help="explicit B:steps pairs, e.g. 1:1,4:5,32:0 (instead of the "
+                        "--batches × --steps product)")
     parser.add_argument("--transform-net", action="store_true",
                         help="add transform-net with a briefly trained h_θ (slow on a CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the table as markdown (docs/attack-regimes.md)")
+    parser.add_argument("--from-rows", default="",
+                        help="render the rows of an earlier --rows file instead of measuring")
     parser.add_argument("--rows", default="", help="also append each row to this JSON-lines "
                         "file as soon as it is measured (a long sweep keeps what it did)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.from_rows:
+        with open(args.from_rows) as fh:
+            print(markdown([json.loads(line) for line in fh if line.strip()]))
+        return
     train = load_dataset("fashion-mnist", "train", args.data_dir)
     test = load_dataset("fashion-mnist", "test", args.data_dir)
     public = test.subset(torch.arange(5000, 10000))
@@ -100,6 +131,8 @@ def main() -> None:
     model = build_model("lenet", 1, 10, 28)
     regimes = [(b, s) for b in map(int, args.batches.split(","))
                for s in map(int, args.steps.split(","))]
+    if args.regimes:
+        regimes = [tuple(map(int, r.split(":"))) for r in args.regimes.split(",")]
     tmp = tempfile.TemporaryDirectory()
     if args.transform_net:
         from fedisguise.disguise.transform_net import save_transform_net, train_transform_net
@@ -156,6 +189,9 @@ def main() -> None:
                      for k, v in r.items()} for r in rows]}
     if args.json:
         print(json.dumps(out))
+        return
+    if args.markdown:
+        print(markdown(out["rows"]))
         return
     print(f"{'defence':>20} {'B':>3} {'steps':>6} {'imgs':>5} {'PSNR orig':>9} "
           f"{'SSIM':>6} {'PSNR disg':>9} {'recog':>6} {'labels':>6} {'s':>6}")

@@ -179,6 +179,9 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
              "tv_weight": 0.01},
             {"name": "membership", "round": 2, "client": 1, "method": "loss",
              "target": "update", "candidates": 100},
+            {"name": "chain", "round": 2, "client": 1, "level": 1, "stages": [
+                {"name": "gradient_inversion", "iterations": 50},
+                {"name": "inverse_network", "level": 1, "pairs": 200, "epochs": 1}]},
         ],
         "experiment": {"name": "att", "rounds": 2, "clients": 2, "out": str(tmp_path)},
         "data": {"train_per_client": 300, "test_samples": 500},
@@ -196,6 +199,14 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
     assert gi["psnr_vs_disguised"] == gi["psnr_vs_original"]  # no disguise
     assert (tmp_path / "att" / gi["grid"]).is_file()
     assert 0.0 <= mia["auc"] <= 1.0 and mia["candidates"] == 100
+    chain = record["attacks"]["chain"]  # update -> estimate -> Level-1 inverse -> originals
+    assert chain["attack"] == "chain" and chain["level"] == 1
+    assert chain["stages"] == ["gradient_inversion", "inverse_network"]
+    assert chain["target"] == {"round": 2, "client": 1}
+    for figure in ("psnr_vs_original", "ssim_vs_original", "recognisability"):
+        assert isinstance(chain[figure], float)
+    assert chain["inverse_network"]["observed"] == "gradient_inversion"
+    assert (tmp_path / "att" / chain["grid"]).is_file()
     # The attack ran on exactly the arrays the server received from that client.
     capture = torch.load(tmp_path / "att" / "captures" / "round-2-client-1.pt",
                          weights_only=True)

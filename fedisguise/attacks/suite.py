@@ -80,7 +80,8 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
                             cfg.train.local_epochs)
     else:
         idx = torch.arange(len(plain))  # whole epochs: every image is behind the update
-    idx = torch.unique(idx, sorted=False) if len(torch.unique(idx)) < len(idx) else idx
+    if len(idx.unique()) < len(idx):  # steps past an epoch (or Poisson draws) revisit images
+        idx = idx.unique()
     return GroundTruth(batch_plain=plain.images[idx], batch_disguised=disguised[idx],
                        batch_labels=plain.labels[idx], train_plain=plain,
                        train_disguised=disguised, disguise_spec=cfg.disguise,
