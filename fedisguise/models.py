@@ -85,6 +85,38 @@ class ResNet20(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+class LeNetDLG(nn.Module):
+    """The sigmoid LeNet that DLG attacks (Zhu et al., NeurIPS 2019, §4.1 and their code).
+
+    Three 5×5 convolutions of 12 channels with padding 2 and strides 2, 2, 1, each followed by
+    a sigmoid, then one linear layer. No pooling and no ReLU: the network is smooth, so the
+    gradient-matching loss is too, which is what L-BFGS needs. Each stride-2 convolution maps a
+    side s to ceil(s/2), so any image of at least 1×1 fits.
+
+    Weights and biases are drawn from U(−0.5, 0.5), as in the paper's code (`weights_init`),
+    rather than PyTorch's fan-in-scaled default: the init is part of the model that DLG's
+    near-exact reconstructions were reported on, and it is done here, in the builder, so that
+    every `build_model("lenet-dlg", ...)` after a given `torch.manual_seed` is that model,
+    whoever builds it (server, client, attack).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 12, 5, stride=2, padding=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, stride=2, padding=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, stride=1, padding=2), nn.Sigmoid(),
+        )
+        side = -(-(-(-image_size // 2)) // 2)  # ceil(ceil(s/2)/2)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(12 * side * side, num_classes))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
@@ -118,6 +150,7 @@ class VGG16BN(nn.Module):
 
 MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "lenet": LeNet,
+    "lenet-dlg": LeNetDLG,
     "cnn-small": SmallCNN,
     "resnet20": ResNet20,
     "vgg16_bn": VGG16BN,
@@ -131,6 +164,8 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
     if in_channels < 1 or num_classes < 2:
         raise ValueError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels}, "
                          f"{num_classes}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
     if name == "lenet" and image_size < 12:
         raise ValueError(f"lenet needs images of at least 12×12, got {image_size}")
     if name == "cnn-small" and image_size < 4:
