@@ -247,3 +247,14 @@ def test_multi_step_momentum_update_is_inverted_from_the_server_view_alone():
     start = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     gained = psnr(match_reconstructions(rec.images, x), x).mean()
     assert gained >= psnr(match_reconstructions(start, x), x).mean() + 4.0
+
+
+def test_a_level_one_inversion_searches_the_disguises_output_range():
+    from fedisguise.attacks.gradient_inversion import output_range
+
+    public = ImageDataset(torch.rand(64, 1, 28, 28), torch.arange(64) % 10, 10)
+    assert output_range(Knowledge(0, public), 0) == (0.0, 1.0)
+    assert output_range(Knowledge(1, public, algorithm="visualmixer"), 0) == (0.0, 1.0)
+    low, high = output_range(Knowledge(1, public, algorithm={
+        "name": "disguisednets", "block_size": 7, "noise_level": 25}), 0)
+    assert low < 0.0 or high > 1.0  # X·R + Δ leaves [0, 1]; a [0, 1] box could not match it

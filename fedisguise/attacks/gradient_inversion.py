@@ -139,13 +139,14 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
            delta_mode: str = "effective-gradient", iterations: int = 2000,
            step_size: float | None = None, tv_weight: float = 1e-4, restarts: int = 1,
            signed: bool = True, init: str = "uniform", seed: int = 0,
-           progress: bool = True) -> dict:
+           box: tuple[float, float] = (0.0, 1.0), progress: bool = True) -> dict:
     """Reconstruct `batch_size` images from an update `delta` = θ_global − θ_client.
 
     `model` holds θ_global. Returns images (B×C×H×W in [0, 1]), labels (recovered unless
     given), the final matching loss, iterations run and seconds taken. `step_size` is Adam's
     learning rate for IG (default 0.1) and L-BFGS's for DLG (default 1, the step the
-    strong-Wolfe line search starts from).
+    strong-Wolfe line search starts from). `box` bounds the images' values: [0, 1] for
+    plain images; a disguise's output range where the attacker knows its algorithm.
     """
     if method not in METHODS:
         raise ValueError(f"unknown gradient inversion method {method!r}; valid: {METHODS}")
@@ -162,6 +163,9 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
         step_size = DEFAULT_STEP_SIZE[method]
     if step_size <= 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
+    low, high = box
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"box must be two finite numbers, low < high, got {box}")
     started = time.perf_counter()
     device = next(model.parameters()).device
     model.eval()  # no dropout; BatchNorm would need the client's batch statistics
@@ -200,11 +204,11 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
     bar = tqdm(total=steps_per_restart * per_step * restarts,
                desc=f"gradient inversion ({method})", disable=not progress, leave=False)
     for _ in range(restarts):
-        x = torch.rand((batch_size, *image_shape), generator=gen)
+        x = low + (high - low) * torch.rand((batch_size, *image_shape), generator=gen)
         if init == "zeros":
-            x.zero_()
+            x.fill_(max(low, 0.0))
         elif init == "gray":
-            x.fill_(0.5)
+            x.fill_((low + high) / 2)
         x = x.to(device).requires_grad_(True)
         if method == "dlg":
             # L-BFGS iterations run in chunks of `per_step` per step() call. Not one per call:
@@ -234,7 +238,7 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
                 scheduler.step()
             if method == "ig":
                 with torch.no_grad():
-                    x.clamp_(0, 1)
+                    x.clamp_(low, high)
             bar.update(per_step)
         final = objective(x).item()
         if final < best_loss or best_x is None:
@@ -246,7 +250,7 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
     # curvature pairs and line search no longer describe the objective (clamped after every
     # iteration: 0 of 10 Fashion-MNIST test images near-exact on lenet-dlg; free: 10 of 10).
     # Only the answer is boxed, so that every method returns valid images.
-    return {"images": best_x.clamp(0, 1).cpu(), "labels": labels.cpu(), "loss": best_loss,
+    return {"images": best_x.clamp(low, high).cpu(), "labels": labels.cpu(), "loss": best_loss,
             "iterations": steps_per_restart * per_step * restarts,
             "seconds": time.perf_counter() - started}
 
@@ -261,6 +265,18 @@ def label_accuracy(recovered: torch.Tensor, true: torch.Tensor, num_classes: int
     a = torch.bincount(recovered.long(), minlength=num_classes)
     b = torch.bincount(true.long(), minlength=num_classes)
     return float(torch.minimum(a, b).sum()) / len(true)
+
+
+def output_range(knowledge: Knowledge, seed: int, sample: int = 256) -> tuple[float, float]:
+    """Where the images a client trains on can lie: [0, 1] unless the attacker knows the
+    disguise (Level 1+), which tells it the range of the algorithm's outputs on its own
+    public images under its own key (DisguisedNets' X·R + Δ and InstaHide leave [0, 1])."""
+    if knowledge.level < 1 or knowledge.algorithm is None:
+        return 0.0, 1.0
+    images = knowledge.public.images[:sample]
+    out = knowledge.own_disguise(seed).apply(images, knowledge.public.labels[:sample])[0]
+    low, high = (float(v) for v in torch.aminmax(out))
+    return min(low, 0.0), max(high, 1.0)
 
 
 @register
@@ -317,15 +333,16 @@ class GradientInversion(Attack):
         model = build_model(view.model_name, c, view.num_classes, h).to(runtime.device)
         model.load_state_dict(view.global_state)
         delta = update_delta(model, view.global_state, view.client_state)
+        box = output_range(knowledge, runtime.seed)
         out = invert(model, delta, batch_size=count, image_shape=view.image_shape, lr=view.lr,
                      steps=sizes, momentum=view.momentum if unrolled else 0.0,
                      method=self.method,
                      delta_mode="unrolled" if unrolled else "effective-gradient",
                      iterations=self.iterations, step_size=self.step_size,
                      tv_weight=self.tv_weight, restarts=self.restarts, init=self.init,
-                     seed=runtime.seed, progress=runtime.progress)
+                     seed=runtime.seed, box=box, progress=runtime.progress)
         return Reconstruction(images=out["images"], labels=out["labels"], space="disguised",
-                              figures={**settings, "status": "ok",
+                              figures={**settings, "status": "ok", "box": list(box),
                                        "delta_mode": "unrolled" if unrolled
                                        else "effective-gradient",
                                        "iterations": out["iterations"],
