@@ -107,7 +107,7 @@ class LeNetDLG(nn.Module):
             nn.Conv2d(12, 12, 5, stride=2, padding=2), nn.Sigmoid(),
             nn.Conv2d(12, 12, 5, stride=1, padding=2), nn.Sigmoid(),
         )
-        side = -(-(-(-image_size // 2)) // 2)  # ceil(ceil(s/2)/2)
+        side = -(-image_size // 4)  # two stride-2 convs, padding 2: ceil(ceil(s/2)/2)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(12 * side * side, num_classes))
         with torch.no_grad():
             for p in self.parameters():

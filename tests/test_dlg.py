@@ -24,7 +24,7 @@ def sgd_delta(model, images, labels, lr=0.05):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = torch.autograd.grad(F.cross_entropy(model(images), labels),
                                 list(model.parameters()))
-    after = {n: p.detach() - lr * g for (n, p), g in zip(model.named_parameters(), grads)}
+    after = {n: p.detach() - lr * g for (n, p), g in zip(model.named_parameters(), grads, strict=True)}
     return update_delta(model, before, after)
 
 

@@ -185,7 +185,7 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
             return _simulated_delta(model, params, x, labels, lr, steps, momentum)
         loss = F.cross_entropy(functional_call(model, params, (x,)), labels)
         return dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names],
-                                                   create_graph=True)))
+                                                   create_graph=True), strict=True))
 
     def objective(x: torch.Tensor) -> torch.Tensor:
         g = observed(x)
