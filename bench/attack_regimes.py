@@ -74,7 +74,8 @@ def client_update(model: torch.nn.Module, data: ImageDataset, batch_size: int, s
 def markdown(rows: list[dict]) -> str:
     """One table row per (defence, regime). Verdict: "recovers" at PSNR ≥ 20 dB against the
     originals; "recognisable" where the attacker's classifier names at least half of the
-    reconstructions right (chance: 0.1) though PSNR is lower; otherwise "fails"."""
+    reconstructions right (chance: 0.1) though PSNR is lower, judged on 4 images or more (one
+    image is right or wrong by luck); otherwise "fails"."""
     def f(v: float | None, digits: int = 1) -> str:
         return "–" if v is None else f"{v:.{digits}f}"
 
@@ -86,7 +87,8 @@ def markdown(rows: list[dict]) -> str:
         seen = r.get("recognisability")
         verdict = ("not applicable" if r.get("status") != "ok" else
                    "recovers" if p is not None and p >= 20 else
-                   "recognisable" if seen is not None and seen >= 0.5 else "fails")
+                   "recognisable" if seen is not None and seen >= 0.5 and r["images"] >= 4
+                   else "fails")
         lines.append(f"| {r['defence']} | {r['batch_size']} | {r['local_steps']} | "
                      f"{r['images']} | {f(p)} | {f(r.get('ssim_vs_original'), 3)} | "
                      f"{f(r.get('recognisability'), 2)} | {f(r.get('psnr_vs_disguised'))} | "
