@@ -186,6 +186,8 @@ class InverseNetwork(Attack):
         figures: dict = {"status": "ok", "level": self.level, "method": self.method,
                          "pairs": len(pair_plain), "targets": len(goal),
                          "observed": evidence.images_from}
+        if evidence.images_from == "outsourced":  # which images the game handed over
+            figures["target_set"] = self.target_set
         if self.method == "known-pairs":
             block = block_size_of(knowledge.algorithm, goal.shape[-1])
             fit = fit_known_pairs(pair_plain, pair_disguised, block)
@@ -210,6 +212,8 @@ class InverseNetwork(Attack):
             "psnr_vs_original": psnr(rec, plain).clamp(max=PSNR_CAP).mean().item(),
             "ssim_vs_original": ssim(rec, plain).mean().item(),
             "recognisability": scorer.recognisability(rec, truth.observed_labels),
+            # doing nothing: the disguised images themselves against the originals
+            "psnr_disguised_vs_original": psnr(truth.observed_disguised, plain).mean().item(),
             "_grid": (plain[:8], truth.observed_disguised[:8], rec[:8]),
         })
         return figures
