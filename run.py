@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
@@ -36,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, help="experiment.clients")
     parser.add_argument("--rounds", type=int, help="experiment.rounds")
     parser.add_argument("--out", help="experiment.out (results go to OUT/<experiment.name>/)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the results of an earlier run of the same name "
+                             "(without it, an existing results/<run>/ is refused)")
     parser.add_argument("--superlink", metavar="HOST:PORT",
                         help="deployment only: submit to this running SuperLink instead of "
                              "starting local SuperLink/SuperNode processes")
@@ -77,8 +82,18 @@ def run_compare(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    outcome = run_grid(grid)
+    if args.force:
+        print("error: --force does not apply to --compare: a grid reruns exactly its "
+              "unfinished cells", file=sys.stderr)
+        return 2
+    install_signal_handlers()
+    try:
+        outcome = run_grid(grid)
+    except KeyboardInterrupt as why:
+        print(f"\n{grid.name}: {interrupt_name(why)}; finished cells are kept, the cell that "
+              "was running is marked interrupted; run the same command to resume",
+              file=sys.stderr)
+        hard_exit(interrupt_code(why))
     print(f"\n{grid.name}: {len(outcome['ran'])} cells run, {len(outcome['skipped'])} "
           f"already finished, {len(outcome['failed'])} failed; table in "
           f"{grid.out / 'table.md'}")
@@ -101,19 +116,87 @@ def main(argv: list[str] | None = None) -> int:
             from fedisguise.experiment import preflight
 
             preflight(cfg)
+        from fedisguise.experiment import claim_run_dir
+
+        claim_run_dir(cfg, args.force)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # Ending on SIGTERM must run the same clean-up as Ctrl-C (child Flower processes).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-
+    install_signal_handlers()
     from fedisguise.experiment import run_experiment
 
-    record = run_experiment(cfg, superlink=args.superlink)
-    print(f"\nfinal test accuracy {record['final']['test_accuracy']:.4f} after "
-          f"{len(record['rounds'])} rounds ({record['wall_seconds']:.1f} s); "
-          f"results in {cfg.run_dir}/")
+    try:
+        record = run_experiment(cfg, superlink=args.superlink, force=True)
+    except KeyboardInterrupt as why:
+        print(f"\n{interrupt_name(why)}: the rounds that finished are in {cfg.run_dir}/ "
+              "(metrics.json status \"interrupted\")", file=sys.stderr)
+        hard_exit(interrupt_code(why))
+    return report(record, cfg.run_dir)
+
+
+def report(record: dict, run_dir: Path) -> int:
+    """The closing line, and the exit code: 0 only when a model was trained and its results
+    are on disk."""
+    rounds = len(record["rounds"])
+    from fedisguise.results import describe_failure
+
+    for failure in record.get("failures") or []:
+        print(f"  {describe_failure(failure)}", file=sys.stderr)
+    if record.get("status") != "finished":
+        print(f"\nrun {record.get('status')} after {rounds} rounds: {record.get('error')}; "
+              f"results so far in {run_dir}/", file=sys.stderr)
+        return 1
+    print(f"\nfinal test accuracy {_fmt(record['final']['test_accuracy'])} after {rounds} "
+          f"rounds ({record['wall_seconds']:.1f} s)"
+          + (" (diverged: non-finite figures written as null)" if record.get("diverged") else "")
+          + f"; results in {run_dir}/")
     return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the same clean-up, exit 128 + 15."""
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM both unwind as KeyboardInterrupt, so results are marked and child
+    processes stopped on either."""
+    def on_term(signum: int, frame: object) -> None:
+        raise Interrupted("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def interrupt_name(why: BaseException) -> str:
+    return "terminated (SIGTERM)" if isinstance(why, Interrupted) else "interrupted (Ctrl-C)"
+
+
+def interrupt_code(why: BaseException) -> int:
+    return 128 + (signal.SIGTERM if isinstance(why, Interrupted) else signal.SIGINT)
+
+
+def hard_exit(code: int) -> None:
+    """Leave now that the results are on disk. Flower's simulation leaves non-daemon threads
+    (its ServerApp thread, a thread pool) waiting for replies that will never come, so a
+    normal interpreter exit would wait forever: stop Ray, end every process started from
+    here, and exit without joining threads. A second Ctrl-C exits at once."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(code))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(code))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        stopper = threading.Thread(target=ray.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=5)
+    from fedisguise.deployment import end_descendants
+
+    end_descendants(os.getpid())
+    os._exit(code)
 
 
 if __name__ == "__main__":

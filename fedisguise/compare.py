@@ -283,11 +283,15 @@ def run_grid(grid: Grid, progress: bool = True) -> dict[str, Any]:
             continue
         marker = cell.config.run_dir / "cell.json"
         marker.unlink(missing_ok=True)
-        try:
-            run_experiment(cell.config)
+        try:  # an unfinished cell's folder holds no finished result: it is replaced
+            record = run_experiment(cell.config, force=True)
         except Exception as err:  # noqa: BLE001 - one broken cell must not lose the others
             failed[cell.name] = f"{type(err).__name__}: {err}"
             tqdm.write(f"cell {cell.name} failed:\n{traceback.format_exc()}")
+            continue
+        if record.get("status") != "finished":
+            failed[cell.name] = f"{record.get('status')}: {record.get('error')}"
+            tqdm.write(f"cell {cell.name} {failed[cell.name]}")
             continue
         marker.write_text(json.dumps({"config": _comparable(cell.config),
                                       "finished_at": datetime.now(UTC).isoformat(

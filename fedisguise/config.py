@@ -69,6 +69,10 @@ class StrategyConfig:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     proximal_mu: float = 0.0  # FedProx only
+    # Nodes that die mid-run are recorded and the run goes on with the rest, down to
+    # min_clients; below it the server waits node_timeout seconds, then ends the run (exit 1).
+    min_clients: int = 1
+    node_timeout: float = 120.0
 
 
 @dataclass
@@ -257,6 +261,9 @@ class Config:
         _check(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate",
                s.fraction_evaluate, "in [0, 1]")
         _check(s.proximal_mu >= 0, "strategy.proximal_mu", s.proximal_mu, ">= 0")
+        _check(1 <= s.min_clients <= e.clients, "strategy.min_clients", s.min_clients,
+               f"in [1, experiment.clients = {e.clients}]")
+        _check(s.node_timeout > 0, "strategy.node_timeout", s.node_timeout, "> 0 seconds")
         _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
         _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
         _choice("client.key_scope", self.client.key_scope, KEY_SCOPES)

@@ -14,12 +14,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 
 from fedisguise.config import Config
+from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder whose pyproject.toml is the app
 CONNECTION = "fedisguise"
@@ -73,6 +77,43 @@ def _signal_tree(process: subprocess.Popen, sig: int) -> None:
                 pass
 
 
+def end_descendants(pid: int, grace: float = 3.0) -> None:
+    """SIGTERM every live descendant of `pid`, then SIGKILL those left after `grace` s."""
+    pids = _descendants(pid)
+    for child in pids:
+        try:
+            os.kill(child, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and set(pids) & set(_descendants(pid)):
+        time.sleep(0.1)
+    for child in _descendants(pid):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _load_prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # loaded here: a preexec_fn must not import (locks, threads)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the thread that started it dies (run.py's main
+    thread); the reaper covers the grandchildren, which this does not reach."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class LocalFederation:
     """A SuperLink and `num_supernodes` SuperNodes on loopback, as a context manager."""
 
@@ -87,6 +128,11 @@ class LocalFederation:
         self.processes: list[subprocess.Popen] = []
         self.flwr_home = Path(tempfile.mkdtemp(prefix="fedisguise-flwr-"))
         self.port = 0
+        self.marker = uuid.uuid4().hex  # in the environment of every process started here
+        self.supernodes: dict[int, subprocess.Popen] = {}
+        self.dead: dict[int, int] = {}  # partition id -> exit code of a SuperNode that died
+        self._reaper: subprocess.Popen | None = None
+        self._watching = threading.Event()
 
     @property
     def address(self) -> str:
@@ -94,35 +140,59 @@ class LocalFederation:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "FLWR_HOME": str(self.flwr_home)}
+        return {**os.environ, "FLWR_HOME": str(self.flwr_home), MARKER_ENV: self.marker,
+                NODE_ENV: "submit"}
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log_name: str, node: str) -> subprocess.Popen:
         log = (self.log_dir / log_name).open("wb")
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**self.env, NODE_ENV: node}, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, preexec_fn=_die_with_parent)
         log.close()  # the child holds its own descriptor
         self.processes.append(process)
         return process
 
+    def _start_reaper(self) -> None:
+        """A process that ends this federation's processes if this one dies, even by
+        SIGKILL (fedisguise.reaper); a clean stop() closes its pipe and it finds nothing."""
+        env = {k: v for k, v in os.environ.items() if k not in (MARKER_ENV, NODE_ENV)}
+        self._reaper = subprocess.Popen([sys.executable, "-m", "fedisguise.reaper", self.marker],
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, env=env,
+                                        start_new_session=True, cwd=str(APP_DIR))
+
+    def _watch(self) -> None:
+        """A SuperNode that dies leaves its `flower-superexec` and `flwr-clientapp` behind,
+        re-parented: end them, and say so (the server records the node's failed replies)."""
+        while not self._watching.wait(1.0):
+            for pid, process in list(self.supernodes.items()):
+                if pid not in self.dead and process.poll() is not None:
+                    self.dead[pid] = process.returncode
+                    ended = end_marked(self.marker, f"supernode-{pid}", grace=2.0)
+                    print(f"SuperNode {pid} died (exit code {process.returncode}); ended its "
+                          f"{len(ended)} helper process(es)", file=sys.stderr)
+
     def __enter__(self) -> LocalFederation:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self._start_reaper()
             self.port = free_port(self.host)
             superlink = self._spawn(
                 ["flower-superlink", "--insecure", "--host", self.host, "--port", str(self.port),
                  # Offline machines cannot `uv sync`; the environment already has the deps.
                  "--disable-runtime-dependency-installation"],
-                "superlink.log",
+                "superlink.log", "superlink",
             )
             wait_for_port(self.host, self.port, self.start_timeout, superlink)
             for pid in range(self.num_supernodes):
-                self._spawn(
+                self.supernodes[pid] = self._spawn(
                     ["flower-supernode", "--insecure", "--superlink", self.address,
                      "--port", str(free_port(self.host)),
                      "--node-config", f"partition-id={pid} num-partitions={self.num_supernodes}"],
-                    f"supernode-{pid}.log",
+                    f"supernode-{pid}.log", f"supernode-{pid}",
                 )
             write_connection(self.flwr_home, self.address)
+            threading.Thread(target=self._watch, name="supernode-watch", daemon=True).start()
         except BaseException:
             self.stop()
             raise
@@ -132,8 +202,10 @@ class LocalFederation:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def stop(self, grace: float = 10.0) -> None:
-        """End every process started here and all their descendants."""
+    def stop(self, grace: float = 5.0) -> None:
+        """End every process started here and all their descendants, re-parented ones
+        included (found by the marker in their environment)."""
+        self._watching.set()
         trees = {p.pid: [p.pid, *_descendants(p.pid)] for p in self.processes}
         for process in reversed(self.processes):
             _signal_tree(process, signal.SIGTERM)
@@ -152,11 +224,20 @@ class LocalFederation:
         for process in self.processes:
             if process.poll() is None:
                 process.wait(timeout=5)
+        end_marked(self.marker, grace=1.0)
         self.processes.clear()
+        if self._reaper is not None:
+            self._reaper.stdin.close()  # EOF: the reaper looks once more, finds none, exits
+            self._reaper.wait(timeout=10)
+            self._reaper = None
         shutil.rmtree(self.flwr_home, ignore_errors=True)
 
     def pids(self) -> list[int]:
-        return [pid for p in self.processes for pid in (p.pid, *_descendants(p.pid))]
+        """Every live process of this federation, re-parented helpers included."""
+        from fedisguise.reaper import marked
+
+        return sorted(set(marked(self.marker))
+                      | {pid for p in self.processes for pid in (p.pid, *_descendants(p.pid))})
 
 
 def write_connection(flwr_home: Path, address: str) -> None:

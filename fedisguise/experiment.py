@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedisguise.config import Config
+from fedisguise.config import Config, ConfigError
 
 
 def preflight(cfg: Config) -> None:
@@ -25,43 +26,101 @@ def preflight(cfg: Config) -> None:
         load_dataset(cfg.data.dataset, split, cfg.data.data_dir)
 
 
-def run_experiment(cfg: Config, superlink: str | None = None) -> dict[str, Any]:
+def claim_run_dir(cfg: Config, force: bool = False) -> None:
+    """Make results/<run>/ this run's alone: an existing run folder is refused (ConfigError,
+    exit 2, before anything starts) unless `force`, which removes it first, so old and new
+    files never mix."""
+    run_dir = cfg.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"experiment.name: {run_dir} exists and is not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not force:
+            held = ""
+            try:
+                old = json.loads((run_dir / "metrics.json").read_text())
+                held = f" ({old.get('status', 'finished')} run of {old.get('finished_at', '?')})"
+            except (OSError, json.JSONDecodeError):
+                pass
+            raise ConfigError(
+                f"experiment.name: {run_dir} already holds results{held}; pass --force to "
+                "replace them, or choose another name (--set experiment.name=...) or --out")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_experiment(cfg: Config, superlink: str | None = None, force: bool = False
+                   ) -> dict[str, Any]:
     """Run `cfg` in its configured mode and return the metrics record it wrote.
 
     `superlink` (deployment only) submits to an existing SuperLink instead of starting one.
+    The record's `status` says how the run ended: `finished` (a model was trained; the
+    privacy figures and attacks follow), `failed` (with `error`). KeyboardInterrupt (Ctrl-C,
+    SIGTERM via run.py) propagates after metrics.json is marked `interrupted`.
     """
     # Results are written by the ServerApp, which in deployment runs in another process with
     # another working directory: pin the output folder to an absolute path first.
     cfg = replace(cfg, experiment=replace(cfg.experiment,
                                           out=str(Path(cfg.experiment.out).resolve())))
+    claim_run_dir(cfg, force)
     metrics_path = cfg.run_dir / "metrics.json"
-    metrics_path.unlink(missing_ok=True)  # a failed rerun must not report an old run's figures
     from fedisguise import transform
+    from fedisguise.results import mark_interrupted, rewrite_record
 
-    cfg = transform.prepare(cfg)  # a transformation network is trained once, before the run
-    if cfg.experiment.mode == "simulation":
-        run_simulation(cfg)
-    else:
-        from fedisguise.deployment import run_deployment
+    try:
+        cfg = transform.prepare(cfg)  # a transformation network is trained once, before the run
+        if cfg.experiment.mode == "simulation":
+            run_simulation(cfg)
+        else:
+            from fedisguise.deployment import run_deployment
 
-        run_deployment(cfg, superlink)
+            run_deployment(cfg, superlink)
+    except KeyboardInterrupt as why:
+        mark_interrupted(cfg.run_dir, cfg.to_dict(), str(why) or "interrupted (Ctrl-C)")
+        raise
+    except Exception as err:
+        _mark_failed(metrics_path, f"{type(err).__name__}: {err}")
+        raise
     if not metrics_path.is_file():
         raise RuntimeError(f"the run ended without writing {metrics_path}; see the log above")
     record = json.loads(metrics_path.read_text())
+    if record.get("status") != "finished":
+        if record.get("status") == "running":  # the server process died mid-run
+            record = _mark_failed(metrics_path, "the server ended before the last round; "
+                                  "see the log above")
+        return record
     from fedisguise.privacy import plain_grid, privacy_figures
+
+    try:
+        if cfg.disguise_name == "transform-net":
+            record["transform_net"] = transform.figures(cfg)
+        if cfg.disguise_name != "none":
+            record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
+        else:
+            record["grid"] = plain_grid(cfg, cfg.run_dir)
+        if cfg.attacks:
+            from fedisguise.attacks.suite import run_attacks
+
+            record["attacks"] = run_attacks(cfg, cfg.run_dir)
+    except KeyboardInterrupt as why:  # the figures done so far are kept
+        record["status"] = "interrupted"
+        record["error"] = f"{why or 'interrupted (Ctrl-C)'} after training, during the " \
+                          "privacy figures or attacks"
+        rewrite_record(cfg.run_dir, record)
+        raise
+    return rewrite_record(cfg.run_dir, record)
+
+
+def _mark_failed(metrics_path: Path, why: str) -> dict[str, Any] | None:
+    """Mark a run that ended by an exception `failed`, keeping its rounds."""
     from fedisguise.results import rewrite_record
 
-    if cfg.disguise_name == "transform-net":
-        record["transform_net"] = transform.figures(cfg)
-    if cfg.disguise_name != "none":
-        record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
-    else:
-        record["grid"] = plain_grid(cfg, cfg.run_dir)
-    if cfg.attacks:
-        from fedisguise.attacks.suite import run_attacks
-
-        record["attacks"] = run_attacks(cfg, cfg.run_dir)
-    rewrite_record(cfg.run_dir, record)
+    try:
+        record = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("status") in ("running", None):
+        record["status"], record["error"] = "failed", record.get("error") or why
+        record = rewrite_record(metrics_path.parent, record)
     return record
 
 

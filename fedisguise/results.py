@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
+import math
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -28,34 +31,122 @@ def versions() -> dict[str, str]:
     return found
 
 
+STATUSES = ("running", "finished", "failed", "interrupted")
+_FROZEN: set[Path] = set()  # run folders this process must no longer write (interrupted)
+
+
+def clean_figures(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`value` with every non-finite float replaced by None (JSON has no NaN or inf), and
+    the paths of the figures replaced: a diverged run keeps its results instead of crashing
+    the writer."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [where or "."]
+    if isinstance(value, dict):
+        found: list[str] = []
+        clean = {}
+        for k, v in value.items():
+            clean[k], bad = clean_figures(v, f"{where}.{k}" if where else str(k))
+            found += bad
+        return clean, found
+    if isinstance(value, list | tuple):
+        found, clean_list = [], []
+        for i, v in enumerate(value):
+            c, bad = clean_figures(v, f"{where}[{i}]")
+            clean_list.append(c)
+            found += bad
+        return clean_list, found
+    return value, []
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader
+    (or a crash) sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:
-    """Write all result files of a finished run."""
+    """Write every result file of a run, finished or not (after each round, and at the end)."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve() in _FROZEN:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "updates.json",
+                 json.dumps([dataclasses.asdict(e) for e in ledger], indent=2) + "\n")
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=ROUND_COLUMNS)
+    writer.writeheader()
+    for row in clean_figures(record["rounds"])[0]:
+        writer.writerow({k: (" ".join(map(str, row[k])) if k == "clients" else row[k])
+                         for k in ROUND_COLUMNS})
+    write_atomic(run_dir / "rounds.csv", rows.getvalue())
     rewrite_record(run_dir, record)
-    (run_dir / "updates.json").write_text(
-        json.dumps([dataclasses.asdict(e) for e in ledger], indent=2) + "\n"
-    )
-    with (run_dir / "rounds.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=ROUND_COLUMNS)
-        writer.writeheader()
-        for row in record["rounds"]:
-            writer.writerow({k: (" ".join(map(str, row[k])) if k == "clients" else row[k])
-                             for k in ROUND_COLUMNS})
 
 
-def rewrite_record(run_dir: Path, record: dict[str, Any]) -> None:
-    """Rewrite metrics.json and summary.md after the harness added figures to a record."""
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    (run_dir / "summary.md").write_text(summary_markdown(record))
+def rewrite_record(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write metrics.json and summary.md (atomically); non-finite figures become null and
+    set `diverged`. Returns the record as written."""
+    run_dir = Path(run_dir)
+    clean, bad = clean_figures(record)
+    clean["diverged"] = bool(record.get("diverged")) or bool(bad)
+    if bad:
+        clean["non_finite"] = sorted(set(record.get("non_finite", [])) | set(bad))
+    write_atomic(run_dir / "metrics.json", json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    write_atomic(run_dir / "summary.md", summary_markdown(clean, run_dir))
+    return clean
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+def mark_interrupted(run_dir: Path, config: dict[str, Any], why: str) -> dict[str, Any]:
+    """Mark the run in `run_dir` interrupted, keeping the rounds it finished; from then on
+    this process writes nothing more there (a server thread may still be running)."""
+    run_dir = Path(run_dir).resolve()
+    _FROZEN.add(run_dir)
+    path = run_dir / "metrics.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        record = new_record(config, mode=config["experiment"]["mode"])
+    record["status"], record["error"] = "interrupted", why
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return rewrite_record(run_dir, record)
 
 
-def summary_markdown(record: dict[str, Any]) -> str:
+def new_record(config: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The record of a run that has not finished a round yet."""
+    return {"run": config["experiment"]["name"], "mode": mode, "status": "running",
+            "error": None, "seed": config["experiment"]["seed"], "config": config,
+            "versions": versions(), "rounds": [], "failures": [], "initial": None,
+            "final": None, "wall_seconds": 0.0, "diverged": False}
+
+
+def describe_failure(f: dict[str, Any]) -> str:
+    """One failed reply or lost node of metrics.json's `failures`, in words."""
+    who = f"client {f['partition_id']}" if f.get("partition_id") is not None else "a client"
+    what = "was lost" if f["phase"] == "connect" else f"failed to {f['phase']}"
+    return f"round {f['server_round']}: {who} (node {f['node_id']}) {what}: {f['error']}"
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def summary_markdown(record: dict[str, Any], run_dir: Path | None = None) -> str:
+    """summary.md: the run in a page. Images are linked only where the file exists in
+    `run_dir` (a run interrupted before its pictures were drawn links none)."""
     cfg = record["config"]
     e = cfg["experiment"]
+    final, initial = record.get("final") or {}, record.get("initial") or {}
+    status = record.get("status", "finished")
+
+    def image(alt: str, link: str | None) -> list[str]:
+        if not link or (run_dir is not None and not (Path(run_dir) / link).is_file()):
+            return []
+        return ["", f"![{alt}]({link})"]
+
     lines = [
         f"# {e['name']}",
         "",
@@ -63,13 +154,25 @@ def summary_markdown(record: dict[str, Any]) -> str:
         f"model {cfg['model']['name']}, strategy {cfg['strategy']['name']}, "
         f"disguise {json.dumps(cfg['disguise'])}, mode {record['mode']}, seed {e['seed']}.",
         "",
-        f"**Final test accuracy: {_fmt(record['final']['test_accuracy'])}** (on the clients' "
-        f"disguised test shards; on plain test images "
-        f"{_fmt(record['final']['plain_test_accuracy'])}"
-        f", initially {_fmt(record['initial']['plain_test_accuracy'])}) after "
-        f"{len(record['rounds'])} rounds in {record['wall_seconds']:.1f} s. "
-        f"Keys: {record['keys']['scope']}, {record['keys']['source']}.",
-        "",
+    ]
+    if status != "finished":
+        lines += [f"**Status: {status}** after {len(record['rounds'])} of {e['rounds']} "
+                  f"rounds" + (f": {record['error']}" if record.get("error") else "") + ".", ""]
+    if record.get("diverged"):
+        lines += ["**Diverged:** non-finite figures were written as null ("
+                  + ", ".join(record.get("non_finite", [])[:8]) + ").", ""]
+    if final:
+        keys = record.get("keys") or {}
+        lines += [
+            f"**Final test accuracy: {_fmt(final.get('test_accuracy'))}** (on the clients' "
+            f"disguised test shards; on plain test images "
+            f"{_fmt(final.get('plain_test_accuracy'))}"
+            f", initially {_fmt(initial.get('plain_test_accuracy'))}) after "
+            f"{len(record['rounds'])} rounds in {record['wall_seconds']:.1f} s. "
+            f"Keys: {keys.get('scope', '–')}, {keys.get('source', '–')}.",
+            "",
+        ]
+    lines += [
         "| round | train loss | test acc | test loss | plain test acc | s/round | MB up "
         "| MB down |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -78,29 +181,31 @@ def summary_markdown(record: dict[str, Any]) -> str:
         lines.append(
             f"| {r['round']} | {_fmt(r['train_loss'])} | {_fmt(r['test_accuracy'])} | "
             f"{_fmt(r['test_loss'])} | {_fmt(r['plain_test_accuracy'])} | "
-            f"{r['round_seconds']:.2f} | {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} |"
+            f"{_fmt(r['round_seconds'], 2)} | {r['bytes_up'] / 1e6:.2f} | "
+            f"{r['bytes_down'] / 1e6:.2f} |"
         )
+    failures = record.get("failures") or []
+    if failures:
+        lines += ["", "Client failures:", *(f"- {describe_failure(f)}" for f in failures)]
     if record.get("privacy"):
         lines += ["", "Privacy: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                                               for k, v in record["privacy"].items()
                                               if not isinstance(v, dict))]
-    grid = (record.get("privacy") or {}).get("grid") or record.get("grid")
-    if grid:
-        lines += ["", f"![plain (top) | as the clients see them (bottom)]({grid})"]
+    lines += image("plain (top) | as the clients see them (bottom)",
+                   (record.get("privacy") or {}).get("grid") or record.get("grid"))
     if record.get("transform_net"):
         t = record["transform_net"]
         lines += ["", f"Transformation network (α = {t['training']['alpha']}, features "
                       f"{t['features_used']}, trained by the {t['trainer']}): classifier ψ "
                       f"({t['classifier']}) accuracy {_fmt(t['psi_accuracy_plain'])} on plain "
                       f"test images, {_fmt(t['psi_accuracy_transformed'])} on transformed ones."]
-    if record.get("dp"):
-        lines += ["", f"DP-SGD: ε = {_fmt(record['final'].get('epsilon'))} at δ = "
+    if record.get("dp") and final:
+        lines += ["", f"DP-SGD: ε = {_fmt(final.get('epsilon'))} at δ = "
                       f"{record['dp']['delta']:g} (largest cumulative ε any client reports)."]
     for name, figures in (record.get("attacks") or {}).items():
         shown = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
                           for k, v in figures.items() if not isinstance(v, dict | list | tuple))
         lines += ["", f"Attack {name}: {shown}"]
-        if figures.get("grid"):
-            lines += ["", f"![{name}: original | disguised | reconstructed]({figures['grid']})"]
+        lines += image(f"{name}: original | disguised | reconstructed", figures.get("grid"))
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), ""]
     return "\n".join(lines)

@@ -6,7 +6,9 @@ deployment; either way it writes results/<run>/ itself, so both modes produce th
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -21,9 +23,15 @@ from fedisguise.attacks.capture import AttackCapture
 from fedisguise.config import Config
 from fedisguise.data import server_test_set
 from fedisguise.models import build_model
-from fedisguise.results import versions, write_run
+from fedisguise.results import new_record, write_run
 from fedisguise.training import evaluate, resolve_device
-from strategies import UpdateLedger, build_strategy
+from strategies import (
+    NodeGuard,
+    ObservedStrategy,
+    RunFailed,
+    UpdateLedger,
+    build_strategy,
+)
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> None:
@@ -50,28 +58,42 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> None:
 
 
 def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
-    """One federated run end to end on the server side; returns the metrics record."""
+    """One federated run end to end on the server side; returns the metrics record.
+
+    results/<run>/ is rewritten (atomically) after every round, so an interrupted or failed
+    run keeps the rounds it finished; `status` says how it ended: finished, or failed with
+    the reason (no client trained in a round, too few nodes left).
+    """
     started = time.perf_counter()
     seed = cfg.experiment.seed
     random.seed(seed)  # Flower samples nodes with `random`
     np.random.seed(seed)
     torch.manual_seed(seed)
+    run_dir = cfg.run_dir.resolve()
+    record = new_record(cfg.to_dict(), mode)
+    record.update({
+        "device": None,
+        "keys": {"scope": cfg.client.key_scope,
+                 "source": "file" if cfg.client.key_file else "derived from experiment.seed"},
+        "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp.mode != "none" else None,
+        "privacy": {}, "attacks": {},
+    })
+    ledger = UpdateLedger()
+    write_run(run_dir, record, ledger.entries)
 
     wait_for_nodes(grid, cfg.experiment.clients)
     device = resolve_device(cfg.resources.device)
+    record["device"] = str(device)
     test_set = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples, seed)
     c, h, _ = test_set.image_shape
     model = build_model(cfg.model.name, c, test_set.num_classes, h)
-    ledger = UpdateLedger()
     observers: list = [ledger]
     capture = None
     if cfg.attacks:  # the honest-but-curious server keeps the targeted updates
-        capture = AttackCapture(cfg.run_dir.resolve(), targets(cfg.attacks))
+        capture = AttackCapture(run_dir, targets(cfg.attacks))
         observers.append(capture)
     strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=observers,
                               dp_config=cfg.dp)
-
-    central: dict[int, dict[str, float]] = {}
     progress = tqdm(total=cfg.experiment.rounds, desc=f"{cfg.experiment.name} rounds",
                     unit="round")
 
@@ -79,71 +101,74 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         # FedAvg averages BatchNorm's integer counters into floats; load_state_dict casts back.
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, acc = evaluate(model, test_set, device=device)
-        central[server_round] = {"test_loss": loss, "test_accuracy": acc,
-                                 "finished": time.perf_counter()}
-        if server_round > 0:
+        if server_round == 0:
+            record["initial"] = {"plain_test_accuracy": acc, "plain_test_loss": loss}
+        else:  # the round is complete: train, client evaluation and this evaluation
+            record["rounds"].append(round_row(cfg, strategy, ledger, server_round, loss, acc))
+            record["final"] = {k: record["rounds"][-1][k] for k in FINAL_KEYS}
+            record["failures"] = [dataclasses.asdict(f) for f in strategy.failures]
+            record["wall_seconds"] = time.perf_counter() - started
+            if cfg.disguise_name != "none":
+                record["privacy"] = {"misusability": acc}
+            write_run(run_dir, record, ledger.entries)
             progress.update(1)
             progress.set_postfix(test_acc=f"{acc:.4f}")
         return MetricRecord({"test_loss": loss, "test_accuracy": acc})
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.experiment.rounds,
-        evaluate_fn=evaluate_fn,
-    )
-    progress.close()
-    if capture is not None:
-        capture.save_final(result.arrays.to_torch_state_dict())
-
-    plain_model = cfg.disguise_name == "none"
-    rounds = []
-    for r in range(1, cfg.experiment.rounds + 1):
-        train = result.train_metrics_clientapp.get(r, {})
-        clients = result.evaluate_metrics_clientapp.get(r, {})
-        # How clients use the model: accuracy on their disguised test shards. Without a
-        # disguise and without client evaluation, the server's plain evaluation is the same.
-        source = clients if "test_accuracy" in clients else (central[r] if plain_model else {})
-        rounds.append({
-            "round": r,
-            "train_loss": _number(train.get("train_loss")),
-            "test_accuracy": _number(source.get("test_accuracy")),
-            "test_loss": _number(source.get("test_loss")),
-            "plain_test_accuracy": central[r]["test_accuracy"],
-            "plain_test_loss": central[r]["test_loss"],
-            "round_seconds": central[r]["finished"] - strategy.round_started[r],
-            "bytes_up": strategy.bytes_up.get(r, 0),
-            "bytes_down": strategy.bytes_down.get(r, 0),
-            "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
-            # DP-SGD: the largest cumulative ε any client reports; central DP: the server's
-            # user-level estimate; None without DP.
-            "epsilon": central_epsilon(cfg, r) if cfg.dp.mode.startswith("central") else max(
-                (e.epsilon for e in ledger.entries
-                 if e.server_round == r and e.epsilon is not None), default=None),
-        })
-    last = rounds[-1]
-    record = {
-        "run": cfg.experiment.name,
-        "mode": mode,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seed": seed,
-        "device": str(device),
-        "config": cfg.to_dict(),
-        "versions": versions(),
-        "keys": {"scope": cfg.client.key_scope,
-                 "source": "file" if cfg.client.key_file else "derived from experiment.seed"},
-        "initial": {"plain_test_accuracy": central[0]["test_accuracy"],
-                    "plain_test_loss": central[0]["test_loss"]},
-        "rounds": rounds,
-        "final": {k: last[k] for k in ("test_accuracy", "test_loss", "train_loss",
-                                       "plain_test_accuracy", "plain_test_loss", "epsilon")},
-        "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp.mode != "none" else None,
-        "wall_seconds": time.perf_counter() - started,
-        "privacy": {} if plain_model else {"misusability": last["plain_test_accuracy"]},
-        "attacks": {},
-    }
-    write_run(cfg.run_dir.resolve(), record, ledger.entries)
+    guarded = NodeGuard(grid, cfg.strategy.min_clients, cfg.strategy.node_timeout)
+    try:
+        result = strategy.start(grid=guarded, initial_arrays=ArrayRecord(model.state_dict()),
+                                num_rounds=cfg.experiment.rounds, evaluate_fn=evaluate_fn)
+    except RunFailed as err:  # the federation cannot go on: keep what it finished
+        record["status"], record["error"] = "failed", str(err)
+        print(f"run failed: {err}", file=sys.stderr)
+    except Exception as err:
+        record["status"], record["error"] = "failed", f"{type(err).__name__}: {err}"
+        raise
+    else:
+        record["status"] = "finished"
+        if capture is not None:
+            capture.save_final(result.arrays.to_torch_state_dict())
+    finally:
+        progress.close()
+        record["failures"] = [dataclasses.asdict(f) for f in strategy.failures]
+        record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        record["wall_seconds"] = time.perf_counter() - started
+        write_run(run_dir, record, ledger.entries)
     return record
+
+
+FINAL_KEYS = ("test_accuracy", "test_loss", "train_loss", "plain_test_accuracy",
+              "plain_test_loss", "epsilon")
+
+
+def round_row(cfg: Config, strategy: ObservedStrategy, ledger: UpdateLedger, r: int,
+              plain_loss: float, plain_acc: float) -> dict:
+    """One row of rounds.csv, once round `r` is complete."""
+    train = strategy.train_metrics.get(r, {})
+    clients = strategy.evaluate_metrics.get(r, {})
+    # How clients use the model: accuracy on their disguised test shards. Without a
+    # disguise and without client evaluation, the server's plain evaluation is the same.
+    central = {"test_accuracy": plain_acc, "test_loss": plain_loss}
+    source = clients if "test_accuracy" in clients else (
+        central if cfg.disguise_name == "none" else {})
+    return {
+        "round": r,
+        "train_loss": _number(train.get("train_loss")),
+        "test_accuracy": _number(source.get("test_accuracy")),
+        "test_loss": _number(source.get("test_loss")),
+        "plain_test_accuracy": plain_acc,
+        "plain_test_loss": plain_loss,
+        "round_seconds": time.perf_counter() - strategy.round_started[r],
+        "bytes_up": strategy.bytes_up.get(r, 0),
+        "bytes_down": strategy.bytes_down.get(r, 0),
+        "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
+        # DP-SGD: the largest cumulative ε any client reports; central DP: the server's
+        # user-level estimate; None without DP.
+        "epsilon": central_epsilon(cfg, r) if cfg.dp.mode.startswith("central") else max(
+            (e.epsilon for e in ledger.entries
+             if e.server_round == r and e.epsilon is not None), default=None),
+    }
 
 
 def central_epsilon(cfg: Config, rounds: int) -> float | None:

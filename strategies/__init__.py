@@ -14,7 +14,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from strategies.liveness import NodeGuard, RunFailed
 from strategies.observed import (
+    ClientFailure,
     LedgerEntry,
     ObservedStrategy,
     ReceivedUpdate,
@@ -23,23 +25,23 @@ from strategies.observed import (
 )
 
 
-def _sampling(fraction_train: float, fraction_evaluate: float, num_clients: int) -> dict:
-    # Flower's defaults demand two nodes; a one-client federation is legitimate here.
-    least = min(2, num_clients)
+def _sampling(strategy_config) -> dict:
+    """Flower's node minimums set to `strategy.min_clients`: its sampling waits until that
+    many nodes are connected (NodeGuard bounds the wait); a one-client federation and a
+    federation that lost nodes are legitimate here (Flower's defaults demand two)."""
+    least = strategy_config.min_clients
     return dict(
-        fraction_train=fraction_train,
-        fraction_evaluate=fraction_evaluate,
+        fraction_train=strategy_config.fraction_train,
+        fraction_evaluate=strategy_config.fraction_evaluate,
         min_train_nodes=least,
-        min_evaluate_nodes=least if fraction_evaluate > 0 else 0,
-        min_available_nodes=num_clients,
+        min_evaluate_nodes=least if strategy_config.fraction_evaluate > 0 else 0,
+        min_available_nodes=least,
     )
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "fedavg": lambda s, n: FedAvg(**_sampling(s.fraction_train, s.fraction_evaluate, n)),
-    "fedprox": lambda s, n: FedProx(
-        **_sampling(s.fraction_train, s.fraction_evaluate, n), proximal_mu=s.proximal_mu
-    ),
+    "fedavg": lambda s, n: FedAvg(**_sampling(s)),
+    "fedprox": lambda s, n: FedProx(**_sampling(s), proximal_mu=s.proximal_mu),
 }
 
 
@@ -73,9 +75,8 @@ def build_strategy(strategy_config, num_clients: int,
                    observers: Iterable[UpdateObserver] = (), dp_config=None) -> ObservedStrategy:
     """The named strategy, wrapped in the observer hook.
 
-    `min_available_nodes` equals the number of clients, so a round starts only once every
-    SuperNode has connected: in deployment this waits for late processes instead of
-    silently training on fewer clients.
+    The server waits for every SuperNode before round 1 (server_app.wait_for_nodes); after
+    that, rounds go on with the nodes that remain, down to `strategy.min_clients`.
     """
     name = strategy_config.name
     if name not in STRATEGIES:
@@ -90,9 +91,12 @@ def build_strategy(strategy_config, num_clients: int,
 
 __all__ = [
     "STRATEGIES",
+    "ClientFailure",
     "LedgerEntry",
+    "NodeGuard",
     "ObservedStrategy",
     "ReceivedUpdate",
+    "RunFailed",
     "UpdateLedger",
     "UpdateObserver",
     "build_strategy",

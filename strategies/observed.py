@@ -8,6 +8,7 @@ Flower's own, never copied.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from tqdm.auto import tqdm
 
 from fedisguise.messages import (
     CLIENT,
@@ -27,6 +29,7 @@ from fedisguise.messages import (
     arrays_digest,
     arrays_nbytes,
 )
+from strategies.liveness import RunFailed
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,20 @@ class UpdateObserver(Protocol):
     def observe(self, update: ReceivedUpdate) -> None: ...
 
 
+@dataclass(frozen=True)
+class ClientFailure:
+    """A reply that came back as an error: a client that crashed, or a node that died."""
+
+    server_round: int
+    phase: str  # "train", "evaluate", or "connect" (the node vanished between rounds)
+    node_id: int
+    partition_id: int | None  # None when the node never replied successfully before
+    error: str  # the last line of the client's error
+
+
 class ObservedStrategy(Strategy):
-    """Delegates to `inner`; hands train replies to observers first; counts bytes and time."""
+    """Delegates to `inner`; hands train replies to observers first; counts bytes and time;
+    records every failed reply, and ends the run when no client trained in a round."""
 
     def __init__(self, inner: Strategy, observers: Iterable[UpdateObserver] = ()) -> None:
         self.inner = inner
@@ -57,6 +72,11 @@ class ObservedStrategy(Strategy):
         self.bytes_up: dict[int, int] = {}
         self.round_started: dict[int, float] = {}
         self.sent_arrays: dict[int, ArrayRecord] = {}
+        self.failures: list[ClientFailure] = []
+        self.train_metrics: dict[int, MetricRecord] = {}
+        self.evaluate_metrics: dict[int, MetricRecord] = {}
+        self._partitions: dict[int, int] = {}  # node id -> partition id, from good replies
+        self._connected: set[int] = set()
 
     def add_observer(self, observer: UpdateObserver) -> None:
         self.observers.append(observer)
@@ -65,6 +85,12 @@ class ObservedStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.round_started[server_round] = time.perf_counter()
         self.sent_arrays = {server_round: arrays}  # only the current round's is kept
+        nodes = set(grid.get_node_ids())
+        gone = sorted(self._connected - nodes)
+        for node in gone:  # a node that vanished between rounds sends no error reply
+            self._record(ClientFailure(server_round, "connect", node, self._partitions.get(node),
+                                       "disconnected before this round"))
+        self._connected = nodes
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._count_down(server_round, messages)
         return messages
@@ -81,11 +107,23 @@ class ObservedStrategy(Strategy):
         )
         errors = [msg for msg in replies if msg.has_error()]
         for update in updates:
+            if update.partition_id is not None:
+                self._partitions[update.node_id] = update.partition_id
+        self._record_failures(server_round, "train", errors)
+        if not updates:
+            raise RunFailed(f"round {server_round}: no client trained ({len(errors)} failed"
+                            + (f"; first error: {self.failures[-len(errors)].error}"
+                               if errors else ", none replied") + ")")
+        for update in updates:
             self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + arrays_nbytes(
                 update.arrays)
             for observer in self.observers:
                 observer.observe(update)
-        return self.inner.aggregate_train(server_round, [u.message for u in updates] + errors)
+        arrays, metrics = self.inner.aggregate_train(
+            server_round, [u.message for u in updates] + errors)
+        if metrics is not None:
+            self.train_metrics[server_round] = metrics
+        return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -95,7 +133,28 @@ class ObservedStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
+        replies = list(replies)
+        self._record_failures(server_round, "evaluate",
+                              [msg for msg in replies if msg.has_error()])
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.evaluate_metrics[server_round] = metrics
+        return metrics
+
+    def _record_failures(self, server_round: int, phase: str, errors: list[Message]) -> None:
+        for msg in errors:
+            node = msg.metadata.src_node_id
+            reason = (msg.error.reason or "").strip() or f"error code {msg.error.code}"
+            self._record(ClientFailure(server_round, phase, node, self._partitions.get(node),
+                                       reason.splitlines()[-1]))
+
+    def _record(self, failure: ClientFailure) -> None:
+        self.failures.append(failure)
+        who = (f"client {failure.partition_id}" if failure.partition_id is not None
+               else "a client") + f" (node {failure.node_id})"
+        what = "was lost" if failure.phase == "connect" else f"failed to {failure.phase}"
+        tqdm.write(f"round {failure.server_round}: {who} {what}: {failure.error}",
+                   file=sys.stderr)
 
     def summary(self) -> None:
         self.inner.summary()

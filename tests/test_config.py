@@ -93,5 +93,9 @@ def test_a_run_that_writes_nothing_never_reports_an_old_runs_figures(tmp_path, m
     (tmp_path / "stale").mkdir()
     (tmp_path / "stale" / "metrics.json").write_text('{"final": {"test_accuracy": 0.99}}')
     monkeypatch.setattr(experiment, "run_simulation", lambda cfg: None)  # a run that dies
+    with pytest.raises(ConfigError, match="already holds results.*--force"):
+        experiment.run_experiment(cfg)  # an earlier run's folder is never reused silently
+    assert (tmp_path / "stale" / "metrics.json").is_file()
     with pytest.raises(RuntimeError, match="ended without writing"):
-        experiment.run_experiment(cfg)
+        experiment.run_experiment(cfg, force=True)  # replaced: the old figures are gone
+    assert not (tmp_path / "stale" / "metrics.json").exists()
