@@ -77,6 +77,7 @@ class ObservedStrategy(Strategy):
         self.evaluate_metrics: dict[int, MetricRecord] = {}
         self._partitions: dict[int, int] = {}  # node id -> partition id, from good replies
         self._connected: set[int] = set()
+        self._sent: list[Message] = []
 
     def add_observer(self, observer: UpdateObserver) -> None:
         self.observers.append(observer)
@@ -85,6 +86,7 @@ class ObservedStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.round_started[server_round] = time.perf_counter()
         self.sent_arrays = {server_round: arrays}  # only the current round's is kept
+        self._sent = []  # this round's messages: an error reply may not name its node
         nodes = set(grid.get_node_ids())
         gone = sorted(self._connected - nodes)
         for node in gone:  # a node that vanished between rounds sends no error reply
@@ -142,8 +144,11 @@ class ObservedStrategy(Strategy):
         return metrics
 
     def _record_failures(self, server_round: int, phase: str, errors: list[Message]) -> None:
+        # The grid gives each message its id when it sends it; the SuperLink answers for a
+        # node that died under its own id, so the reply's recipient names the node.
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
         for msg in errors:
-            node = msg.metadata.src_node_id
+            node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             reason = (msg.error.reason or "").strip() or f"error code {msg.error.code}"
             self._record(ClientFailure(server_round, phase, node, self._partitions.get(node),
                                        reason.splitlines()[-1]))
@@ -160,6 +165,7 @@ class ObservedStrategy(Strategy):
         self.inner.summary()
 
     def _count_down(self, server_round: int, messages: list[Message]) -> None:
+        self._sent += messages
         sent = sum(arrays_nbytes(rec) for m in messages for rec in m.content.array_records.values())
         self.bytes_down[server_round] = self.bytes_down.get(server_round, 0) + sent
 

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def federation_processes() -> list[int]:
-    """Live processes started by any LocalFederation (they carry its FLWR_HOME)."""
+def federation_processes(node: str | None = None) -> list[int]:
+    """Live processes started by any LocalFederation (they carry its FLWR_HOME), or by one of
+    its nodes only (`superlink`, `supernode-<i>`: the marker their environment carries)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -29,7 +30,8 @@ def federation_processes() -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"FLWR_HOME=" in environ and b"fedisguise-flwr-" in environ and state != "Z":
+        if b"FLWR_HOME=" in environ and b"fedisguise-flwr-" in environ and state != "Z" and (
+                node is None or f"FEDISGUISE_NODE={node}".encode() in environ.split(b"\0")):
             found.append(int(entry.name))
     return found
 
@@ -65,20 +67,72 @@ def test_federation_ends_its_processes_when_the_body_fails(tmp_path):
     assert not federation.flwr_home.exists()
 
 
-def test_ctrl_c_ends_every_process(tmp_path):
-    command = [sys.executable, str(ROOT / "run.py"), "--mode", "deployment", "--clients", "2",
+def start_run(tmp_path, name: str, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "run.py"), "--mode", "deployment",
                "--out", str(tmp_path), "--set", "data.dataset=synthetic",
-               "--set", "experiment.name=interrupted", "--rounds", "50"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    logs = tmp_path / "interrupted" / "logs"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and len(federation_processes()) < 4:
+               "--set", f"experiment.name={name}", *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
         time.sleep(0.5)
-    assert len(federation_processes()) >= 4, "the federation never came up"
+    raise AssertionError(f"{what} within {timeout:.0f} s")
+
+
+def test_ctrl_c_ends_every_process_and_keeps_the_run_marked(tmp_path):
+    proc = start_run(tmp_path, "interrupted", "--clients", "2", "--rounds", "50")
+    wait_for(lambda: len(federation_processes()) >= 4, 90, "the federation came up")
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) != 0
+    sent = time.monotonic()
+    assert proc.wait(timeout=30) == 130
+    assert time.monotonic() - sent < 15
     time.sleep(1)
     assert federation_processes() == []
-    assert (logs / "superlink.log").is_file()
+    record = json.loads((tmp_path / "interrupted" / "metrics.json").read_text())
+    assert record["status"] == "interrupted"
+    assert (tmp_path / "interrupted" / "logs" / "superlink.log").is_file()
+
+
+def test_sigkill_of_run_py_takes_every_flower_process_with_it(tmp_path):
+    proc = start_run(tmp_path, "killed", "--clients", "2", "--rounds", "50")
+    wait_for(lambda: len(federation_processes()) >= 4, 90, "the federation came up")
+    time.sleep(3)
+    assert federation_processes()
+    proc.kill()
+    proc.wait(timeout=10)
+    wait_for(lambda: federation_processes() == [], 15, "every Flower process ended")
+
+
+def test_a_dead_supernode_is_recorded_and_the_others_finish_the_run(tmp_path):
+    proc = start_run(tmp_path, "dead", "--clients", "3", "--rounds", "2",
+                     "--set", "data.train_per_client=200", "--set", "data.test_samples=300")
+    metrics = tmp_path / "dead" / "metrics.json"
+
+    def rounds_done() -> int:
+        try:
+            return len(json.loads(metrics.read_text())["rounds"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    wait_for(lambda: rounds_done() >= 1, 240, "round 1 finished")
+    victim = federation_processes("supernode-2")
+    assert victim, "SuperNode 2 was not running"
+    supernode = min(victim)  # the SuperNode itself started before its helpers
+    os.kill(supernode, signal.SIGKILL)
+    wait_for(lambda: federation_processes("supernode-2") == [], 15,
+             "the dead SuperNode's helpers ended")
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-2000:]
+    record = json.loads(metrics.read_text())
+    assert record["status"] == "finished"
+    assert record["rounds"][0]["clients"] == [0, 1, 2]
+    assert record["rounds"][1]["clients"] == [0, 1]
+    assert [(f["server_round"], f["partition_id"]) for f in record["failures"]] == [(2, 2)]
+    assert "client 2" in err
+    assert federation_processes() == []

@@ -1,0 +1,248 @@
+"""No hang, no silent wrong answer, no lost result: failures, dead nodes, interrupts, writes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, Error, Message
+
+from fedisguise.models import build_model
+from fedisguise.results import new_record, rewrite_record, summary_markdown, write_run
+from strategies import NodeGuard, RunFailed, build_strategy
+from tests.conftest import synthetic_config
+from tests.test_observed_strategy import LoopbackGrid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FailingGrid(LoopbackGrid):
+    """LoopbackGrid whose `broken` nodes answer with an error (as Flower relays a client's
+    exception, or the SuperLink answers for a dead node: under another node id) and whose
+    `gone` nodes have left the federation."""
+
+    def __init__(self, cfg, num_nodes, broken=(), gone_after=None):
+        super().__init__(cfg, num_nodes)
+        self.broken = {}  # node -> (first round it fails, phase)
+        self.broken.update(broken)
+        self.gone_after = gone_after or {}  # node -> last round it takes part in
+        self.round = 0
+
+    def get_node_ids(self):
+        return [n for n in self.partition_of
+                if self.gone_after.get(n, 10**6) >= self.round]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for msg in messages:  # as a real grid does when it sends
+            msg.metadata.__dict__["_message_id"] = f"m{id(msg)}"
+        if messages and messages[0].metadata.message_type == "train":
+            self.round = int(messages[0].content["config"]["server-round"])
+        ok, replies = [], []
+        for msg in messages:
+            node, phase = msg.metadata.dst_node_id, msg.metadata.message_type
+            first, failing_phase = self.broken.get(node, (10**6, None))
+            if self.round >= first and failing_phase in (phase, "any"):
+                reply = Message(Error(code=3, reason=f"Traceback ...\nValueError: node {node} "
+                                                     f"broke in {phase}"), reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = 0  # the SuperLink answers
+                replies.append(reply)
+            else:
+                ok.append(msg)
+        replies = super().send_and_receive(ok) + replies
+        if messages and messages[0].metadata.message_type == "evaluate":
+            self.round += 1  # between rounds: nodes gone after this round have left
+        return replies
+
+
+def start(strategy, grid, rounds):
+    model = build_model("lenet", 1, 10, 28)
+    return strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                          num_rounds=rounds)
+
+
+def test_a_failing_client_is_recorded_with_its_error_and_the_round_goes_on(
+        tmp_path, task_identity, capsys):
+    cfg = synthetic_config(tmp_path, **{"data.train_per_client": 32, "experiment.clients": 3})
+    grid = FailingGrid(cfg, 3, broken={1001: (2, "train"), 1002: (1, "evaluate")})
+    strategy = build_strategy(cfg.strategy, 3)
+    start(strategy, grid, rounds=2)
+    seen = [(f.server_round, f.phase, f.node_id, f.partition_id, f.error)
+            for f in strategy.failures]
+    assert seen == [(1, "evaluate", 1002, 2, "ValueError: node 1002 broke in evaluate"),
+                    (2, "train", 1001, 1, "ValueError: node 1001 broke in train"),
+                    (2, "evaluate", 1002, 2, "ValueError: node 1002 broke in evaluate")]
+    assert "round 2: client 1 (node 1001) failed to train: ValueError" in capsys.readouterr().err
+
+
+def test_a_round_in_which_no_client_trained_ends_the_run(tmp_path, task_identity):
+    cfg = synthetic_config(tmp_path, **{"data.train_per_client": 32})
+    grid = FailingGrid(cfg, 2, broken={1000: (2, "train"), 1001: (2, "train")})
+    strategy = build_strategy(cfg.strategy, 2)
+    with pytest.raises(RunFailed, match="round 2: no client trained .2 failed.*broke in train"):
+        start(strategy, grid, rounds=3)
+
+
+def test_a_node_that_vanished_between_rounds_is_recorded(tmp_path, task_identity):
+    cfg = synthetic_config(tmp_path, **{"data.train_per_client": 32, "experiment.clients": 3})
+    grid = FailingGrid(cfg, 3, gone_after={1002: 1})
+    strategy = build_strategy(cfg.strategy, 3)
+    start(strategy, grid, rounds=2)
+    assert [(f.server_round, f.phase, f.partition_id) for f in strategy.failures] == [
+        (2, "connect", 2)]
+    assert sorted(grid.sampled[2]) == [1000, 1001]  # the others trained on
+
+
+class FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def create_message(self, *args):
+        return "delegated"
+
+
+def test_the_node_guard_waits_at_most_the_timeout_below_the_minimum():
+    now = [0.0]
+    grid = FakeGrid([1, 2, 3])
+    guard = NodeGuard(grid, min_nodes=2, timeout=30, clock=lambda: now[0])
+    assert guard.get_node_ids() == [1, 2, 3]
+    grid.nodes = [1]
+    assert guard.get_node_ids() == [1]  # Flower's sampling keeps asking while it waits
+    now[0] = 29
+    assert guard.get_node_ids() == [1]
+    grid.nodes = [1, 4]  # a node came back: the clock restarts
+    assert guard.get_node_ids() == [1, 4]
+    grid.nodes = [4]
+    now[0] = 40
+    guard.get_node_ids()
+    now[0] = 71
+    with pytest.raises(RunFailed, match="only 1 node.*strategy.min_clients = 2.*30 s"):
+        guard.get_node_ids()
+    assert guard.create_message() == "delegated"
+
+
+def test_flowers_sampling_gives_up_through_the_guard(tmp_path, task_identity):
+    """Without the guard, FedAvg's sampling loops forever ("Waiting for nodes to connect")."""
+    cfg = synthetic_config(tmp_path, **{"experiment.clients": 3, "strategy.min_clients": 3,
+                                        "strategy.node_timeout": 1.5})
+    strategy = build_strategy(cfg.strategy, 3)
+    guard = NodeGuard(FakeGrid([1, 2]), cfg.strategy.min_clients, cfg.strategy.node_timeout)
+    from flwr.app import ConfigRecord
+
+    t0 = time.monotonic()
+    with pytest.raises(RunFailed):
+        strategy.configure_train(1, ArrayRecord(), ConfigRecord(), guard)
+    assert time.monotonic() - t0 < 10
+
+
+# ---- results on disk ----------------------------------------------------------------
+def record_with_rounds(cfg, losses):
+    record = new_record(cfg.to_dict(), "simulation")
+    record["rounds"] = [{"round": i + 1, "train_loss": loss, "test_accuracy": 0.1,
+                         "test_loss": loss, "plain_test_accuracy": 0.1,
+                         "plain_test_loss": loss, "round_seconds": 1.0, "bytes_up": 1,
+                         "bytes_down": 1, "clients": [0, 1], "epsilon": None}
+                        for i, loss in enumerate(losses)]
+    record["final"] = {"test_accuracy": 0.1, "train_loss": losses[-1]}
+    return record
+
+
+def test_non_finite_figures_are_written_as_null_and_flag_the_run_diverged(tmp_path):
+    cfg = synthetic_config(tmp_path)
+    record = record_with_rounds(cfg, [2.3, float("inf"), float("nan")])
+    write_run(tmp_path / "t", record, [])
+    written = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert written["diverged"] is True
+    assert [r["train_loss"] for r in written["rounds"]] == [2.3, None, None]
+    assert "rounds[1].train_loss" in written["non_finite"]
+    assert "**Diverged:**" in (tmp_path / "t" / "summary.md").read_text()
+    assert (tmp_path / "t" / "rounds.csv").read_text().count("\n") == 4
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "metrics.json", "rounds.csv", "summary.md", "updates.json"]  # no temp files left
+    # rewritten later (the harness adds figures): the flag stays
+    rewrite_record(tmp_path / "t", written)
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["diverged"] is True
+
+
+def test_summary_links_only_images_that_exist(tmp_path):
+    cfg = synthetic_config(tmp_path)
+    record = record_with_rounds(cfg, [1.0])
+    record["privacy"] = {"grid": "images/disguise-grid.png"}
+    record["attacks"] = {"gradient_inversion": {"grid": "images/attack-gi.png"}}
+    assert "](images/" not in summary_markdown(record, tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "attack-gi.png").write_bytes(b"png")
+    text = summary_markdown(record, tmp_path)
+    assert "](images/attack-gi.png)" in text and "](images/disguise-grid.png)" not in text
+
+
+def test_an_existing_run_folder_is_refused_without_force(tmp_path):
+    run = tmp_path / "smoke"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"status": "finished", "finished_at": "yesterday"}')
+    (run / "summary.md").write_text("old")
+    command = [sys.executable, str(ROOT / "run.py"), "--config", "configs/smoke.toml",
+               "--out", str(tmp_path), "--set", "data.dataset=synthetic"]
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "already holds results (finished run of yesterday); pass --force" in refused.stderr
+    assert (run / "summary.md").read_text() == "old"
+
+
+# ---- interrupts ---------------------------------------------------------------------
+def descendants(pid: int) -> list[int]:
+    from fedisguise.deployment import _descendants
+
+    return _descendants(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for_rounds(metrics: Path, rounds: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            if len(json.loads(metrics.read_text())["rounds"]) >= rounds:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{rounds} round(s) not finished within {timeout} s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_simulation_exits_130_keeps_finished_rounds_and_leaves_no_process(
+        tmp_path):
+    command = [sys.executable, str(ROOT / "run.py"), "--config", "configs/smoke.toml",
+               "--out", str(tmp_path), "--set", "data.dataset=synthetic",
+               "--set", "data.train_per_client=100", "--set", "data.test_samples=200",
+               "--rounds", "500"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "smoke" / "metrics.json"
+    wait_for_rounds(metrics, 1, proc, timeout=240)
+    children = descendants(proc.pid)
+    assert children, "the simulation started no Ray process"
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 15
+    assert proc.returncode == 130, err[-2000:]
+    record = json.loads(metrics.read_text())
+    assert record["status"] == "interrupted"
+    assert len(record["rounds"]) >= 1
+    time.sleep(2)
+    assert [pid for pid in children if alive(pid)] == []
