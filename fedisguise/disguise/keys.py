@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import shlex
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +53,38 @@ class DisguiseKey:
 
     @classmethod
     def load(cls, path: str | Path) -> DisguiseKey:
-        """Read a key file; a missing file is FileNotFoundError, a damaged one ValueError."""
+        """Read a key file as ssh reads a private key: a missing file is FileNotFoundError,
+        one that others may read or write (or this process cannot read) PermissionError,
+        a damaged one ValueError; each message names the file and what to do."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a disguise key file")
         if not path.is_file():
             raise FileNotFoundError(f"disguise key file not found: {path}")
-        lines = path.read_text(errors="replace").splitlines()
-        if len(lines) != 2 or lines[0] != _MAGIC:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise PermissionError(
+                f"{path}: permissions {mode:04o} are too open: a disguise key must be "
+                f"readable by its owner only; run `chmod 600 {shlex.quote(str(path))}`")
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as err:
+            raise PermissionError(f"{path}: cannot read the key file "
+                                  f"({err.strerror or err})") from None
+        return cls._parse(text, path)
+
+    @classmethod
+    def _parse(cls, text: str, path: Path) -> DisguiseKey:
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():  # an editor's trailing newlines are harmless
+            lines.pop()
+        if not lines or lines[0].rstrip() != _MAGIC:
             raise ValueError(f"{path}: not a fedisguise key file (expected '{_MAGIC}' header)")
+        if len(lines) < 2:
+            raise ValueError(f"{path}: truncated key file (no key after the header)")
+        if len(lines) > 2:  # never echo the line: it may be key material pasted twice
+            raise ValueError(f"{path}: unexpected content on line 3 (a key file holds the "
+                             f"'{_MAGIC}' header and one line of {2 * _KEY_BYTES} hex digits)")
         body = lines[1].strip()
         if len(body) != 2 * _KEY_BYTES:
             raise ValueError(f"{path}: truncated or malformed key ({len(body)} hex digits, "
