@@ -88,7 +88,7 @@ class ClientConfig:
     key_scope: str = "per-client"  # per-client: a key per client; federation: one shared key
     key_file: str = ""  # master key file (0600); empty = derived from experiment.seed
     # a folder of per-node key files: node i uses <key_dir>/client-<i>.key (make one with
-    # `python -m fedisguise.disguise.keys --out DIR --clients N`); excludes key_file
+    # `python -m fedisguise.disguise.keygen --out DIR --clients N`); excludes key_file
     key_dir: str = ""
     redisguise_each_round: bool = False  # draw fresh disguise noise every round, not once
 

@@ -130,8 +130,7 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         "device": str(device),
         "config": cfg.to_dict(),
         "versions": versions(),
-        "keys": {"scope": cfg.client.key_scope,
-                 "source": "file" if cfg.client.key_file else "derived from experiment.seed"},
+        "keys": {"scope": cfg.client.key_scope, "source": key_source(cfg)},
         "initial": {"plain_test_accuracy": central[0]["test_accuracy"],
                     "plain_test_loss": central[0]["test_loss"]},
         "rounds": rounds,
@@ -144,6 +143,15 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     }
     write_run(cfg.run_dir.resolve(), record, ledger.entries)
     return record
+
+
+def key_source(cfg: Config) -> str:
+    """Where the clients' keys come from, in words (never a key)."""
+    if cfg.client.key_file:
+        return "file"
+    if cfg.client.key_dir:
+        return "per-node files in client.key_dir"
+    return "derived from experiment.seed"
 
 
 def central_epsilon(cfg: Config, rounds: int) -> float | None:

@@ -15,9 +15,13 @@ import secrets
 import shlex
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from fedisguise.config import Config
 
 _MAGIC = "fedisguise-key v1"
 _KEY_BYTES = 32
@@ -142,20 +146,50 @@ class DisguiseKey:
 NODE_KEY_FILE = "disguise-key-file"  # node_config entry: a SuperNode's own key file
 
 
-def client_key(scope: str, key_file: str, seed: int, partition_id: int,
-               node_key_file: str = "") -> DisguiseKey:
-    """The key one client disguises with; resolved inside the client process only.
+def key_path(key_dir: str | Path, partition_id: int) -> Path:
+    """Node `partition_id`'s key file in a key folder (`client.key_dir`)."""
+    return Path(key_dir) / f"client-{int(partition_id)}.key"
 
-    A SuperNode's own key file (node_config `disguise-key-file`) is used as it is. Otherwise a
-    master key (`key_file`, or one derived from the experiment seed so that runs reproduce)
-    is the federation's shared key, or the parent of one derived key per client.
+
+def write_key_dir(path: str | Path, clients: int, seed: int | str | None = None,
+                  overwrite: bool = False) -> list[Path]:
+    """A key folder for `clients` nodes: client-0.key … client-<clients-1>.key, each 0600 in
+    a 0700 folder; fresh OS randomness, or reproducible keys from `seed` (tests only).
+    Existing key files are kept (FileExistsError) unless `overwrite`: a lost key is lost data."""
+    if clients < 1:
+        raise ValueError(f"clients must be >= 1, got {clients}")
+    folder = Path(path)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = [key_path(folder, i) for i in range(clients)]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"key files exist already: {existing}; remove them first")
+    for i, file in enumerate(paths):
+        DisguiseKey.generate(None if seed is None else f"{seed}:client-{i}").save(file)
+    return paths
+
+
+def node_key(cfg: Config, partition_id: int, node_key_file: str = "") -> DisguiseKey:
+    """The key node `partition_id` disguises with: the one rule for the ClientApp (inside the
+    node), and for the experimenter's attack suite and privacy figures, so both rebuild a
+    node's disguised data under exactly the key that node used. In order:
+
+    1. the SuperNode's own key file (node_config `disguise-key-file`), as it is;
+    2. `client.key_dir`: the node's file `<key_dir>/client-<i>.key`;
+    3. a master key (`client.key_file`, or one derived from the experiment seed so that runs
+       reproduce): the federation's shared key (key_scope `federation`), or the parent of
+       one derived key per client (`per-client`).
     """
+    c = cfg.client
     if node_key_file:
         return DisguiseKey.load(node_key_file)
-    master = DisguiseKey.load(key_file) if key_file else DisguiseKey.generate(
-        seed=f"experiment:{seed}")
-    if scope == "federation":
+    if c.key_dir:
+        return DisguiseKey.load(key_path(c.key_dir, partition_id))
+    master = DisguiseKey.load(c.key_file) if c.key_file else DisguiseKey.generate(
+        seed=f"experiment:{cfg.experiment.seed}")
+    if c.key_scope == "federation":
         return master
-    if scope == "per-client":
+    if c.key_scope == "per-client":
         return master.for_client(partition_id)
-    raise ValueError(f"unknown key scope {scope!r}; valid choices: ['federation', 'per-client']")
+    raise ValueError(f"unknown key scope {c.key_scope!r}; valid choices: "
+                     "['federation', 'per-client']")
