@@ -75,6 +75,12 @@ class Disguise:
         cheap. A defence whose constructor loads data or files overrides this."""
         cls(DisguiseKey.generate(seed="check-spec") if cls.keyed else None, **params)
 
+    @classmethod
+    def buildable(cls, params: Mapping[str, Any]) -> bool:
+        """Whether the spec can be built as it stands; False where the harness makes what it
+        needs first (transform-net without `path`: fedisguise.transform.prepare trains it)."""
+        return True
+
     def _apply(self, images: torch.Tensor, labels: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
