@@ -75,10 +75,13 @@ def run_compare(args: argparse.Namespace) -> int:
             raise ConfigError("--compare takes the base config from the compare file; drop "
                               "--config/--superlink")
         grid = load_grid(args.compare, cell_overrides(args), out=args.out)
-        from fedisguise.experiment import preflight
+        from fedisguise.preflight import preflight
 
-        for cfg in {c.config.data.dataset: c.config for c in grid.cells}.values():
-            preflight(cfg)
+        for cell in grid.cells:  # cheap after the first cell: the data are loaded once
+            try:
+                preflight(cell.config)
+            except ConfigError as err:
+                raise ConfigError(f"cell {cell.name}: {err}") from None
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -112,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         if args.superlink and cfg.experiment.mode != "deployment":
             raise ConfigError("--superlink needs --mode deployment")
-        if not args.superlink:  # with a remote SuperLink the data lives on other machines
-            from fedisguise.experiment import preflight
+        from fedisguise.preflight import preflight
 
-            preflight(cfg)
+        # With a remote SuperLink the data and the nodes' keys live on other machines.
+        preflight(cfg, remote=bool(args.superlink))
         from fedisguise.experiment import claim_run_dir
 
         claim_run_dir(cfg, args.force)

@@ -22,11 +22,11 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
 from fedisguise import messages as m
 from fedisguise.config import Config
-from fedisguise.data import ClientData, ImageDataset, client_data
-from fedisguise.disguise import build as build_disguise
-from fedisguise.disguise.keys import NODE_KEY_FILE, client_key
+from fedisguise.data import ClientData, ImageDataset
+from fedisguise.disguise.keys import NODE_KEY_FILE
 from fedisguise.dp import epsilon, planned_noise, steps_per_round, train_dp
 from fedisguise.models import build_model
+from fedisguise.node_data import node_data
 from fedisguise.training import (
     evaluate,
     resolve_device,
@@ -63,29 +63,17 @@ def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
 def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientData:
     """This client's train data and test shard, disguised here, under this client's key."""
     partition_id, num_partitions = node_partition(context, cfg)
+    node_key_file = str(context.node_config.get(NODE_KEY_FILE, ""))
     d, c = cfg.data, cfg.client
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
                  d.partitioner, d.alpha, d.train_per_client, d.test_samples,
-                 repr(cfg.disguise), c.key_scope, c.key_file,
+                 repr(cfg.disguise), c.key_scope, c.key_file, c.key_dir, node_key_file,
                  server_round if c.redisguise_each_round else 0)
     if cache_key not in _PREPARED:
         if c.redisguise_each_round:
             _PREPARED.clear()  # only the current round's draw is needed
-        plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
-                            partition_id, num_partitions, d.train_per_client, d.test_samples)
-        key = client_key(c.key_scope, c.key_file, cfg.experiment.seed, partition_id,
-                         str(context.node_config.get(NODE_KEY_FILE, "")))
-        disguise = build_disguise(cfg.disguise, key)
-        # Random draws (noise, mixing, masks) come from named streams of the key: the same
-        # every round unless fresh draws are asked for; the keyed transform itself is fixed.
-        disguise.reseed(f"train:round-{server_round}" if c.redisguise_each_round else "train")
-        train_images, train_labels = disguise.apply(plain.train.images, plain.train.labels)
-        disguise.reseed("test")
-        test_images, test_labels = disguise.apply_eval(plain.test.images, plain.test.labels)
-        _PREPARED[cache_key] = ClientData(
-            train=ImageDataset(train_images, train_labels, plain.train.num_classes),
-            test=ImageDataset(test_images, test_labels, plain.test.num_classes),
-        )
+        data = node_data(cfg, partition_id, server_round, node_key_file)
+        _PREPARED[cache_key] = ClientData(train=data.train, test=data.test)
     return _PREPARED[cache_key]
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +91,9 @@ class ClientConfig:
 
     key_scope: str = "per-client"  # per-client: a key per client; federation: one shared key
     key_file: str = ""  # master key file (0600); empty = derived from experiment.seed
+    # a folder of per-node key files: node i uses <key_dir>/client-<i>.key (make one with
+    # `python -m fedisguise.disguise.keygen --out DIR --clients N`); excludes key_file
+    key_dir: str = ""
     redisguise_each_round: bool = False  # draw fresh disguise noise every round, not once
 
 
@@ -237,6 +243,10 @@ class Config:
         from strategies import STRATEGIES
 
         e, d, t, s, r = self.experiment, self.data, self.train, self.strategy, self.resources
+        for section in SECTIONS:  # --set train.lr=inf parses as a float; no setting means it
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                _check(not isinstance(value, float) or math.isfinite(value),
+                       f"{section}.{key}", value, "a finite number")
         _choice("experiment.mode", e.mode, MODES)
         _choice("data.dataset", d.dataset, DATASETS)
         _choice("data.partitioner", d.partitioner, PARTITIONERS)
@@ -251,6 +261,10 @@ class Config:
         _check(d.alpha > 0, "data.alpha", d.alpha, "> 0")
         _check(d.train_per_client >= 0, "data.train_per_client", d.train_per_client, ">= 0")
         _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
+        # The evaluation set is cut into one shard per client (fedisguise.data.client_data).
+        _check(d.test_samples == 0 or d.test_samples >= e.clients, "data.test_samples",
+               d.test_samples, f"0 (all) or >= experiment.clients ({e.clients}): every "
+               "client evaluates on its own shard")
         _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
         _check(t.local_steps >= 0, "train.local_steps", t.local_steps, ">= 0")
@@ -267,6 +281,7 @@ class Config:
         _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
         _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
         _choice("client.key_scope", self.client.key_scope, KEY_SCOPES)
+        self._validate_keys()
         p = self.privacy
         _check(p.examiner_epochs >= 1, "privacy.examiner_epochs", p.examiner_epochs, ">= 1")
         _check(p.examiner_samples >= 0, "privacy.examiner_samples", p.examiner_samples, ">= 0")
@@ -310,14 +325,12 @@ class Config:
 
         disguise_name = self.disguise_name
         _choice("disguise", disguise_name, DISGUISES)
+        params = spec_params(self.disguise)[1]
         try:
-            params = spec_params(self.disguise)[1]
             check_params(DISGUISES[disguise_name], params)
-            check_spec = getattr(DISGUISES[disguise_name], "check_spec", None)
-            if check_spec is not None:  # values a defence can check before it is built
-                check_spec(params)
+            DISGUISES[disguise_name].check_spec(params)  # values, before anything is built
         except ValueError as err:
-            raise ConfigError(f"disguise: {err}") from None
+            raise disguise_error(self.disguise, err) from None
         if not isinstance(self.attacks, list):
             raise ConfigError(f"attacks must be a list of tables, got {self.attacks!r}")
         for i, attack in enumerate(self.attacks):
@@ -339,6 +352,25 @@ class Config:
                     plan(self.disguise)
                 except ValueError as err:
                     raise ConfigError(f"attacks[{i}]: {err}") from None
+
+    def _validate_keys(self) -> None:
+        """Where keys come from: one source, and none for a defence that takes no key
+        (a key file it would never read hides a misconfigured run)."""
+        from fedisguise.disguise import DISGUISES
+
+        c = self.client
+        if c.key_file and c.key_dir:
+            raise ConfigError("client.key_file and client.key_dir are both set; choose one "
+                              "(key_file: one master key; key_dir: a key file per node)")
+        if c.key_dir and c.key_scope != "per-client":
+            raise ConfigError(f"client.key_dir gives every node its own key, so it needs "
+                              f"client.key_scope = 'per-client', got {c.key_scope!r} (to "
+                              f"share one key, set client.key_file instead)")
+        name = self.disguise_name
+        if name in DISGUISES and not DISGUISES[name].keyed:
+            for key, value in (("client.key_file", c.key_file), ("client.key_dir", c.key_dir)):
+                if value:
+                    raise ConfigError(f"disguise {name!r} takes no key; remove {key}")
 
     @property
     def disguise_name(self) -> str:
@@ -421,6 +453,26 @@ def _parse_structured(key: str, text: str) -> Any:
         raise ConfigError(
             f"{key} expects JSON (e.g. '[{{\"name\": ...}}]'), got {text!r}"
         ) from None
+
+
+def disguise_error(spec: str | dict[str, Any], err: ValueError) -> ConfigError:
+    """A defence's ValueError as a ConfigError naming `disguise.<param>`: the first of the
+    spec's own parameters the message names, else the first of the defence's, else none."""
+    from fedisguise.disguise import DISGUISES
+    from fedisguise.disguise.base import spec_params
+
+    name, given = spec_params(spec)
+    accepted = [p for p in inspect.signature(DISGUISES[name].__init__).parameters
+                if p not in ("self", "key")] if name in DISGUISES else []
+    message = str(err)
+    key = "disguise"
+    for candidates in (list(given), accepted):
+        found = [(m.start(), p) for p in candidates
+                 if (m := re.search(rf"(?<![\w.]){re.escape(p)}(?!\w)", message))]
+        if found:
+            key = f"disguise.{min(found)[1]}"
+            break
+    return ConfigError(f"{key} ({name}): {message}")
 
 
 def _choice(key: str, value: Any, choices: Any) -> None:

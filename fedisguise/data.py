@@ -1,8 +1,9 @@
 """Datasets with local-first resolution, and deterministic partitioners.
 
 Images are float32 tensors N×C×H×W in [0, 1] (disguises need that range), labels int64.
-Fashion-MNIST is looked for in `data_dir`, then in Debian's `dataset-fashion-mnist` copy, then
-downloaded through torchvision where the network allows; otherwise the error says how to get it.
+An explicit `data_dir` is the only place a dataset is read from (or downloaded into); without
+one, Fashion-MNIST is looked for in Debian's `dataset-fashion-mnist` copy, then downloaded
+through torchvision where the network allows; otherwise the error says how to get it.
 """
 
 from __future__ import annotations
@@ -88,8 +89,11 @@ def _from_uint8(images: np.ndarray, labels: np.ndarray, num_classes: int) -> Ima
 
 
 def load_fashion_mnist(split: str, data_dir: str = "") -> ImageDataset:
+    """From `data_dir` when given (or a download into it), never from elsewhere: the results
+    record the folder, so it must be the one read. Otherwise Debian's copy, then a download
+    into the cache."""
     searched = []
-    for directory in ([Path(data_dir)] if data_dir else []) + [DEBIAN_FASHION_MNIST]:
+    for directory in [Path(data_dir)] if data_dir else [DEBIAN_FASHION_MNIST]:
         searched.append(str(directory))
         found = _fashion_mnist_from(directory, split)
         if found is not None:
@@ -111,13 +115,14 @@ def _torchvision_download(name: str, root: Path, split: str, searched: list[str]
             images = ds.data.numpy()[:, None]
     except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
         hint = (
-            "install Debian's copy with `apt-get install dataset-fashion-mnist`, or "
+            "install Debian's copy with `apt-get install dataset-fashion-mnist` (read when "
+            "data.data_dir is empty), or "
             if name == "FashionMNIST" else ""
         )
         raise FileNotFoundError(
             f"{name} ({split}) not found in {searched or [str(root)]} and the download into "
             f"{root} failed ({type(err).__name__}: {err}). To get it: {hint}run once on a "
-            f"machine with network access, or pass --set data.data_dir=<folder with the files>."
+            f"machine with network access, or set data.data_dir to a folder with the files."
         ) from err
     return _from_uint8(images, np.asarray(ds.targets), num_classes=10)
 

@@ -19,10 +19,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from fedisguise.config import Config
+from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
 from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder whose pyproject.toml is the app
@@ -115,13 +117,21 @@ def _die_with_parent() -> None:
 
 
 class LocalFederation:
-    """A SuperLink and `num_supernodes` SuperNodes on loopback, as a context manager."""
+    """A SuperLink and `num_supernodes` SuperNodes on loopback, as a context manager.
+
+    `key_files`, when given, holds one key file per SuperNode: node i gets
+    `disguise-key-file=<absolute path>` in its node config, as a SuperNode elsewhere would.
+    """
 
     def __init__(self, num_supernodes: int, log_dir: Path, host: str = "127.0.0.1",
-                 start_timeout: float = 60.0) -> None:
+                 start_timeout: float = 60.0, key_files: Sequence[str | Path] = ()) -> None:
         if num_supernodes < 1:
             raise ValueError(f"need at least one SuperNode, got {num_supernodes}")
+        if key_files and len(key_files) != num_supernodes:
+            raise ValueError(f"need one key file per SuperNode ({num_supernodes}), got "
+                             f"{len(key_files)}")
         self.num_supernodes = num_supernodes
+        self.key_files = [Path(k).resolve() for k in key_files]  # SuperNodes run elsewhere
         self.log_dir = Path(log_dir)
         self.host = host
         self.start_timeout = start_timeout
@@ -186,17 +196,22 @@ class LocalFederation:
             wait_for_port(self.host, self.port, self.start_timeout, superlink)
             for pid in range(self.num_supernodes):
                 self.supernodes[pid] = self._spawn(
-                    ["flower-supernode", "--insecure", "--superlink", self.address,
-                     "--port", str(free_port(self.host)),
-                     "--node-config", f"partition-id={pid} num-partitions={self.num_supernodes}"],
-                    f"supernode-{pid}.log", f"supernode-{pid}",
-                )
+                    self.supernode_command(pid, free_port(self.host)),
+                    f"supernode-{pid}.log", f"supernode-{pid}")
             write_connection(self.flwr_home, self.address)
             threading.Thread(target=self._watch, name="supernode-watch", daemon=True).start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def supernode_command(self, pid: int, port: int) -> list[str]:
+        """The `flower-supernode` command line of node `pid`."""
+        node_config = f"partition-id={pid} num-partitions={self.num_supernodes}"
+        if self.key_files:
+            node_config += f" {NODE_KEY_FILE}={_node_config_string(str(self.key_files[pid]))}"
+        return ["flower-supernode", "--insecure", "--superlink", self.address,
+                "--port", str(port), "--node-config", node_config]
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -240,6 +255,23 @@ class LocalFederation:
                       | {pid for p in self.processes for pid in (p.pid, *_descendants(p.pid))})
 
 
+def _node_config_string(value: str) -> str:
+    """`value` as a string Flower's `--node-config` parser reads back whole (a TOML literal
+    string, or a basic one when it holds a single quote)."""
+    if "\n" in value or ("'" in value and '"' in value):
+        raise ValueError(f"cannot pass {value!r} in --node-config (a newline, or both quotes)")
+    if "'" not in value:
+        return f"'{value}'"
+    return '"' + value.replace("\\", "\\\\") + '"'
+
+
+def node_key_files(cfg: Config) -> list[Path]:
+    """The per-node key files of `client.key_dir` (empty without one)."""
+    if not cfg.client.key_dir:
+        return []
+    return [key_path(cfg.client.key_dir, i) for i in range(cfg.experiment.clients)]
+
+
 def write_connection(flwr_home: Path, address: str) -> None:
     """`flwr run` reads SuperLink connections from $FLWR_HOME/config.toml (Flower >= 1.41)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
@@ -276,7 +308,8 @@ def run_deployment(cfg: Config, superlink: str | None = None) -> None:
         finally:
             shutil.rmtree(flwr_home, ignore_errors=True)
         return
-    with LocalFederation(cfg.experiment.clients, log_dir=cfg.run_dir / "logs") as federation:
+    with LocalFederation(cfg.experiment.clients, log_dir=cfg.run_dir / "logs",
+                         key_files=node_key_files(cfg)) as federation:
         submit_run(cfg, federation.flwr_home, federation.env)
 
 

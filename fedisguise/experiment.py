@@ -11,19 +11,15 @@ import json
 import logging
 import os
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fedisguise.config import Config, ConfigError
 
-
-def preflight(cfg: Config) -> None:
-    """Fail before any Flower process starts when the data cannot be had (offline, no copy)."""
-    from fedisguise.data import load_dataset
-
-    for split in ("train", "test"):
-        load_dataset(cfg.data.dataset, split, cfg.data.data_dir)
+REMOTE_KEYS = ("the SuperNodes of a remote federation (--superlink) may disguise with their "
+               "own disguise-key-file, which this machine cannot see")
 
 
 def claim_run_dir(cfg: Config, force: bool = False) -> None:
@@ -88,15 +84,21 @@ def run_experiment(cfg: Config, superlink: str | None = None, force: bool = Fals
             record = _mark_failed(metrics_path, "the server ended before the last round; "
                                   "see the log above")
         return record
+    from fedisguise.preflight import keys_known
     from fedisguise.privacy import plain_grid, privacy_figures
 
     try:
         if cfg.disguise_name == "transform-net":
             record["transform_net"] = transform.figures(cfg)
-        if cfg.disguise_name != "none":
-            record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
-        else:
+        if cfg.disguise_name == "none":
             record["grid"] = plain_grid(cfg, cfg.run_dir)
+        elif keys_known(cfg, remote=bool(superlink)):
+            record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
+        else:  # never figures for a key that may not be the one node 0 used
+            record["privacy"] = {**(record.get("privacy") or {}), "skipped": REMOTE_KEYS}
+            print(f"privacy figures skipped: {REMOTE_KEYS}", file=sys.stderr)
+        if cfg.attacks and not keys_known(cfg, remote=bool(superlink)):
+            raise RuntimeError(f"attacks not run: {REMOTE_KEYS}")  # preflight refuses this
         if cfg.attacks:
             from fedisguise.attacks.suite import run_attacks
 

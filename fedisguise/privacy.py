@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from fedisguise.config import Config
 from fedisguise.data import load_dataset, server_test_set
 from fedisguise.disguise import build as build_disguise
-from fedisguise.disguise.keys import client_key
 from fedisguise.metrics import psnr, ssim, vfe, visual_privacy
 from fedisguise.models import build_model
+from fedisguise.node_data import node_disguise
 from fedisguise.training import evaluate, resolve_device, train_local
 
 VFE_REGION = 4
@@ -57,9 +57,7 @@ def privacy_figures(cfg: Config, record: dict[str, Any], run_dir: Path) -> dict[
     device = resolve_device(cfg.resources.device)
     test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
                            cfg.experiment.seed)
-    key = client_key(cfg.client.key_scope, cfg.client.key_file, cfg.experiment.seed, 0)
-    disguise = build_disguise(cfg.disguise, key)
-    disguise.reseed("privacy")
+    disguise, _ = node_disguise(cfg, 0, "privacy")  # the key node 0 used
     disguised, _ = disguise.apply(test.images, test.labels)
     examiner = train_examiner(cfg, device)
     _, examiner_plain_acc = evaluate(examiner, test, device=device)

@@ -73,8 +73,7 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     record = new_record(cfg.to_dict(), mode)
     record.update({
         "device": None,
-        "keys": {"scope": cfg.client.key_scope,
-                 "source": "file" if cfg.client.key_file else "derived from experiment.seed"},
+        "keys": {"scope": cfg.client.key_scope, "source": key_source(cfg)},
         "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp.mode != "none" else None,
         "privacy": {}, "attacks": {},
     })
@@ -136,6 +135,15 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         record["wall_seconds"] = time.perf_counter() - started
         write_run(run_dir, record, ledger.entries)
     return record
+
+
+def key_source(cfg: Config) -> str:
+    """Where the clients' keys come from, in words (never a key)."""
+    if cfg.client.key_file:
+        return "file"
+    if cfg.client.key_dir:
+        return "per-node files in client.key_dir"
+    return "derived from experiment.seed"
 
 
 FINAL_KEYS = ("test_accuracy", "test_loss", "train_loss", "plain_test_accuracy",

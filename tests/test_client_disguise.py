@@ -5,7 +5,7 @@ from flwr.app import Context, RecordDict
 
 from fedisguise.client_app import _PREPARED, prepared_data
 from fedisguise.disguise import DisguiseKey, build
-from fedisguise.disguise.keys import client_key
+from fedisguise.disguise.keys import node_key
 from tests.conftest import synthetic_config
 
 
@@ -15,9 +15,9 @@ def _context(pid: int, clients: int = 2) -> Context:
 
 
 def _cfg(tmp_path, **extra):
-    return synthetic_config(tmp_path, **{"data.train_per_client": 64,
-                                         "data.test_samples": 100, **extra}).with_overrides(
-        ['disguise={"name": "disguisednets", "block_size": 7, "noise_level": 25}'])
+    return synthetic_config(tmp_path, **{
+        "data.train_per_client": 64, "data.test_samples": 100,
+        "disguise": '{"name": "disguisednets", "block_size": 7, "noise_level": 25}', **extra})
 
 
 def test_disguised_once_and_reused_across_rounds(tmp_path):
@@ -44,12 +44,15 @@ def test_key_scope_decides_whether_clients_share_a_disguise(tmp_path):
     spec = {"name": "disguisednets", "block_size": 7, "noise_level": 0.0}
     img = torch.rand(1, 1, 28, 28)
 
+    def cfg(scope: str, key_file: str = ""):
+        return _cfg(tmp_path, **{"client.key_scope": scope, "client.key_file": key_file})
+
     def disguised(scope: str, pid: int, key_file: str = "") -> torch.Tensor:
-        return build(spec, client_key(scope, key_file, 0, pid)).apply(img)[0]
+        return build(spec, node_key(cfg(scope, key_file), pid)).apply(img)[0]
 
     assert not torch.equal(disguised("per-client", 0), disguised("per-client", 1))
     assert torch.equal(disguised("federation", 0), disguised("federation", 1))
     key_file = str(DisguiseKey.generate().save(tmp_path / "fed.key"))
     assert not torch.equal(disguised("federation", 0, key_file), disguised("federation", 0))
     own = str(DisguiseKey.generate().save(tmp_path / "node.key"))  # a SuperNode's own key
-    assert client_key("federation", key_file, 0, 0, own) == DisguiseKey.load(own)
+    assert node_key(cfg("federation", key_file), 0, own) == DisguiseKey.load(own)

@@ -1,3 +1,5 @@
+import dataclasses
+import re
 import subprocess
 import sys
 import tomllib
@@ -99,3 +101,53 @@ def test_a_run_that_writes_nothing_never_reports_an_old_runs_figures(tmp_path, m
     with pytest.raises(RuntimeError, match="ended without writing"):
         experiment.run_experiment(cfg, force=True)  # replaced: the old figures are gone
     assert not (tmp_path / "stale" / "metrics.json").exists()
+
+
+def _float_keys():
+    from fedisguise.config import SECTIONS
+
+    return [f"{section}.{f.name}" for section, cls in SECTIONS.items()
+            for f in dataclasses.fields(cls) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_every_float_setting_must_be_finite(key, value):
+    with pytest.raises(ConfigError, match=f"{re.escape(key)} must be a finite number"):
+        Config().with_overrides([f"{key}={value}"])
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"name": "disguisednets", "noise_level": -5}, "disguise.noise_level"),
+    ({"name": "instahide", "k": 0}, "disguise.k"),
+    ({"name": "instahide", "mode": "cross"}, "disguise.public_dataset"),
+    ({"name": "block-rmt", "block_size": 0}, "disguise.block_size"),
+    ({"name": "visualmixer", "max_bias": float("nan")}, "disguise.max_bias"),
+    ({"name": "aes", "blok": 4}, "disguise.blok"),
+])
+def test_disguise_parameter_ranges_fail_at_config_time_naming_the_parameter(spec, key):
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)} "):
+        Config.from_dict({"disguise": spec})
+
+
+@pytest.mark.parametrize("disguise", ["none", "transform-net"])
+@pytest.mark.parametrize("key", ["client.key_file", "client.key_dir"])
+def test_a_keyless_disguise_refuses_a_key(disguise, key):
+    with pytest.raises(ConfigError, match=f"disguise '{disguise}' takes no key; remove {key}"):
+        Config().with_overrides([f"disguise={disguise}", f"{key}=/some/where"])
+
+
+def test_key_file_and_key_dir_are_exclusive_and_key_dir_is_per_client():
+    base = ["disguise=aes"]
+    with pytest.raises(ConfigError, match="client.key_file and client.key_dir.*choose one"):
+        Config().with_overrides(base + ["client.key_file=a.key", "client.key_dir=keys"])
+    with pytest.raises(ConfigError, match="client.key_dir .*key_scope = 'per-client'"):
+        Config().with_overrides(base + ["client.key_dir=keys", "client.key_scope=federation"])
+    assert Config().with_overrides(base + ["client.key_dir=keys"]).client.key_dir == "keys"
+
+
+def test_every_client_needs_a_test_shard():
+    with pytest.raises(ConfigError, match=r"data.test_samples must be 0 \(all\) or >= "
+                                          r"experiment.clients \(4\)"):
+        Config().with_overrides(["experiment.clients=4", "data.test_samples=3"])
+    Config().with_overrides(["experiment.clients=4", "data.test_samples=4"])

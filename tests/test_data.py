@@ -108,3 +108,15 @@ def _write_idx(path, array):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as fh:
         fh.write(header + array.tobytes())
+
+
+@pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST), reason="dataset-fashion-mnist not installed")
+def test_an_explicit_data_dir_is_used_or_an_error_never_the_debian_copy(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(FileNotFoundError, match=f"not found in \\['{tmp_path}'\\]"):
+        data.load_fashion_mnist("test", str(tmp_path))  # Debian's copy exists: not read

@@ -37,7 +37,7 @@ def test_cross_dataset_mixes_with_public_images_and_keeps_private_labels():
     d = build({"name": "instahide", "k": 3, "mode": "cross", "public": public}, KEY)
     out, soft = d.apply(x, y)
     assert torch.equal(soft, torch.nn.functional.one_hot(y, 10).float())
-    with pytest.raises(ValueError, match="needs public images"):
+    with pytest.raises(ValueError, match="needs public_dataset"):
         build({"name": "instahide", "mode": "cross"}, KEY)
 
 

@@ -111,7 +111,8 @@ def test_unknown_names_and_parameters_are_errors():
 
 
 def test_config_validates_disguise_parameters():
-    with pytest.raises(ConfigError, match="disguise: unknown parameter 'noise'"):
+    with pytest.raises(ConfigError,
+                       match=r"disguise.noise \(disguisednets\): unknown parameter 'noise'"):
         Config.from_dict({"disguise": {"name": "disguisednets", "noise": 3}})
     cfg = Config.from_dict({"disguise": {"name": "disguisednets", "block_size": 7}})
     assert Config.from_flat(cfg.to_flat()).disguise == {"name": "disguisednets", "block_size": 7}

@@ -45,7 +45,8 @@ def test_no_key_material_in_messages_logs_or_results(tmp_path, monkeypatch, capf
         "client.key_file": str(key_file), "experiment.rounds": 1,
         "data.train_per_client": 200, "privacy.examiner_samples": 500,
         "privacy.examiner_epochs": 1,
-    }).with_overrides(['disguise={"name": "disguisednets", "block_size": 7, "noise_level": 25}'])
+        "disguise": '{"name": "disguisednets", "block_size": 7, "noise_level": 25}',
+    })
     record = run_experiment(cfg)
     assert record["keys"] == {"scope": "per-client", "source": "file"}
     assert len(sent) == 4  # two train replies and two evaluate replies

@@ -31,10 +31,10 @@ from fedisguise.attacks.base import (
 from fedisguise.attacks.capture import capture_path, final_global_path
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.config import Config
-from fedisguise.data import ImageDataset, client_data, load_dataset
+from fedisguise.data import ImageDataset, load_dataset
 from fedisguise.disguise import build as build_disguise
-from fedisguise.disguise.keys import client_key
 from fedisguise.dp import poisson_batches
+from fedisguise.node_data import node_data
 from fedisguise.privacy import display_range
 from fedisguise.training import batch_indices, resolve_device, training_order_seed
 
@@ -64,13 +64,9 @@ def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int,
 
 def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
     """Re-create the target client's data exactly as it trained on it."""
-    d, c, seed = cfg.data, cfg.client, cfg.experiment.seed
-    plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, seed, partition,
-                        cfg.experiment.clients, d.train_per_client, d.test_samples).train
-    key = client_key(c.key_scope, c.key_file, seed, partition)
-    disguise = build_disguise(cfg.disguise, key)
-    disguise.reseed(f"train:round-{server_round}" if c.redisguise_each_round else "train")
-    disguised, _ = disguise.apply(plain.images, plain.labels)
+    seed = cfg.experiment.seed
+    data = node_data(cfg, partition, server_round, test=False)
+    plain, disguised, key = data.plain.train, data.train.images, data.key
     steps, order_seed = cfg.train.local_steps, training_order_seed(seed, server_round, partition)
     if steps and cfg.dp.mode == "dp-sgd":  # Opacus drew Poisson batches from the same seed
         idx = torch.cat(list(poisson_batches(len(plain), cfg.train.batch_size,

@@ -68,6 +68,19 @@ class Disguise:
     def _check_shape(self, chw: tuple[int, int, int]) -> None:
         """Per-defence shape rules (block divisibility, ...)."""
 
+    @classmethod
+    def check_spec(cls, params: Mapping[str, Any]) -> None:
+        """Check parameter values at config time, before anything runs: the defence is
+        built once under a throwaway key, since constructors check their own ranges and are
+        cheap. A defence whose constructor loads data or files overrides this."""
+        cls(DisguiseKey.generate(seed="check-spec") if cls.keyed else None, **params)
+
+    @classmethod
+    def buildable(cls, params: Mapping[str, Any]) -> bool:
+        """Whether the spec can be built as it stands; False where the harness makes what it
+        needs first (transform-net without `path`: fedisguise.transform.prepare trains it)."""
+        return True
+
     def _apply(self, images: torch.Tensor, labels: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
@@ -126,6 +139,9 @@ def check_params(cls: type, params: Mapping[str, Any], kind: str = "disguise") -
         if expected in (int, float, str, bool) and type(value) is not expected:
             raise ValueError(f"{kind} {cls.name!r} parameter {name!r} must be "
                              f"{expected.__name__}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # JSON admits NaN, Infinity
+            raise ValueError(f"{kind} {cls.name!r} parameter {name!r} must be finite, "
+                             f"got {value!r}")
 
 
 def build(spec: str | Mapping[str, Any], key: DisguiseKey | None = None) -> Disguise:

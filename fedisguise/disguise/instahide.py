@@ -10,6 +10,8 @@ so the output lies in [−1, 1]. Labels become Σ λ_j·onehot(y_j) over the pri
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -26,16 +28,9 @@ class InstaHide(Disguise):
     def __init__(self, key: DisguiseKey, k: int = 4, mode: str = "inside", upper: float = 0.65,
                  num_classes: int = 10, public_dataset: str = "",
                  public: torch.Tensor | None = None) -> None:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if mode not in MODES:
-            raise ValueError(f"unknown InstaHide mode {mode!r}; valid choices: {list(MODES)}")
-        if k > 1 and not 1.0 / k <= upper <= 1.0:
-            raise ValueError(f"upper must be in [1/k, 1] = [{1 / k:.3f}, 1], got {upper}")
+        self.check_spec({"k": k, "mode": mode, "upper": upper, "num_classes": num_classes,
+                         "public_dataset": public_dataset, "public": public})
         if mode == "cross" and public is None:
-            if not public_dataset:
-                raise ValueError("cross-dataset InstaHide needs public images: set "
-                                 "public_dataset (a dataset name) or pass `public`")
             from fedisguise.data import load_dataset
 
             public = load_dataset(public_dataset, "train").images
@@ -45,6 +40,30 @@ class InstaHide(Disguise):
         self.public = public
         self.key = key
         self.reseed("default")
+
+    @classmethod
+    def check_spec(cls, params: dict[str, Any]) -> None:
+        """The parameters' ranges, without loading a public dataset (config time)."""
+        k, mode = params.get("k", 4), params.get("mode", "inside")
+        upper = params.get("upper", 0.65)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if mode not in MODES:
+            raise ValueError(f"unknown InstaHide mode {mode!r}; valid choices: {list(MODES)}")
+        if k > 1 and not 1.0 / k <= upper <= 1.0:
+            raise ValueError(f"upper must be in [1/k, 1] = [{1 / k:.3f}, 1], got {upper}")
+        if params.get("num_classes", 10) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {params['num_classes']}")
+        public_dataset = params.get("public_dataset", "")
+        if mode == "cross" and params.get("public") is None and not public_dataset:
+            raise ValueError("cross-dataset InstaHide needs public_dataset (the name of a "
+                             "dataset whose images it mixes in) or a `public` tensor")
+        if public_dataset:
+            from fedisguise.data import DATASETS
+
+            if public_dataset not in DATASETS:
+                raise ValueError(f"unknown public_dataset {public_dataset!r}; valid choices: "
+                                 f"{sorted(DATASETS)}")
 
     def reseed(self, stream: str) -> None:
         self._rng = self.key.numpy_rng(f"instahide:{stream}")

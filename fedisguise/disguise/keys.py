@@ -12,10 +12,16 @@ import hashlib
 import hmac
 import os
 import secrets
+import shlex
+import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from fedisguise.config import Config
 
 _MAGIC = "fedisguise-key v1"
 _KEY_BYTES = 32
@@ -51,13 +57,38 @@ class DisguiseKey:
 
     @classmethod
     def load(cls, path: str | Path) -> DisguiseKey:
-        """Read a key file; a missing file is FileNotFoundError, a damaged one ValueError."""
+        """Read a key file as ssh reads a private key: a missing file is FileNotFoundError,
+        one that others may read or write (or this process cannot read) PermissionError,
+        a damaged one ValueError; each message names the file and what to do."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a disguise key file")
         if not path.is_file():
             raise FileNotFoundError(f"disguise key file not found: {path}")
-        lines = path.read_text(errors="replace").splitlines()
-        if len(lines) != 2 or lines[0] != _MAGIC:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise PermissionError(
+                f"{path}: permissions {mode:04o} are too open: a disguise key must be "
+                f"readable by its owner only; run `chmod 600 {shlex.quote(str(path))}`")
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as err:
+            raise PermissionError(f"{path}: cannot read the key file "
+                                  f"({err.strerror or err})") from None
+        return cls._parse(text, path)
+
+    @classmethod
+    def _parse(cls, text: str, path: Path) -> DisguiseKey:
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():  # an editor's trailing newlines are harmless
+            lines.pop()
+        if not lines or lines[0].rstrip() != _MAGIC:
             raise ValueError(f"{path}: not a fedisguise key file (expected '{_MAGIC}' header)")
+        if len(lines) < 2:
+            raise ValueError(f"{path}: truncated key file (no key after the header)")
+        if len(lines) > 2:  # never echo the line: it may be key material pasted twice
+            raise ValueError(f"{path}: unexpected content on line 3 (a key file holds the "
+                             f"'{_MAGIC}' header and one line of {2 * _KEY_BYTES} hex digits)")
         body = lines[1].strip()
         if len(body) != 2 * _KEY_BYTES:
             raise ValueError(f"{path}: truncated or malformed key ({len(body)} hex digits, "
@@ -115,20 +146,50 @@ class DisguiseKey:
 NODE_KEY_FILE = "disguise-key-file"  # node_config entry: a SuperNode's own key file
 
 
-def client_key(scope: str, key_file: str, seed: int, partition_id: int,
-               node_key_file: str = "") -> DisguiseKey:
-    """The key one client disguises with; resolved inside the client process only.
+def key_path(key_dir: str | Path, partition_id: int) -> Path:
+    """Node `partition_id`'s key file in a key folder (`client.key_dir`)."""
+    return Path(key_dir) / f"client-{int(partition_id)}.key"
 
-    A SuperNode's own key file (node_config `disguise-key-file`) is used as it is. Otherwise a
-    master key (`key_file`, or one derived from the experiment seed so that runs reproduce)
-    is the federation's shared key, or the parent of one derived key per client.
+
+def write_key_dir(path: str | Path, clients: int, seed: int | str | None = None,
+                  overwrite: bool = False) -> list[Path]:
+    """A key folder for `clients` nodes: client-0.key … client-<clients-1>.key, each 0600 in
+    a 0700 folder; fresh OS randomness, or reproducible keys from `seed` (tests only).
+    Existing key files are kept (FileExistsError) unless `overwrite`: a lost key is lost data."""
+    if clients < 1:
+        raise ValueError(f"clients must be >= 1, got {clients}")
+    folder = Path(path)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = [key_path(folder, i) for i in range(clients)]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"key files exist already: {existing}; remove them first")
+    for i, file in enumerate(paths):
+        DisguiseKey.generate(None if seed is None else f"{seed}:client-{i}").save(file)
+    return paths
+
+
+def node_key(cfg: Config, partition_id: int, node_key_file: str = "") -> DisguiseKey:
+    """The key node `partition_id` disguises with: the one rule for the ClientApp (inside the
+    node), and for the experimenter's attack suite and privacy figures, so both rebuild a
+    node's disguised data under exactly the key that node used. In order:
+
+    1. the SuperNode's own key file (node_config `disguise-key-file`), as it is;
+    2. `client.key_dir`: the node's file `<key_dir>/client-<i>.key`;
+    3. a master key (`client.key_file`, or one derived from the experiment seed so that runs
+       reproduce): the federation's shared key (key_scope `federation`), or the parent of
+       one derived key per client (`per-client`).
     """
+    c = cfg.client
     if node_key_file:
         return DisguiseKey.load(node_key_file)
-    master = DisguiseKey.load(key_file) if key_file else DisguiseKey.generate(
-        seed=f"experiment:{seed}")
-    if scope == "federation":
+    if c.key_dir:
+        return DisguiseKey.load(key_path(c.key_dir, partition_id))
+    master = DisguiseKey.load(c.key_file) if c.key_file else DisguiseKey.generate(
+        seed=f"experiment:{cfg.experiment.seed}")
+    if c.key_scope == "federation":
         return master
-    if scope == "per-client":
+    if c.key_scope == "per-client":
         return master.for_client(partition_id)
-    raise ValueError(f"unknown key scope {scope!r}; valid choices: ['federation', 'per-client']")
+    raise ValueError(f"unknown key scope {c.key_scope!r}; valid choices: "
+                     "['federation', 'per-client']")

@@ -300,6 +300,10 @@ class TransformNet(Disguise):
                                  f"{sorted(MODELS)}")
         return given
 
+    @classmethod
+    def buildable(cls, params: dict[str, Any]) -> bool:
+        return bool(params.get("path"))
+
     def _check_shape(self, chw: tuple[int, int, int]) -> None:
         channels = self.net.out.out_channels
         if chw[0] != channels:

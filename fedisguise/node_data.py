@@ -1,0 +1,60 @@
+"""What one node trains and evaluates on: its partition, disguised under the key it used.
+
+One rule, partition -> key -> disguise -> reseed(stream) -> apply, for every place that needs
+a node's disguised data: the ClientApp (inside the node), the attack suite's ground truth and
+the privacy figures (the experimenter, after the run). The key comes from `node_key`, so the
+experimenter's copies are made under exactly the key the node used, never a look-alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedisguise.config import Config
+from fedisguise.data import ClientData, ImageDataset, client_data
+from fedisguise.disguise import Disguise
+from fedisguise.disguise import build as build_disguise
+from fedisguise.disguise.keys import DisguiseKey, node_key
+
+
+@dataclass(frozen=True)
+class NodeData:
+    plain: ClientData  # the node's partition and test shard as they are on disk
+    train: ImageDataset  # its training images as it trains on them (disguised)
+    test: ImageDataset | None  # its test shard as it evaluates on it, when asked for
+    key: DisguiseKey
+
+
+def train_stream(cfg: Config, server_round: int) -> str:
+    """The key stream of the training disguise's random draws (noise, mixing, masks): the
+    same every round unless fresh draws are asked for; the keyed transform itself is fixed."""
+    return f"train:round-{server_round}" if cfg.client.redisguise_each_round else "train"
+
+
+def node_disguise(cfg: Config, partition_id: int, stream: str, node_key_file: str = ""
+                  ) -> tuple[Disguise, DisguiseKey]:
+    """Node `partition_id`'s disguise under its key, its random draws on `stream`."""
+    key = node_key(cfg, partition_id, node_key_file)
+    disguise = build_disguise(cfg.disguise, key)
+    disguise.reseed(stream)
+    return disguise, key
+
+
+def node_data(cfg: Config, partition_id: int, server_round: int, node_key_file: str = "",
+              test: bool = True) -> NodeData:
+    """Node `partition_id`'s data in round `server_round`, plain and disguised; its test shard
+    disguised too (on the `test` stream, as clients evaluate) unless `test` is False."""
+    d = cfg.data
+    plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
+                        partition_id, cfg.experiment.clients, d.train_per_client,
+                        d.test_samples)
+    disguise, key = node_disguise(cfg, partition_id, train_stream(cfg, server_round),
+                                  node_key_file)
+    images, labels = disguise.apply(plain.train.images, plain.train.labels)
+    disguised_test = None
+    if test:
+        disguise.reseed("test")
+        test_images, test_labels = disguise.apply_eval(plain.test.images, plain.test.labels)
+        disguised_test = ImageDataset(test_images, test_labels, plain.test.num_classes)
+    return NodeData(plain=plain, train=ImageDataset(images, labels, plain.train.num_classes),
+                    test=disguised_test, key=key)

@@ -1,0 +1,133 @@
+"""Everything a run needs that can be checked before any Flower process starts.
+
+`Config.validate` checks what needs nothing but the config; `preflight` checks it against the
+machine: the data (an explicit `data.data_dir` is used or is an error), the key files (read
+as the nodes will read them), the disguise on a few real images of the configured dataset,
+and the results folder. Every failure is a ConfigError that names the config key, so run.py
+exits 2 with one line instead of a finished federation that crashed in every client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedisguise.config import Config, ConfigError, disguise_error
+from fedisguise.data import ImageDataset, load_dataset, server_test_set
+from fedisguise.disguise import DISGUISES, DisguiseKey
+from fedisguise.disguise import build as build_disguise
+from fedisguise.disguise.base import spec_params
+from fedisguise.disguise.keys import key_path
+
+PROBE_IMAGES = 4  # real images the disguise is tried on: enough for InstaHide's mixing
+KEYGEN = "python -m fedisguise.disguise.keygen --out DIR --clients N"
+
+
+def preflight(cfg: Config, remote: bool = False) -> None:
+    """Check `cfg` against this machine; `remote` (a `--superlink` run): the data and the
+    nodes' keys live elsewhere, so only what this machine does is checked."""
+    if remote:
+        check_remote(cfg)
+    else:
+        train = check_data(cfg)
+        check_keys(cfg)
+        check_disguise(cfg, train)
+    check_out(cfg)  # last: it creates the folder, which a failed check must not leave behind
+
+
+def keys_known(cfg: Config, remote: bool) -> bool:
+    """Whether the experimenter can rebuild the nodes' disguised data: always for a keyless
+    disguise; for a keyed one only when the nodes are local, since remote SuperNodes may
+    bring their own `disguise-key-file` (and another key is not the node's disguise)."""
+    return not remote or not DISGUISES[cfg.disguise_name].keyed
+
+
+def check_remote(cfg: Config) -> None:
+    if cfg.attacks and not keys_known(cfg, remote=True):
+        raise ConfigError(
+            f"attacks: scoring an attack rebuilds the target node's disguised data under its "
+            f"key, and the SuperNodes of a remote federation (--superlink) may use their own "
+            f"disguise-key-file, which this machine cannot see; run the attacks on a local "
+            f"federation (no --superlink) or remove them (disguise {cfg.disguise_name!r})")
+
+
+def check_data(cfg: Config) -> ImageDataset:
+    """Both splits load from where the config says, and every client gets a test shard."""
+    d, clients = cfg.data, cfg.experiment.clients
+    if d.data_dir and not Path(d.data_dir).is_dir():
+        raise ConfigError(f"data.data_dir {d.data_dir!r} does not exist or is not a folder "
+                          f"(leave it empty to use the default places)")
+    key = "data.data_dir" if d.data_dir else "data.dataset"
+    try:
+        train = load_dataset(d.dataset, "train", d.data_dir)
+        test = server_test_set(d.dataset, d.data_dir, d.test_samples, cfg.experiment.seed)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key} ({d.dataset}): {err}") from None
+    if len(train) < clients:
+        raise ConfigError(f"experiment.clients must be <= the {len(train)} training images "
+                          f"of {d.dataset}, got {clients}")
+    if len(test) < clients:
+        raise ConfigError(f"data.test_samples: the evaluation set has {len(test)} images, "
+                          f"fewer than experiment.clients ({clients}); every client "
+                          f"evaluates on its own shard")
+    return train
+
+
+def check_keys(cfg: Config) -> None:
+    """Read every key file the nodes will read, as they will read it (a keyless disguise has
+    none: Config.validate refuses them)."""
+    c = cfg.client
+    if c.key_file:
+        _load("client.key_file", c.key_file)
+    if c.key_dir:
+        if not Path(c.key_dir).is_dir():
+            raise ConfigError(f"client.key_dir {c.key_dir!r} does not exist or is not a "
+                              f"folder; make one with `{KEYGEN}`")
+        for i in range(cfg.experiment.clients):
+            _load("client.key_dir", key_path(c.key_dir, i), f" (node {i}'s key)")
+
+
+def _load(config_key: str, path: str | Path, what: str = "") -> None:
+    try:
+        DisguiseKey.load(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{config_key}{what}: {err}") from None
+
+
+def check_disguise(cfg: Config, train: ImageDataset) -> None:
+    """Build the disguise under a throwaway key and apply it to a few real images, for what
+    only the data decides: block divisibility, AES block bytes, channels, windows."""
+    name, params = spec_params(cfg.disguise)
+    cls = DISGUISES[name]
+    if not cls.buildable(params):
+        return
+    probe = train.subset(range(min(PROBE_IMAGES, len(train))))
+    try:
+        disguise = build_disguise(cfg.disguise,
+                                  DisguiseKey.generate(seed="preflight") if cls.keyed else None)
+        disguise.apply(probe.images, probe.labels)
+        disguise.apply_eval(probe.images, probe.labels)
+    except ValueError as err:
+        c, h, w = probe.image_shape
+        raise disguise_error(cfg.disguise, ValueError(
+            f"on {cfg.data.dataset} images ({c}×{h}×{w}): {err}")) from None
+
+
+def check_out(cfg: Config) -> None:
+    """The results folder exists as a writable folder or is created now; the run's own folder
+    is not a file."""
+    out = Path(cfg.experiment.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"experiment.out {str(out)!r} is a file, not a folder") from None
+    except OSError as err:
+        raise ConfigError(f"experiment.out {str(out)!r}: cannot create the results folder "
+                          f"({err.strerror or err})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"experiment.out {str(out)!r} is not writable")
+    run_dir = cfg.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"experiment.name: {str(run_dir)!r} is a file, not a folder")
+    if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"experiment.out: the run folder {str(run_dir)!r} is not writable")
