@@ -84,7 +84,10 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
     class Process:
         args = ("fake",)
 
-    def spawn(self, args, log_name):  # record the command lines; start nothing
+        def poll(self):
+            return None
+
+    def spawn(self, args, log_name, node):  # record the command lines; start nothing
         spawned.append(args)
         return Process()
 

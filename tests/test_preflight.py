@@ -254,14 +254,15 @@ def test_a_remote_run_never_rebuilds_a_node_with_a_guessed_key(capsys, tmp_path,
 
     def remote_run(cfg, superlink):
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "metrics.json").write_text(json.dumps({"privacy": {"misusability": 0.5}}))
+        (cfg.run_dir / "metrics.json").write_text(json.dumps({"status": "finished",
+                                                               "privacy": {"misusability": 0.5}}))
 
     def guessed(*args, **kwargs):
         raise AssertionError("privacy figures under a key the nodes may not have used")
 
     monkeypatch.setattr(deployment, "run_deployment", remote_run)
     monkeypatch.setattr(privacy, "privacy_figures", guessed)
-    monkeypatch.setattr(results, "rewrite_record", lambda *a: None)
+    monkeypatch.setattr(results, "rewrite_record", lambda run_dir, record: record)
     record = experiment.run_experiment(cfg, superlink="10.0.0.1:9092")
     assert record["privacy"]["misusability"] == 0.5
     assert "disguise-key-file" in record["privacy"]["skipped"]
