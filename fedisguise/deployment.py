@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,37 @@ from fedisguise.config import Config
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder whose pyproject.toml is the app
 CONNECTION = "fedisguise"
+FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flwr")
+
+
+def flower_command(name: str) -> str:
+    """Absolute path of Flower's executable `name`: the one installed next to this
+    interpreter, else the one on PATH.
+
+    A virtualenv's python run without activation has its bin/ off PATH, so PATH alone
+    would miss (or, worse, pick another environment's) Flower.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return os.path.abspath(found)
+    raise FileNotFoundError(
+        f"Flower's `{name}` is neither in {beside.parent} (next to {sys.executable}) nor on "
+        f"PATH; install flwr into this environment (`pip install -e .`)"
+    )
+
+
+def child_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of every Flower process started here.
+
+    SuperLink and SuperNodes start their helpers (`flower-superexec`, `flwr-serverapp`,
+    `flwr-clientapp`) by name from PATH: this interpreter's bin/ goes first so that they
+    come from the same environment as `flower_command`'s executables.
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path.rstrip(os.pathsep), "FLWR_HOME": str(flwr_home)}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -94,7 +126,7 @@ class LocalFederation:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "FLWR_HOME": str(self.flwr_home)}
+        return child_env(self.flwr_home)
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         log = (self.log_dir / log_name).open("wb")
@@ -109,7 +141,8 @@ class LocalFederation:
         try:
             self.port = free_port(self.host)
             superlink = self._spawn(
-                ["flower-superlink", "--insecure", "--host", self.host, "--port", str(self.port),
+                [flower_command("flower-superlink"), "--insecure",
+                 "--host", self.host, "--port", str(self.port),
                  # Offline machines cannot `uv sync`; the environment already has the deps.
                  "--disable-runtime-dependency-installation"],
                 "superlink.log",
@@ -117,7 +150,8 @@ class LocalFederation:
             wait_for_port(self.host, self.port, self.start_timeout, superlink)
             for pid in range(self.num_supernodes):
                 self._spawn(
-                    ["flower-supernode", "--insecure", "--superlink", self.address,
+                    [flower_command("flower-supernode"), "--insecure",
+                     "--superlink", self.address,
                      "--port", str(free_port(self.host)),
                      "--node-config", f"partition-id={pid} num-partitions={self.num_supernodes}"],
                     f"supernode-{pid}.log",
@@ -178,8 +212,8 @@ def submit_run(cfg: Config, flwr_home: Path, env: dict[str, str]) -> None:
     run_config = flwr_home / "run-config.toml"
     run_config.write_text("".join(f"{_toml_key(k)} = {_toml_value(v)}\n"
                                   for k, v in cfg.to_flat().items()))
-    command = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", str(run_config),
-               "--stream"]
+    command = [flower_command("flwr"), "run", str(APP_DIR), CONNECTION,
+               "--run-config", str(run_config), "--stream"]
     completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL)
     if completed.returncode != 0:
         raise RuntimeError(f"`{' '.join(command)}` failed with exit code {completed.returncode}")
@@ -191,7 +225,7 @@ def run_deployment(cfg: Config, superlink: str | None = None) -> None:
         flwr_home = Path(tempfile.mkdtemp(prefix="fedisguise-flwr-"))
         try:
             write_connection(flwr_home, superlink)
-            submit_run(cfg, flwr_home, {**os.environ, "FLWR_HOME": str(flwr_home)})
+            submit_run(cfg, flwr_home, child_env(flwr_home))
         finally:
             shutil.rmtree(flwr_home, ignore_errors=True)
         return

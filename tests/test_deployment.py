@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from fedisguise.deployment import LocalFederation
+from fedisguise.deployment import (
+    FLOWER_COMMANDS,
+    LocalFederation,
+    child_env,
+    flower_command,
+)
 from fedisguise.experiment import run_experiment
 from tests.conftest import synthetic_config
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +38,23 @@ def federation_processes() -> list[int]:
     return found
 
 
+def test_flower_commands_resolve_next_to_the_interpreter_without_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an unactivated virtualenv: its bin/ is off PATH
+    for name in FLOWER_COMMANDS:
+        path = Path(flower_command(name))
+        assert path.is_absolute() and path.is_file(), name
+        assert path.parent == Path(sys.executable).parent
+    # The helpers the SuperLink/SuperNode start by name must come from the same bin/.
+    assert child_env(tmp_path)["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_a_missing_flower_command_names_what_was_looked_for(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"`flower-nonesuch` is neither in .* nor on PATH"):
+        flower_command("flower-nonesuch")
+
+
+@pytest.mark.slow
 def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
     assert federation_processes() == []
     cfg = synthetic_config(tmp_path, **{"experiment.mode": "deployment",
@@ -55,6 +76,7 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
     assert federation_processes() == []
 
 
+@pytest.mark.slow
 def test_federation_ends_its_processes_when_the_body_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         with LocalFederation(1, log_dir=tmp_path) as federation:
@@ -65,6 +87,7 @@ def test_federation_ends_its_processes_when_the_body_fails(tmp_path):
     assert not federation.flwr_home.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_every_process(tmp_path):
     command = [sys.executable, str(ROOT / "run.py"), "--mode", "deployment", "--clients", "2",
                "--out", str(tmp_path), "--set", "data.dataset=synthetic",
