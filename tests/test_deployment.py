@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
+import run
+from fedisguise import tls
+from fedisguise.config import Config, ConfigError
 from fedisguise.deployment import (
+    CONNECTION,
     FLOWER_COMMANDS,
     LocalFederation,
+    check_security,
     child_env,
     flower_command,
+    submit_run,
+    write_connection,
 )
 from fedisguise.experiment import run_experiment
 from tests.conftest import synthetic_config
@@ -54,6 +61,55 @@ def test_a_missing_flower_command_names_what_was_looked_for(monkeypatch, tmp_pat
         flower_command("flower-nonesuch")
 
 
+def test_security_settings_are_checked_before_anything_starts(tmp_path):
+    with pytest.raises(ConfigError, match="deployment.supernode_auth must be unset unless "
+                                          "deployment.tls = true"):
+        Config().with_overrides(["deployment.supernode_auth=true"])
+    cfg = Config().with_overrides(["deployment.tls=true", f"deployment.certificates={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"deployment.certificates: .* lacks ca.crt, server.pem, "
+                                          r"server.key \(make a set with"):
+        check_security(cfg)
+    tls.generate_certificates(tmp_path)
+    check_security(cfg)
+    (tmp_path / "server.key").chmod(0o644)
+    with pytest.raises(ConfigError, match="server.key is readable by others"):
+        check_security(cfg)
+    with pytest.raises(ConfigError, match="deployment.certificates is for the local federation"):
+        check_security(cfg, superlink="a:9092")
+    remote = Config().with_overrides(["deployment.tls=true",
+                                      f"deployment.root_certificates={tmp_path / 'nope.crt'}"])
+    with pytest.raises(ConfigError, match="deployment.root_certificates: no file"):
+        check_security(remote, superlink="a:9092")
+
+
+def test_run_py_exits_2_on_missing_certificates(tmp_path, capsys):
+    common = ["--mode", "deployment", "--out", str(tmp_path), "--set", "data.dataset=synthetic"]
+    assert run.main([*common, "--set", "deployment.tls=true",
+                     "--set", f"deployment.certificates={tmp_path}"]) == 2
+    assert "deployment.certificates" in capsys.readouterr().err
+    assert run.main([*common, "--superlink", "a:9092",
+                     "--root-certificates", str(tmp_path / "ca.crt")]) == 2
+    assert "deployment.root_certificates: no file" in capsys.readouterr().err
+    assert run.main([*common, "--root-certificates", str(tmp_path / "ca.crt")]) == 2
+    assert "--root-certificates is for --superlink" in capsys.readouterr().err
+
+
+def test_connections_are_read_back_by_flower(tmp_path, monkeypatch):
+    from flwr.cli.flower_config import read_superlink_connection
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    write_connection(tmp_path, "127.0.0.1:9092")
+    insecure = read_superlink_connection(CONNECTION)
+    assert (insecure.address, insecure.insecure, insecure.root_certificates) == (
+        "127.0.0.1:9092", True, None)
+    monkeypatch.chdir(tmp_path)
+    write_connection(tmp_path, "a.example.org:9092", tls=True, root_certificates="ca.crt")
+    secure = read_superlink_connection(CONNECTION)
+    assert not secure.insecure and secure.root_certificates == str(tmp_path / "ca.crt")
+    write_connection(tmp_path, "a.example.org:9092", tls=True)  # the system's CA store
+    assert read_superlink_connection(CONNECTION).root_certificates is None
+
+
 @pytest.mark.slow
 def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
     assert federation_processes() == []
@@ -78,11 +134,11 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
 
 @pytest.mark.slow
 def test_federation_ends_its_processes_when_the_body_fails(tmp_path):
-    with pytest.raises(RuntimeError, match="boom"):
-        with LocalFederation(1, log_dir=tmp_path) as federation:
-            time.sleep(2)  # let the SuperNode start its helpers
-            assert len(federation.pids()) >= 2
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), \
+            LocalFederation(1, log_dir=tmp_path) as federation:
+        time.sleep(2)  # let the SuperNode start its helpers
+        assert len(federation.pids()) >= 2
+        raise RuntimeError("boom")
     assert federation_processes() == []
     assert not federation.flwr_home.exists()
 
@@ -105,3 +161,36 @@ def test_ctrl_c_ends_every_process(tmp_path):
     time.sleep(1)
     assert federation_processes() == []
     assert (logs / "superlink.log").is_file()
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_auth_refuse_an_unknown_key_and_run_with_the_known_ones(
+        tmp_path, monkeypatch):
+    # Also the unactivated-virtualenv case: no interpreter bin/ on PATH at all.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    cfg = synthetic_config(tmp_path, **{
+        "experiment.mode": "deployment", "experiment.name": "tls", "experiment.rounds": 1,
+        "data.train_per_client": 64, "data.test_samples": 64,
+        "strategy.fraction_evaluate": 0.0,  # one ClientApp process per SuperNode, not two
+        "deployment.tls": True, "deployment.supernode_auth": True})
+    logs = cfg.run_dir / "logs"
+    stranger_key, _ = tls.generate_supernode_key(tmp_path / "elsewhere", "stranger")
+    with LocalFederation.from_config(cfg, log_dir=logs) as federation:
+        assert "--enable-supernode-auth" in federation.processes[0].args
+        stranger = federation.start_supernode(0, private_key=stranger_key)  # never registered
+        assert stranger.wait(timeout=60) != 0
+        assert "Failed to activate SuperNode" in (logs / "supernode-2.log").read_text()
+        assert "No SuperNode found with the given public key" in (
+            logs / "superlink.log").read_text()
+        submit_run(cfg, federation.flwr_home, federation.env)
+        secrets = [federation.certificates.key, stranger_key,
+                   *(p for p in (federation.flwr_home / "keys").iterdir() if not p.suffix)]
+        assert len(secrets) == 4 and all(p.stat().st_mode & 0o077 == 0 for p in secrets)
+        key_lines = [p.read_text().splitlines()[1].encode() for p in secrets]
+    assert federation_processes() == []
+    ledger = json.loads((cfg.run_dir / "updates.json").read_text())
+    assert sorted(e["partition_id"] for e in ledger) == [0, 1]
+    assert len({e["node_id"] for e in ledger}) == 2
+    assert (cfg.run_dir / "metrics.json").is_file()
+    for path in (p for p in cfg.run_dir.rglob("*") if p.is_file()):  # results and logs
+        assert not any(line in path.read_bytes() for line in key_lines), path
