@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +30,21 @@ from tests.conftest import synthetic_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def federation_processes() -> list[int]:
-    """Live processes started by any LocalFederation (they carry its FLWR_HOME)."""
+@pytest.fixture
+def flwr_tmp(tmp_path, monkeypatch) -> Path:
+    """Where this test's federations keep their FLWR_HOME (tempfile's folder, for this process
+    and, through TMPDIR, for run.py children): other jobs on the machine may run federations
+    of their own at the same time, and those are not this test's to count."""
+    root = tmp_path / "flwr-tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    monkeypatch.setenv("TMPDIR", str(root))
+    return root
+
+
+def federation_processes(root: Path) -> list[int]:
+    """Live processes started by a LocalFederation whose FLWR_HOME is under `root`."""
+    marker = f"FLWR_HOME={root}{os.sep}fedisguise-flwr-".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -40,7 +54,7 @@ def federation_processes() -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"FLWR_HOME=" in environ and b"fedisguise-flwr-" in environ and state != "Z":
+        if marker in environ and state != "Z":
             found.append(int(entry.name))
     return found
 
@@ -111,8 +125,8 @@ def test_connections_are_read_back_by_flower(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
-    assert federation_processes() == []
+def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flwr_tmp):
+    assert federation_processes(flwr_tmp) == []
     cfg = synthetic_config(tmp_path, **{"experiment.mode": "deployment",
                                         "experiment.name": "dep",
                                         "data.train_per_client": 300})
@@ -129,22 +143,22 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
         assert all(e["sha256"] == e["client_sha256"] for e in entries)
     assert record["final"]["test_accuracy"] > record["initial"]["plain_test_accuracy"]
     assert (tmp_path / "dep" / "logs" / "supernode-1.log").is_file()
-    assert federation_processes() == []
+    assert federation_processes(flwr_tmp) == []
 
 
 @pytest.mark.slow
-def test_federation_ends_its_processes_when_the_body_fails(tmp_path):
+def test_federation_ends_its_processes_when_the_body_fails(tmp_path, flwr_tmp):
     with pytest.raises(RuntimeError, match="boom"), \
             LocalFederation(1, log_dir=tmp_path) as federation:
         time.sleep(2)  # let the SuperNode start its helpers
         assert len(federation.pids()) >= 2
         raise RuntimeError("boom")
-    assert federation_processes() == []
+    assert federation_processes(flwr_tmp) == []
     assert not federation.flwr_home.exists()
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_every_process(tmp_path):
+def test_ctrl_c_ends_every_process(tmp_path, flwr_tmp):
     command = [sys.executable, str(ROOT / "run.py"), "--mode", "deployment", "--clients", "2",
                "--out", str(tmp_path), "--set", "data.dataset=synthetic",
                "--set", "experiment.name=interrupted", "--rounds", "50"]
@@ -152,20 +166,20 @@ def test_ctrl_c_ends_every_process(tmp_path):
                             stderr=subprocess.DEVNULL)
     logs = tmp_path / "interrupted" / "logs"
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and len(federation_processes()) < 4:
+    while time.monotonic() < deadline and len(federation_processes(flwr_tmp)) < 4:
         time.sleep(0.5)
-    assert len(federation_processes()) >= 4, "the federation never came up"
+    assert len(federation_processes(flwr_tmp)) >= 4, "the federation never came up"
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) != 0
     time.sleep(1)
-    assert federation_processes() == []
+    assert federation_processes(flwr_tmp) == []
     assert (logs / "superlink.log").is_file()
 
 
 @pytest.mark.slow
 def test_tls_and_supernode_auth_refuse_an_unknown_key_and_run_with_the_known_ones(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, flwr_tmp):
     # Also the unactivated-virtualenv case: no interpreter bin/ on PATH at all.
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     cfg = synthetic_config(tmp_path, **{
@@ -187,7 +201,7 @@ def test_tls_and_supernode_auth_refuse_an_unknown_key_and_run_with_the_known_one
                    *(p for p in (federation.flwr_home / "keys").iterdir() if not p.suffix)]
         assert len(secrets) == 4 and all(p.stat().st_mode & 0o077 == 0 for p in secrets)
         key_lines = [p.read_text().splitlines()[1].encode() for p in secrets]
-    assert federation_processes() == []
+    assert federation_processes(flwr_tmp) == []
     ledger = json.loads((cfg.run_dir / "updates.json").read_text())
     assert sorted(e["partition_id"] for e in ledger) == [0, 1]
     assert len({e["node_id"] for e in ledger}) == 2
