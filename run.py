@@ -44,6 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--superlink", metavar="HOST:PORT",
                         help="deployment only: submit to this running SuperLink instead of "
                              "starting local SuperLink/SuperNode processes")
+    parser.add_argument("--root-certificates", metavar="CA_CERT",
+                        help="with --superlink: the CA certificate (PEM) that the SuperLink's "
+                             "TLS certificate chains to; sets deployment.tls = true and "
+                             "deployment.root_certificates")
     return parser.parse_args(argv)
 
 
@@ -51,6 +55,9 @@ def resolve_config(args: argparse.Namespace):
     from fedisguise.config import load_config
 
     overrides = cell_overrides(args) + ([f"experiment.out={args.out}"] if args.out else [])
+    if args.root_certificates:
+        ca = Path(args.root_certificates).expanduser().resolve()
+        overrides += ["deployment.tls=true", f"deployment.root_certificates={ca}"]
     return load_config(args.config or DEFAULT_CONFIG).with_overrides(overrides)
 
 
@@ -71,15 +78,18 @@ def run_compare(args: argparse.Namespace) -> int:
     from fedisguise.config import ConfigError
 
     try:
-        if args.config or args.superlink:
+        if args.config or args.superlink or args.root_certificates:
             raise ConfigError("--compare takes the base config from the compare file; drop "
-                              "--config/--superlink")
+                              "--config/--superlink/--root-certificates")
         grid = load_grid(args.compare, cell_overrides(args), out=args.out)
+        from fedisguise.deployment import check_security
         from fedisguise.preflight import preflight
 
         for cell in grid.cells:  # cheap after the first cell: the data are loaded once
             try:
                 preflight(cell.config)
+                if cell.config.experiment.mode == "deployment":
+                    check_security(cell.config)
             except ConfigError as err:
                 raise ConfigError(f"cell {cell.name}: {err}") from None
     except (ConfigError, FileNotFoundError) as err:
@@ -115,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         if args.superlink and cfg.experiment.mode != "deployment":
             raise ConfigError("--superlink needs --mode deployment")
+        if args.root_certificates and not args.superlink:
+            raise ConfigError("--root-certificates is for --superlink; the local federation "
+                              "takes deployment.certificates")
+        if cfg.experiment.mode == "deployment":
+            from fedisguise.deployment import check_security
+
+            check_security(cfg, args.superlink)
         from fedisguise.preflight import preflight
 
         # With a remote SuperLink the data and the nodes' keys live on other machines.

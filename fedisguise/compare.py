@@ -251,6 +251,7 @@ def _comparable(cfg: Config) -> dict[str, Any]:
     """What decides whether a finished cell still answers the grid's question."""
     settings = cfg.to_dict()
     settings["experiment"].pop("out")
+    settings.pop("deployment")  # how the processes talk does not change what a cell answers
     return settings
 
 

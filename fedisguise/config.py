@@ -124,6 +124,27 @@ class DPConfig:
     clipped_count_stddev: float = 0.0  # central adaptive; 0 = Flower's default (sampled / 20)
 
 
+@dataclass
+class DeploymentConfig:
+    """How Flower's processes talk in deployment mode (fedisguise.deployment, fedisguise.tls).
+
+    Paths are checked where they are used (`fedisguise.deployment.check_security`), not here:
+    this config also reaches the ServerApp, possibly on a machine without these files.
+    """
+
+    tls: bool = False  # HTTPS between SuperLink, SuperNodes and `flwr`
+    # The local federation's SuperLink certificates: a folder with ca.crt, server.pem and
+    # server.key (`python -m fedisguise.tls certs DIR`); empty = fresh ones for loopback.
+    certificates: str = ""
+    # --superlink HOST:PORT: the CA certificate its certificate chains to; empty = the
+    # system's CA store.
+    root_certificates: str = ""
+    # Local federation: a key pair per SuperNode, registered with the SuperLink before the
+    # SuperNode starts; the SuperLink refuses any other. A remote SuperLink's operator
+    # registers its own SuperNodes. Needs tls.
+    supernode_auth: bool = False
+
+
 SECTIONS: dict[str, type] = {
     "experiment": ExperimentConfig,
     "data": DataConfig,
@@ -134,6 +155,7 @@ SECTIONS: dict[str, type] = {
     "client": ClientConfig,
     "privacy": PrivacyConfig,
     "dp": DPConfig,
+    "deployment": DeploymentConfig,
 }
 
 
@@ -148,6 +170,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     dp: DPConfig = field(default_factory=DPConfig)
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     disguise: str | dict[str, Any] = "none"
     attacks: list[dict[str, Any]] = field(default_factory=list)
 
@@ -322,6 +345,13 @@ class Config:
                 check_model(MODELS[self.model.name](3, 10, 32), self.model.name)
             except ValueError as err:
                 raise ConfigError(f"dp.mode = 'dp-sgd': {err}") from None
+
+        dep = self.deployment
+        for key, value in (("certificates", dep.certificates),
+                           ("root_certificates", dep.root_certificates),
+                           ("supernode_auth", dep.supernode_auth)):
+            _check(dep.tls or not value, f"deployment.{key}", value,
+                   "unset unless deployment.tls = true")
 
         disguise_name = self.disguise_name
         _choice("disguise", disguise_name, DISGUISES)

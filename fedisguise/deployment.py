@@ -5,6 +5,12 @@ always ends every process it started (and their helpers: `flower-superexec`,
 `flwr-serverapp`, `flwr-clientapp`) on success, failure and Ctrl-C. `run_deployment` then
 submits the run with `flwr run <app> <connection> --run-config <file> --stream`.
 With `superlink="host:port"` nothing is started: the run goes to SuperNodes elsewhere.
+
+`[deployment]` in the config turns on TLS for every API (Flower 1.41: `flower-superlink
+--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`, `flower-supernode --root-certificates`,
+`root-certificates` in the `flwr` connection) and SuperNode authentication
+(`flower-superlink --enable-supernode-auth`; each public key registered with
+`flwr supernode register` before its SuperNode starts with `--auth-supernode-private-key`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,50 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
-from fedisguise.config import Config
+from fedisguise.config import Config, ConfigError
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
 from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked
+from fedisguise.tls import (
+    ServerCertificates,
+    generate_certificates,
+    generate_supernode_key,
+)
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder whose pyproject.toml is the app
 CONNECTION = "fedisguise"
+FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flwr")
+
+
+def flower_command(name: str) -> str:
+    """Absolute path of Flower's executable `name`: the one installed next to this
+    interpreter, else the one on PATH.
+
+    A virtualenv's python run without activation has its bin/ off PATH, so PATH alone
+    would miss (or, worse, pick another environment's) Flower.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return os.path.abspath(found)
+    raise FileNotFoundError(
+        f"Flower's `{name}` is neither in {beside.parent} (next to {sys.executable}) nor on "
+        f"PATH; install flwr into this environment (`pip install -e .`)"
+    )
+
+
+def child_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of every Flower process started here.
+
+    SuperLink and SuperNodes start their helpers (`flower-superexec`, `flwr-serverapp`,
+    `flwr-clientapp`) by name from PATH: this interpreter's bin/ goes first so that they
+    come from the same environment as `flower_command`'s executables.
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path.rstrip(os.pathsep), "FLWR_HOME": str(flwr_home)}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -119,14 +162,28 @@ def _die_with_parent() -> None:
 class LocalFederation:
     """A SuperLink and `num_supernodes` SuperNodes on loopback, as a context manager.
 
+    With `tls` every API is HTTPS: `certificates` names a folder with ca.crt, server.pem and
+    server.key, or None for a fresh CA and certificate for this host (fedisguise.tls). With
+    `supernode_auth` (needs tls) the SuperLink accepts only registered SuperNodes: each
+    SuperNode started here gets its own key pair, registered with `flwr supernode register`
+    before it starts. Generated certificates and keys live in `flwr_home` and go with it.
+
     `key_files`, when given, holds one key file per SuperNode: node i gets
     `disguise-key-file=<absolute path>` in its node config, as a SuperNode elsewhere would.
+
+    Every process started here carries a marker in its environment, so that helpers a
+    SuperNode leaves behind when it dies are ended at once (a watcher thread), and a reaper
+    process ends them all if this process dies, even by SIGKILL (fedisguise.reaper).
     """
 
     def __init__(self, num_supernodes: int, log_dir: Path, host: str = "127.0.0.1",
-                 start_timeout: float = 60.0, key_files: Sequence[str | Path] = ()) -> None:
+                 start_timeout: float = 60.0, tls: bool = False,
+                 certificates: str | Path | None = None, supernode_auth: bool = False,
+                 key_files: Sequence[str | Path] = ()) -> None:
         if num_supernodes < 1:
             raise ValueError(f"need at least one SuperNode, got {num_supernodes}")
+        if (certificates or supernode_auth) and not tls:
+            raise ValueError("certificates and supernode_auth need tls=True")
         if key_files and len(key_files) != num_supernodes:
             raise ValueError(f"need one key file per SuperNode ({num_supernodes}), got "
                              f"{len(key_files)}")
@@ -135,23 +192,38 @@ class LocalFederation:
         self.log_dir = Path(log_dir)
         self.host = host
         self.start_timeout = start_timeout
+        self.tls = tls
+        self.given_certificates = certificates
+        self.supernode_auth = supernode_auth
+        self.certificates: ServerCertificates | None = None
         self.processes: list[subprocess.Popen] = []
+        self.supernodes: list[subprocess.Popen] = []
         self.flwr_home = Path(tempfile.mkdtemp(prefix="fedisguise-flwr-"))
         self.port = 0
         self.marker = uuid.uuid4().hex  # in the environment of every process started here
-        self.supernodes: dict[int, subprocess.Popen] = {}
-        self.dead: dict[int, int] = {}  # partition id -> exit code of a SuperNode that died
+        self.dead: dict[int, int] = {}  # SuperNode index -> exit code, for those that died
         self._reaper: subprocess.Popen | None = None
         self._watching = threading.Event()
+
+    @classmethod
+    def from_config(cls, cfg: Config, log_dir: Path) -> LocalFederation:
+        dep = cfg.deployment
+        return cls(cfg.experiment.clients, log_dir, tls=dep.tls,
+                   certificates=dep.certificates or None, supernode_auth=dep.supernode_auth,
+                   key_files=node_key_files(cfg))
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     @property
+    def root_certificates(self) -> Path | None:
+        """The CA certificate SuperNodes and `flwr` verify the SuperLink with (TLS only)."""
+        return self.certificates.ca if self.certificates else None
+
+    @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "FLWR_HOME": str(self.flwr_home), MARKER_ENV: self.marker,
-                NODE_ENV: "submit"}
+        return {**child_env(self.flwr_home), MARKER_ENV: self.marker, NODE_ENV: "submit"}
 
     def _spawn(self, args: list[str], log_name: str, node: str) -> subprocess.Popen:
         log = (self.log_dir / log_name).open("wb")
@@ -175,43 +247,87 @@ class LocalFederation:
         """A SuperNode that dies leaves its `flower-superexec` and `flwr-clientapp` behind,
         re-parented: end them, and say so (the server records the node's failed replies)."""
         while not self._watching.wait(1.0):
-            for pid, process in list(self.supernodes.items()):
+            for pid, process in enumerate(list(self.supernodes)):
                 if pid not in self.dead and process.poll() is not None:
                     self.dead[pid] = process.returncode
                     ended = end_marked(self.marker, f"supernode-{pid}", grace=2.0)
                     print(f"SuperNode {pid} died (exit code {process.returncode}); ended its "
                           f"{len(ended)} helper process(es)", file=sys.stderr)
 
-    def __enter__(self) -> LocalFederation:
+    def __enter__(self) -> Self:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_reaper()
+            if self.tls:
+                self.certificates = (
+                    ServerCertificates.in_dir(self.given_certificates)
+                    if self.given_certificates
+                    else generate_certificates(self.flwr_home / "certs", (self.host,))
+                )
+            if self.certificates is None:
+                security = ["--insecure"]
+            else:
+                security = ["--ssl-ca-certfile", str(self.certificates.ca),
+                            "--ssl-certfile", str(self.certificates.cert),
+                            "--ssl-keyfile", str(self.certificates.key)]
+                if self.supernode_auth:
+                    security.append("--enable-supernode-auth")
             self.port = free_port(self.host)
             superlink = self._spawn(
-                ["flower-superlink", "--insecure", "--host", self.host, "--port", str(self.port),
+                [flower_command("flower-superlink"), *security,
+                 "--host", self.host, "--port", str(self.port),
                  # Offline machines cannot `uv sync`; the environment already has the deps.
                  "--disable-runtime-dependency-installation"],
                 "superlink.log", "superlink",
             )
             wait_for_port(self.host, self.port, self.start_timeout, superlink)
+            write_connection(self.flwr_home, self.address, self.tls, self.root_certificates)
             for pid in range(self.num_supernodes):
-                self.supernodes[pid] = self._spawn(
-                    self.supernode_command(pid, free_port(self.host)),
-                    f"supernode-{pid}.log", f"supernode-{pid}")
-            write_connection(self.flwr_home, self.address)
+                self.start_supernode(pid)
             threading.Thread(target=self._watch, name="supernode-watch", daemon=True).start()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def supernode_command(self, pid: int, port: int) -> list[str]:
-        """The `flower-supernode` command line of node `pid`."""
-        node_config = f"partition-id={pid} num-partitions={self.num_supernodes}"
+    def start_supernode(self, partition_id: int,
+                        private_key: Path | None = None) -> subprocess.Popen:
+        """Start one more SuperNode for partition `partition_id` (of `num_supernodes`).
+
+        With SuperNode authentication it signs with `private_key`, or, when None, with a fresh
+        key pair whose public key is registered first. Its log is supernode-<n>.log, n
+        counting the SuperNodes started so far.
+        """
+        index = len(self.supernodes)
+        node_config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
         if self.key_files:
-            node_config += f" {NODE_KEY_FILE}={_node_config_string(str(self.key_files[pid]))}"
-        return ["flower-supernode", "--insecure", "--superlink", self.address,
-                "--port", str(port), "--node-config", node_config]
+            node_config += (f" {NODE_KEY_FILE}="
+                            f"{_node_config_string(str(self.key_files[partition_id]))}")
+        args = [flower_command("flower-supernode"), "--superlink", self.address,
+                "--port", str(free_port(self.host)), "--node-config", node_config]
+        if self.root_certificates is None:
+            args.append("--insecure")
+        else:
+            args += ["--root-certificates", str(self.root_certificates)]
+        if self.supernode_auth:
+            if private_key is None:
+                private_key, public_key = generate_supernode_key(
+                    self.flwr_home / "keys", f"supernode-{index}")
+                self.register(public_key)
+            args += ["--auth-supernode-private-key", str(private_key)]
+        process = self._spawn(args, f"supernode-{index}.log", f"supernode-{index}")
+        self.supernodes.append(process)
+        return process
+
+    def register(self, public_key: Path) -> None:
+        """Allow the SuperNode holding this public key's private key to connect (Flower
+        1.41 registers SuperNodes through the SuperLink's Control API)."""
+        command = [flower_command("flwr"), "supernode", "register", str(public_key), CONNECTION]
+        done = subprocess.run(command, env=self.env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"`flwr supernode register {public_key}` failed with exit code "
+                               f"{done.returncode}: {(done.stdout + done.stderr).strip()}")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -272,13 +388,56 @@ def node_key_files(cfg: Config) -> list[Path]:
     return [key_path(cfg.client.key_dir, i) for i in range(cfg.experiment.clients)]
 
 
-def write_connection(flwr_home: Path, address: str) -> None:
-    """`flwr run` reads SuperLink connections from $FLWR_HOME/config.toml (Flower >= 1.41)."""
+def write_connection(flwr_home: Path, address: str, tls: bool = False,
+                     root_certificates: str | Path | None = None) -> None:
+    """`flwr run` reads SuperLink connections from $FLWR_HOME/config.toml (Flower >= 1.41).
+
+    Without TLS the connection is `insecure`; with TLS `flwr` verifies the SuperLink against
+    `root_certificates` (a CA certificate; Flower wants an absolute path) or, when None,
+    against the system's CA store.
+    """
+    if root_certificates and not tls:
+        raise ValueError("root_certificates need tls=True")
+    lines = [f"address = {_toml_value(address)}"]
+    if not tls:
+        lines.append("insecure = true")
+    elif root_certificates:
+        ca = Path(root_certificates).expanduser().resolve()
+        lines.append(f"root-certificates = {_toml_value(str(ca))}")
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        + "".join(f"{line}\n" for line in lines)
     )
+
+
+def check_security(cfg: Config, superlink: str | None = None) -> None:
+    """Fail before anything starts when `[deployment]` names files that are not there, or a
+    setting that does not apply to where the run goes (local federation or `superlink`)."""
+    dep = cfg.deployment
+    if superlink:
+        for key in ("certificates", "supernode_auth"):
+            if getattr(dep, key):
+                raise ConfigError(
+                    f"deployment.{key} is for the local federation; with --superlink the "
+                    "remote SuperLink's operator sets up its certificates and registers its "
+                    "SuperNodes (give its CA as deployment.root_certificates)")
+        if dep.root_certificates and not Path(dep.root_certificates).expanduser().is_file():
+            raise ConfigError(f"deployment.root_certificates: no file {dep.root_certificates}")
+        return
+    if dep.root_certificates:
+        raise ConfigError("deployment.root_certificates is for --superlink; the local "
+                          "federation's CA is deployment.certificates/ca.crt")
+    if dep.certificates:
+        certificates = ServerCertificates.in_dir(dep.certificates)
+        missing = certificates.missing()
+        if missing:
+            raise ConfigError(
+                f"deployment.certificates: {dep.certificates} lacks {', '.join(missing)} "
+                "(make a set with `python -m fedisguise.tls certs DIR`)")
+        if certificates.key.stat().st_mode & 0o077:
+            raise ConfigError(f"deployment.certificates: {certificates.key} is readable by "
+                              f"others; `chmod 600` it")
 
 
 def submit_run(cfg: Config, flwr_home: Path, env: dict[str, str]) -> None:
@@ -291,25 +450,26 @@ def submit_run(cfg: Config, flwr_home: Path, env: dict[str, str]) -> None:
     run_config = flwr_home / "run-config.toml"
     run_config.write_text("".join(f"{_toml_key(k)} = {_toml_value(v)}\n"
                                   for k, v in cfg.to_flat().items()))
-    command = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", str(run_config),
-               "--stream"]
-    completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL)
+    command = [flower_command("flwr"), "run", str(APP_DIR), CONNECTION,
+               "--run-config", str(run_config), "--stream"]
+    completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"`{' '.join(command)}` failed with exit code {completed.returncode}")
 
 
 def run_deployment(cfg: Config, superlink: str | None = None) -> None:
     """Run `cfg` on real Flower processes: local ones, or an existing SuperLink."""
+    check_security(cfg, superlink)
     if superlink:
         flwr_home = Path(tempfile.mkdtemp(prefix="fedisguise-flwr-"))
         try:
-            write_connection(flwr_home, superlink)
-            submit_run(cfg, flwr_home, {**os.environ, "FLWR_HOME": str(flwr_home)})
+            write_connection(flwr_home, superlink, cfg.deployment.tls,
+                             cfg.deployment.root_certificates or None)
+            submit_run(cfg, flwr_home, child_env(flwr_home))
         finally:
             shutil.rmtree(flwr_home, ignore_errors=True)
         return
-    with LocalFederation(cfg.experiment.clients, log_dir=cfg.run_dir / "logs",
-                         key_files=node_key_files(cfg)) as federation:
+    with LocalFederation.from_config(cfg, log_dir=cfg.run_dir / "logs") as federation:
         submit_run(cfg, federation.flwr_home, federation.env)
 
 
@@ -317,7 +477,7 @@ def _toml_key(key: str) -> str:
     return '"' + key + '"'
 
 
-def _toml_value(value: bool | int | float | str) -> str:
+def _toml_value(value: bool | float | str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

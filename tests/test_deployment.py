@@ -5,22 +5,47 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from fedisguise.deployment import LocalFederation
+import run
+from fedisguise import tls
+from fedisguise.config import Config, ConfigError
+from fedisguise.deployment import (
+    CONNECTION,
+    FLOWER_COMMANDS,
+    LocalFederation,
+    check_security,
+    child_env,
+    flower_command,
+    submit_run,
+    write_connection,
+)
 from fedisguise.experiment import run_experiment
 from tests.conftest import synthetic_config
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def federation_processes(node: str | None = None) -> list[int]:
-    """Live processes started by any LocalFederation (they carry its FLWR_HOME), or by one of
-    its nodes only (`superlink`, `supernode-<i>`: the marker their environment carries)."""
+@pytest.fixture
+def flwr_tmp(tmp_path, monkeypatch) -> Path:
+    """Where this test's federations keep their FLWR_HOME (tempfile's folder, for this process
+    and, through TMPDIR, for run.py children): other jobs on the machine may run federations
+    of their own at the same time, and those are not this test's to count."""
+    root = tmp_path / "flwr-tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    monkeypatch.setenv("TMPDIR", str(root))
+    return root
+
+
+def federation_processes(root: Path, node: str | None = None) -> list[int]:
+    """Live processes started by a LocalFederation whose FLWR_HOME is under `root`, or by one
+    of its nodes only (`superlink`, `supernode-<i>`: the marker their environment carries)."""
+    marker = f"FLWR_HOME={root}{os.sep}fedisguise-flwr-".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -30,14 +55,80 @@ def federation_processes(node: str | None = None) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"FLWR_HOME=" in environ and b"fedisguise-flwr-" in environ and state != "Z" and (
+        if marker in environ and state != "Z" and (
                 node is None or f"FEDISGUISE_NODE={node}".encode() in environ.split(b"\0")):
             found.append(int(entry.name))
     return found
 
 
-def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
-    assert federation_processes() == []
+def test_flower_commands_resolve_next_to_the_interpreter_without_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an unactivated virtualenv: its bin/ is off PATH
+    for name in FLOWER_COMMANDS:
+        path = Path(flower_command(name))
+        assert path.is_absolute() and path.is_file(), name
+        assert path.parent == Path(sys.executable).parent
+    # The helpers the SuperLink/SuperNode start by name must come from the same bin/.
+    assert child_env(tmp_path)["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_a_missing_flower_command_names_what_was_looked_for(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"`flower-nonesuch` is neither in .* nor on PATH"):
+        flower_command("flower-nonesuch")
+
+
+def test_security_settings_are_checked_before_anything_starts(tmp_path):
+    with pytest.raises(ConfigError, match="deployment.supernode_auth must be unset unless "
+                                          "deployment.tls = true"):
+        Config().with_overrides(["deployment.supernode_auth=true"])
+    cfg = Config().with_overrides(["deployment.tls=true", f"deployment.certificates={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"deployment.certificates: .* lacks ca.crt, server.pem, "
+                                          r"server.key \(make a set with"):
+        check_security(cfg)
+    tls.generate_certificates(tmp_path)
+    check_security(cfg)
+    (tmp_path / "server.key").chmod(0o644)
+    with pytest.raises(ConfigError, match="server.key is readable by others"):
+        check_security(cfg)
+    with pytest.raises(ConfigError, match="deployment.certificates is for the local federation"):
+        check_security(cfg, superlink="a:9092")
+    remote = Config().with_overrides(["deployment.tls=true",
+                                      f"deployment.root_certificates={tmp_path / 'nope.crt'}"])
+    with pytest.raises(ConfigError, match="deployment.root_certificates: no file"):
+        check_security(remote, superlink="a:9092")
+
+
+def test_run_py_exits_2_on_missing_certificates(tmp_path, capsys):
+    common = ["--mode", "deployment", "--out", str(tmp_path), "--set", "data.dataset=synthetic"]
+    assert run.main([*common, "--set", "deployment.tls=true",
+                     "--set", f"deployment.certificates={tmp_path}"]) == 2
+    assert "deployment.certificates" in capsys.readouterr().err
+    assert run.main([*common, "--superlink", "a:9092",
+                     "--root-certificates", str(tmp_path / "ca.crt")]) == 2
+    assert "deployment.root_certificates: no file" in capsys.readouterr().err
+    assert run.main([*common, "--root-certificates", str(tmp_path / "ca.crt")]) == 2
+    assert "--root-certificates is for --superlink" in capsys.readouterr().err
+
+
+def test_connections_are_read_back_by_flower(tmp_path, monkeypatch):
+    from flwr.cli.flower_config import read_superlink_connection
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    write_connection(tmp_path, "127.0.0.1:9092")
+    insecure = read_superlink_connection(CONNECTION)
+    assert (insecure.address, insecure.insecure, insecure.root_certificates) == (
+        "127.0.0.1:9092", True, None)
+    monkeypatch.chdir(tmp_path)
+    write_connection(tmp_path, "a.example.org:9092", tls=True, root_certificates="ca.crt")
+    secure = read_superlink_connection(CONNECTION)
+    assert not secure.insecure and secure.root_certificates == str(tmp_path / "ca.crt")
+    write_connection(tmp_path, "a.example.org:9092", tls=True)  # the system's CA store
+    assert read_superlink_connection(CONNECTION).root_certificates is None
+
+
+@pytest.mark.slow
+def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flwr_tmp):
+    assert federation_processes(flwr_tmp) == []
     cfg = synthetic_config(tmp_path, **{"experiment.mode": "deployment",
                                         "experiment.name": "dep",
                                         "data.train_per_client": 300})
@@ -54,16 +145,17 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path):
         assert all(e["sha256"] == e["client_sha256"] for e in entries)
     assert record["final"]["test_accuracy"] > record["initial"]["plain_test_accuracy"]
     assert (tmp_path / "dep" / "logs" / "supernode-1.log").is_file()
-    assert federation_processes() == []
+    assert federation_processes(flwr_tmp) == []
 
 
-def test_federation_ends_its_processes_when_the_body_fails(tmp_path):
-    with pytest.raises(RuntimeError, match="boom"):
-        with LocalFederation(1, log_dir=tmp_path) as federation:
-            time.sleep(2)  # let the SuperNode start its helpers
-            assert len(federation.pids()) >= 2
-            raise RuntimeError("boom")
-    assert federation_processes() == []
+@pytest.mark.slow
+def test_federation_ends_its_processes_when_the_body_fails(tmp_path, flwr_tmp):
+    with pytest.raises(RuntimeError, match="boom"), \
+            LocalFederation(1, log_dir=tmp_path) as federation:
+        time.sleep(2)  # let the SuperNode start its helpers
+        assert len(federation.pids()) >= 2
+        raise RuntimeError("boom")
+    assert federation_processes(flwr_tmp) == []
     assert not federation.flwr_home.exists()
 
 
@@ -84,32 +176,35 @@ def wait_for(condition, timeout: float, what: str) -> None:
     raise AssertionError(f"{what} within {timeout:.0f} s")
 
 
-def test_ctrl_c_ends_every_process_and_keeps_the_run_marked(tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_ends_every_process_and_keeps_the_run_marked(tmp_path, flwr_tmp):
     proc = start_run(tmp_path, "interrupted", "--clients", "2", "--rounds", "50")
-    wait_for(lambda: len(federation_processes()) >= 4, 90, "the federation came up")
+    wait_for(lambda: len(federation_processes(flwr_tmp)) >= 4, 90, "the federation came up")
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
     assert proc.wait(timeout=30) == 130
     assert time.monotonic() - sent < 15
     time.sleep(1)
-    assert federation_processes() == []
+    assert federation_processes(flwr_tmp) == []
     record = json.loads((tmp_path / "interrupted" / "metrics.json").read_text())
     assert record["status"] == "interrupted"
     assert (tmp_path / "interrupted" / "logs" / "superlink.log").is_file()
 
 
-def test_sigkill_of_run_py_takes_every_flower_process_with_it(tmp_path):
+@pytest.mark.slow
+def test_sigkill_of_run_py_takes_every_flower_process_with_it(tmp_path, flwr_tmp):
     proc = start_run(tmp_path, "killed", "--clients", "2", "--rounds", "50")
-    wait_for(lambda: len(federation_processes()) >= 4, 90, "the federation came up")
+    wait_for(lambda: len(federation_processes(flwr_tmp)) >= 4, 90, "the federation came up")
     time.sleep(3)
-    assert federation_processes()
+    assert federation_processes(flwr_tmp)
     proc.kill()
     proc.wait(timeout=10)
-    wait_for(lambda: federation_processes() == [], 15, "every Flower process ended")
+    wait_for(lambda: federation_processes(flwr_tmp) == [], 15, "every Flower process ended")
 
 
-def test_a_dead_supernode_is_recorded_and_the_others_finish_the_run(tmp_path):
+@pytest.mark.slow
+def test_a_dead_supernode_is_recorded_and_the_others_finish_the_run(tmp_path, flwr_tmp):
     proc = start_run(tmp_path, "dead", "--clients", "3", "--rounds", "2",
                      "--set", "data.train_per_client=200", "--set", "data.test_samples=300")
     metrics = tmp_path / "dead" / "metrics.json"
@@ -121,11 +216,11 @@ def test_a_dead_supernode_is_recorded_and_the_others_finish_the_run(tmp_path):
             return 0
 
     wait_for(lambda: rounds_done() >= 1, 240, "round 1 finished")
-    victim = federation_processes("supernode-2")
+    victim = federation_processes(flwr_tmp, "supernode-2")
     assert victim, "SuperNode 2 was not running"
     supernode = min(victim)  # the SuperNode itself started before its helpers
     os.kill(supernode, signal.SIGKILL)
-    wait_for(lambda: federation_processes("supernode-2") == [], 15,
+    wait_for(lambda: federation_processes(flwr_tmp, "supernode-2") == [], 15,
              "the dead SuperNode's helpers ended")
     _, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-2000:]
@@ -135,4 +230,37 @@ def test_a_dead_supernode_is_recorded_and_the_others_finish_the_run(tmp_path):
     assert record["rounds"][1]["clients"] == [0, 1]
     assert [(f["server_round"], f["partition_id"]) for f in record["failures"]] == [(2, 2)]
     assert "client 2" in err
-    assert federation_processes() == []
+    assert federation_processes(flwr_tmp) == []
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_auth_refuse_an_unknown_key_and_run_with_the_known_ones(
+        tmp_path, monkeypatch, flwr_tmp):
+    # Also the unactivated-virtualenv case: no interpreter bin/ on PATH at all.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    cfg = synthetic_config(tmp_path, **{
+        "experiment.mode": "deployment", "experiment.name": "tls", "experiment.rounds": 1,
+        "data.train_per_client": 64, "data.test_samples": 64,
+        "strategy.fraction_evaluate": 0.0,  # one ClientApp process per SuperNode, not two
+        "deployment.tls": True, "deployment.supernode_auth": True})
+    logs = cfg.run_dir / "logs"
+    stranger_key, _ = tls.generate_supernode_key(tmp_path / "elsewhere", "stranger")
+    with LocalFederation.from_config(cfg, log_dir=logs) as federation:
+        assert "--enable-supernode-auth" in federation.processes[0].args
+        stranger = federation.start_supernode(0, private_key=stranger_key)  # never registered
+        assert stranger.wait(timeout=60) != 0
+        assert "Failed to activate SuperNode" in (logs / "supernode-2.log").read_text()
+        assert "No SuperNode found with the given public key" in (
+            logs / "superlink.log").read_text()
+        submit_run(cfg, federation.flwr_home, federation.env)
+        secrets = [federation.certificates.key, stranger_key,
+                   *(p for p in (federation.flwr_home / "keys").iterdir() if not p.suffix)]
+        assert len(secrets) == 4 and all(p.stat().st_mode & 0o077 == 0 for p in secrets)
+        key_lines = [p.read_text().splitlines()[1].encode() for p in secrets]
+    assert federation_processes(flwr_tmp) == []
+    ledger = json.loads((cfg.run_dir / "updates.json").read_text())
+    assert sorted(e["partition_id"] for e in ledger) == [0, 1]
+    assert len({e["node_id"] for e in ledger}) == 2
+    assert (cfg.run_dir / "metrics.json").is_file()
+    for path in (p for p in cfg.run_dir.rglob("*") if p.is_file()):  # results and logs
+        assert not any(line in path.read_bytes() for line in key_lines), path

@@ -3,6 +3,7 @@ the privacy figures and the SuperNodes of a local deployment all use the key the
 
 import json
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
     monkeypatch.setattr(deployment, "wait_for_port", lambda *a, **k: None)
     monkeypatch.setattr(deployment, "submit_run", lambda *a, **k: None)
     deployment.run_deployment(cfg)
-    nodes = [a for a in spawned if a[0] == "flower-supernode"]
+    nodes = [a for a in spawned if Path(a[0]).name == "flower-supernode"]
     assert len(nodes) == 3
     for pid, args in enumerate(nodes):
         config = parse_config_args([args[args.index("--node-config") + 1]])
