@@ -299,12 +299,9 @@ class LocalFederation:
         counting the SuperNodes started so far.
         """
         index = len(self.supernodes)
-        node_config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
-        if self.key_files:
-            node_config += (f" {NODE_KEY_FILE}="
-                            f"{_node_config_string(str(self.key_files[partition_id]))}")
         args = [flower_command("flower-supernode"), "--superlink", self.address,
-                "--port", str(free_port(self.host)), "--node-config", node_config]
+                "--port", str(free_port(self.host)),
+                "--node-config", self.node_config(partition_id)]
         if self.root_certificates is None:
             args.append("--insecure")
         else:
@@ -318,6 +315,14 @@ class LocalFederation:
         process = self._spawn(args, f"supernode-{index}.log", f"supernode-{index}")
         self.supernodes.append(process)
         return process
+
+    def node_config(self, partition_id: int) -> str:
+        """The `--node-config` of the SuperNode for `partition_id`: its partition, and its own
+        key file when the federation has per-node keys."""
+        config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
+        if self.key_files:
+            config += f" {NODE_KEY_FILE}={_node_config_string(str(self.key_files[partition_id]))}"
+        return config
 
     def register(self, public_key: Path) -> None:
         """Allow the SuperNode holding this public key's private key to connect (Flower

@@ -108,13 +108,12 @@ def test_node_config_strings_survive_flowers_parser(tmp_path):
     federation = deployment.LocalFederation(
         2, tmp_path, key_files=[tmp_path / "a b" / "k.key", tmp_path / "it's" / "k.key"])
     for pid, expected in enumerate(["a b", "it's"]):
-        args = federation.supernode_command(pid, 9999)
-        config = parse_config_args([args[args.index("--node-config") + 1]])
+        config = parse_config_args([federation.node_config(pid)])
         assert config[NODE_KEY_FILE] == str(tmp_path / expected / "k.key")
     with pytest.raises(ValueError, match="one key file per SuperNode"):
         deployment.LocalFederation(2, tmp_path, key_files=[tmp_path / "k"])
-    plain = deployment.LocalFederation(1, tmp_path).supernode_command(0, 9999)
-    assert NODE_KEY_FILE not in " ".join(plain)  # no key dir: the config's key rules
+    plain = deployment.LocalFederation(1, tmp_path).node_config(0)
+    assert NODE_KEY_FILE not in plain  # no key dir: the config's key rules
 
 
 def test_key_dir_writer_makes_private_distinct_keys_and_keeps_existing_ones(tmp_path, capsys):
