@@ -147,11 +147,16 @@ class ObservedStrategy(Strategy):
         # The grid gives each message its id when it sends it; the SuperLink answers for a
         # node that died under its own id, so the reply's recipient names the node.
         sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        failures = []
         for msg in errors:
             node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             reason = (msg.error.reason or "").strip() or f"error code {msg.error.code}"
-            self._record(ClientFailure(server_round, phase, node, self._partitions.get(node),
-                                       reason.splitlines()[-1]))
+            failures.append(ClientFailure(server_round, phase, node, self._partitions.get(node),
+                                          reason.splitlines()[-1]))
+        # In client order, not arrival order: the record is the same on every run.
+        for failure in sorted(failures, key=lambda f: (f.partition_id is None,
+                                                       f.partition_id or 0, f.node_id)):
+            self._record(failure)
 
     def _record(self, failure: ClientFailure) -> None:
         self.failures.append(failure)

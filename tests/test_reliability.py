@@ -246,3 +246,83 @@ def test_ctrl_c_in_a_simulation_exits_130_keeps_finished_rounds_and_leaves_no_pr
     assert len(record["rounds"]) >= 1
     time.sleep(2)
     assert [pid for pid in children if alive(pid)] == []
+
+
+# ---- the server and the CLI on a failed run -------------------------------------------
+def test_the_server_keeps_finished_rounds_and_marks_a_run_without_training_failed(
+        tmp_path, task_identity):
+    import run as cli
+    from fedisguise.server_app import run_server
+
+    cfg = synthetic_config(tmp_path, **{"data.train_per_client": 32, "experiment.rounds": 3})
+    grid = FailingGrid(cfg, 2, broken={1000: (2, "any"), 1001: (2, "any")})
+    record = run_server(grid, cfg, "simulation")
+    assert record["status"] == "failed" and "round 2: no client trained" in record["error"]
+    assert [r["round"] for r in record["rounds"]] == [1]
+    on_disk = json.loads((cfg.run_dir / "metrics.json").read_text())
+    assert on_disk["status"] == "failed" and len(on_disk["rounds"]) == 1
+    assert [(f["server_round"], f["partition_id"]) for f in on_disk["failures"]] == [
+        (2, 0), (2, 1)]
+    assert "**Status: failed** after 1 of 3 rounds" in (cfg.run_dir / "summary.md").read_text()
+    assert cli.report(record, cfg.run_dir) == 1  # exit 0 only when a model was trained
+    record["status"] = "finished"
+    assert cli.report(record, cfg.run_dir) == 0
+
+
+def test_a_grid_reruns_an_interrupted_cell_from_scratch_and_skips_finished_ones(
+        tmp_path, monkeypatch):
+    import fedisguise.experiment as experiment
+    from fedisguise.compare import load_grid, run_grid
+    from tests.test_compare import GRID, grid_file
+
+    grid = load_grid(grid_file(tmp_path, GRID), out=str(tmp_path))
+    calls = []
+
+    def fake_run(cfg, force=False):
+        calls.append((cfg.run_dir.name, force))
+        experiment.claim_run_dir(cfg, force)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the second cell
+        record = {"status": "finished", "rounds": [], "final": {}}
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(record))
+        return record
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    monkeypatch.setattr("fedisguise.compare.write_table", lambda grid: {})
+    stale = grid.cells[1].config.run_dir
+    stale.mkdir(parents=True)
+    (stale / "rounds.csv").write_text("an interrupted run's rows")
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(grid, progress=False)
+    calls.clear()
+    outcome = run_grid(grid, progress=False)
+    assert outcome["skipped"] == [grid.cells[0].name]  # finished: kept
+    assert calls[0] == (grid.cells[1].name, True)  # interrupted: replaced, never mixed
+    assert not (stale / "rounds.csv").exists()
+    assert len(outcome["ran"]) == len(grid.cells) - 1
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_compare_cell_exits_143_and_marks_the_cell(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        "[compare]\nname = 'g'\nseeds = [0]\n[[compare.defence]]\nlabel = 'none'\n"
+        "[[compare.attack]]\nlabel = 'plain'\nattacks = []\n"
+        "[experiment]\nrounds = 500\nclients = 2\n"
+        "[data]\ndataset = 'synthetic'\ntrain_per_client = 64\ntest_samples = 64\n")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--compare", str(grid),
+                             "--out", str(tmp_path / "out")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "out" / "g" / "none--plain--seed0" / "metrics.json"
+    wait_for_rounds(metrics, 1, proc, timeout=240)
+    children = descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 15
+    assert proc.returncode == 143, err[-2000:]
+    assert "run the same command to resume" in err
+    assert json.loads(metrics.read_text())["status"] == "interrupted"
+    assert not (metrics.parent / "cell.json").exists()  # so the next run redoes it
+    time.sleep(2)
+    assert [pid for pid in children if alive(pid)] == []
