@@ -208,14 +208,15 @@ def hard_exit(code: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(code))
     sys.stdout.flush()
     sys.stderr.flush()
+    from fedisguise.deployment import _descendants, end_descendants
+
+    started = _descendants(os.getpid())  # Ray's workers outlive the raylet, re-parented
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         stopper = threading.Thread(target=ray.shutdown, daemon=True)
         stopper.start()
         stopper.join(timeout=5)
-    from fedisguise.deployment import end_descendants
-
-    end_descendants(os.getpid())
+    end_descendants(os.getpid(), known=started)
     os._exit(code)
 
 

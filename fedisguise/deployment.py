@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -122,22 +122,34 @@ def _signal_tree(process: subprocess.Popen, sig: int) -> None:
                 pass
 
 
-def end_descendants(pid: int, grace: float = 3.0) -> None:
-    """SIGTERM every live descendant of `pid`, then SIGKILL those left after `grace` s."""
-    pids = _descendants(pid)
+def end_descendants(pid: int, grace: float = 3.0, known: Iterable[int] = ()) -> None:
+    """SIGTERM every live descendant of `pid` (and the `known` pids, descendants seen
+    earlier that may have been re-parented since), then SIGKILL those left after `grace` s."""
+    def live() -> set[int]:
+        return set(_descendants(pid)) | {p for p in known if _alive(p)}
+
+    pids = live()
     for child in pids:
         try:
             os.kill(child, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and set(pids) & set(_descendants(pid)):
+    while time.monotonic() < deadline and pids & live():
         time.sleep(0.1)
-    for child in _descendants(pid):
+    for child in live():
         try:
             os.kill(child, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def _load_prctl():

@@ -146,9 +146,37 @@ def run_simulation(cfg: Config) -> None:
     # The Python entry point is marked deprecated in favour of `flwr run`, but it is the one
     # that lets the ServerApp share this process (and its observers) with the CLI.
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    start_ray(backend_config["init_args"])
     flwr_run_simulation(
         server_app=make_server_app(cfg, mode="simulation"),
         client_app=make_client_app(cfg),
         num_supernodes=cfg.experiment.clients,
         backend_config=backend_config,
     )
+
+
+def start_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray here, in the main thread, as Flower's Ray backend would (it skips its own
+    ray.init when Ray is up), then put back this process's SIGINT/SIGTERM handlers.
+
+    ray.init installs handlers of its own, among them a native one that aborts the process
+    on SIGTERM: run.py's handler, which marks the run interrupted and ends every child, would
+    never run.
+    """
+    import signal
+    import threading
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Ray's workers inherit the environment, not this process's sys.path (Flower does this).
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, include_dashboard=False,
+             **init_args)
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)

@@ -125,12 +125,13 @@ class Chain(Attack):
         if first.images is None:
             return Reconstruction(figures=figures, extra={"first": first, "stages": stages})
         current = first
-        for stage in stages[1:]:
+        for i, stage in enumerate(stages[1:], start=1):  # by position: names may repeat
             current = stage.reconstruct(
                 Evidence(view=evidence.view, images=current.images,
-                         images_from=" → ".join(names[:names.index(stage.name)])),
+                         images_from=" → ".join(names[:i])),
                 knowledge, runtime)
-            figures[stage.name] = current.figures
+            figures[stage.name if names.count(stage.name) == 1 else f"{stage.name}-{i}"] = \
+                current.figures
         final = Reconstruction(images=current.images, labels=first.labels, space="original",
                                figures=figures, extra={"first": first, "stages": stages})
         return final
