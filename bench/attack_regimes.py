@@ -71,11 +71,12 @@ def client_update(model: torch.nn.Module, data: ImageDataset, batch_size: int, s
     return client.state_dict(), torch.unique(used)
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], iterations: int = 1000) -> str:
     """One table row per (defence, regime). Verdict: "recovers" at PSNR ≥ 20 dB against the
     originals; "recognisable" where the attacker's classifier names at least half of the
     reconstructions right (chance: 0.1) though PSNR is lower, judged on 4 images or more (one
-    image is right or wrong by luck); otherwise "fails"."""
+    image is right or wrong by luck); otherwise "fails". A row measured with other than
+    `iterations` attack iterations says how many in its local-steps cell."""
     def f(v: float | None, digits: int = 1) -> str:
         return "–" if v is None else f"{v:.{digits}f}"
 
@@ -89,7 +90,9 @@ def markdown(rows: list[dict]) -> str:
                    "recovers" if p is not None and p >= 20 else
                    "recognisable" if seen is not None and seen >= 0.5 and r["images"] >= 4
                    else "fails")
-        lines.append(f"| {r['defence']} | {r['batch_size']} | {r['local_steps']} | "
+        its = r.get("iterations", iterations)
+        steps = r["local_steps"] if its == iterations else f"{r['local_steps']} ({its} it.)"
+        lines.append(f"| {r['defence']} | {r['batch_size']} | {steps} | "
                      f"{r['images']} | {f(p)} | {f(r.get('ssim_vs_original'), 3)} | "
                      f"{f(r.get('recognisability'), 2)} | {f(r.get('psnr_vs_disguised'))} | "
                      f"{f(r.get('label_accuracy'), 2)} | {verdict} |")
@@ -176,6 +179,7 @@ def main() -> None:
             figures.pop("_grid", None)
             rows.append({"defence": label, "batch_size": batch,
                          "local_steps": steps or "epoch", "images": len(used),
+                         "iterations": args.iterations,
                          "steps_taken": len(view.step_sizes()),
                          **{k: figures.get(k) for k in (
                              "status", "delta_mode", "psnr_vs_original", "ssim_vs_original",
