@@ -276,13 +276,13 @@ def test_a_grid_reruns_an_interrupted_cell_from_scratch_and_skips_finished_ones(
     from tests.test_compare import GRID, grid_file
 
     grid = load_grid(grid_file(tmp_path, GRID), out=str(tmp_path))
-    calls = []
+    calls, interrupt = [], [True]
 
     def fake_run(cfg, force=False):
         calls.append((cfg.run_dir.name, force))
         experiment.claim_run_dir(cfg, force)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C in the second cell
+        if len(calls) == 2 and interrupt.pop():
+            raise KeyboardInterrupt  # Ctrl-C in the second cell, the first time
         record = {"status": "finished", "rounds": [], "final": {}}
         (cfg.run_dir / "metrics.json").write_text(json.dumps(record))
         return record
@@ -295,6 +295,7 @@ def test_a_grid_reruns_an_interrupted_cell_from_scratch_and_skips_finished_ones(
     with pytest.raises(KeyboardInterrupt):
         run_grid(grid, progress=False)
     calls.clear()
+    interrupt.append(False)
     outcome = run_grid(grid, progress=False)
     assert outcome["skipped"] == [grid.cells[0].name]  # finished: kept
     assert calls[0] == (grid.cells[1].name, True)  # interrupted: replaced, never mixed
