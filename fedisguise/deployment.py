@@ -241,7 +241,9 @@ class LocalFederation:
         log = (self.log_dir / log_name).open("wb")
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                    env={**self.env, NODE_ENV: node}, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, preexec_fn=_die_with_parent)
+                                   # only a prctl call, loaded beforehand: no lock taken
+                                   start_new_session=True,
+                                   preexec_fn=_die_with_parent)  # noqa: PLW1509
         log.close()  # the child holds its own descriptor
         self.processes.append(process)
         return process

@@ -189,7 +189,8 @@ def test_an_existing_run_folder_is_refused_without_force(tmp_path):
     (run / "summary.md").write_text("old")
     command = [sys.executable, str(ROOT / "run.py"), "--config", "configs/smoke.toml",
                "--out", str(tmp_path), "--set", "data.dataset=synthetic"]
-    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             check=False)
     assert refused.returncode == 2
     assert "already holds results (finished run of yesterday); pass --force" in refused.stderr
     assert (run / "summary.md").read_text() == "old"
@@ -271,7 +272,7 @@ def test_the_server_keeps_finished_rounds_and_marks_a_run_without_training_faile
 
 def test_a_grid_reruns_an_interrupted_cell_from_scratch_and_skips_finished_ones(
         tmp_path, monkeypatch):
-    import fedisguise.experiment as experiment
+    from fedisguise import experiment
     from fedisguise.compare import load_grid, run_grid
     from tests.test_compare import GRID, grid_file
 
