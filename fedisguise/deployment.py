@@ -32,7 +32,7 @@ from typing import Self
 
 from fedisguise.config import Config, ConfigError
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
-from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked
+from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked, terminate
 from fedisguise.tls import (
     ServerCertificates,
     generate_certificates,
@@ -125,26 +125,11 @@ def _signal_tree(process: subprocess.Popen, sig: int) -> None:
 def end_descendants(pid: int, grace: float = 3.0, known: Iterable[int] = ()) -> None:
     """SIGTERM every live descendant of `pid` (and the `known` pids, descendants seen
     earlier that may have been re-parented since), then SIGKILL those left after `grace` s."""
-    def live() -> set[int]:
-        return set(_descendants(pid)) | {p for p in known if _alive(p)}
-
-    pids = live()
-    for child in pids:
-        try:
-            os.kill(child, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and pids & live():
-        time.sleep(0.1)
-    for child in live():
-        try:
-            os.kill(child, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    terminate(lambda: set(_descendants(pid)) | {p for p in known if alive(p)}, grace)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:

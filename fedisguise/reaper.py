@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 MARKER_ENV = "FEDISGUISE_FEDERATION"
@@ -41,15 +42,21 @@ def marked(marker: str, node: str | None = None) -> list[int]:
 
 def end_marked(marker: str, node: str | None = None, grace: float = 5.0) -> list[int]:
     """SIGTERM every marked process, SIGKILL what is left after `grace` s; the pids ended."""
-    pids = marked(marker, node)
+    return terminate(lambda: marked(marker, node), grace)
+
+
+def terminate(find: Callable[[], Iterable[int]], grace: float) -> list[int]:
+    """SIGTERM the processes `find` names, wait up to `grace` s for them to go, then SIGKILL
+    every process `find` names by then; the pids signalled first."""
+    pids = set(find())
     for pid in pids:
         _send(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and marked(marker, node):
+    while time.monotonic() < deadline and pids & set(find()):
         time.sleep(0.1)
-    for pid in marked(marker, node):
+    for pid in find():
         _send(pid, signal.SIGKILL)
-    return pids
+    return sorted(pids)
 
 
 def _send(pid: int, sig: int) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord, Error, Message
 
+from fedisguise.deployment import alive
 from fedisguise.models import build_model
 from fedisguise.results import new_record, rewrite_record, summary_markdown, write_run
 from strategies import NodeGuard, RunFailed, build_strategy
@@ -201,14 +202,6 @@ def descendants(pid: int) -> list[int]:
     from fedisguise.deployment import _descendants
 
     return _descendants(pid)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_for_rounds(metrics: Path, rounds: int, proc: subprocess.Popen, timeout: float) -> None:
