@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -29,6 +29,7 @@ from fedisguise.messages import (
     arrays_digest,
     arrays_nbytes,
 )
+from fedisguise.results import describe_failure
 from strategies.liveness import RunFailed
 
 
@@ -59,6 +60,11 @@ class ClientFailure:
     node_id: int
     partition_id: int | None  # None when the node never replied successfully before
     error: str  # the last line of the client's error
+
+
+def client_order(item: ReceivedUpdate | ClientFailure) -> tuple[bool, int, int]:
+    """By partition, then node; clients of unknown partition last."""
+    return item.partition_id is None, item.partition_id or 0, item.node_id
 
 
 class ObservedStrategy(Strategy):
@@ -105,7 +111,7 @@ class ObservedStrategy(Strategy):
         updates = sorted(
             (_to_update(server_round, msg, self.sent_arrays.get(server_round))
              for msg in replies if not msg.has_error()),
-            key=lambda u: (u.partition_id is None, u.partition_id or 0, u.node_id),
+            key=client_order,
         )
         errors = [msg for msg in replies if msg.has_error()]
         for update in updates:
@@ -154,17 +160,12 @@ class ObservedStrategy(Strategy):
             failures.append(ClientFailure(server_round, phase, node, self._partitions.get(node),
                                           reason.splitlines()[-1]))
         # In client order, not arrival order: the record is the same on every run.
-        for failure in sorted(failures, key=lambda f: (f.partition_id is None,
-                                                       f.partition_id or 0, f.node_id)):
+        for failure in sorted(failures, key=client_order):
             self._record(failure)
 
     def _record(self, failure: ClientFailure) -> None:
         self.failures.append(failure)
-        who = (f"client {failure.partition_id}" if failure.partition_id is not None
-               else "a client") + f" (node {failure.node_id})"
-        what = "was lost" if failure.phase == "connect" else f"failed to {failure.phase}"
-        tqdm.write(f"round {failure.server_round}: {who} {what}: {failure.error}",
-                   file=sys.stderr)
+        tqdm.write(describe_failure(asdict(failure)), file=sys.stderr)
 
     def summary(self) -> None:
         self.inner.summary()
