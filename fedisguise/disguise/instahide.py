@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedisguise.disguise.base import Disguise, check_images, register
+from fedisguise.disguise.base import Disguise, check_images, check_labels, register
 from fedisguise.disguise.keys import DisguiseKey
 
 MODES = ("inside", "cross")
@@ -94,33 +94,71 @@ class InstaHide(Disguise):
                              "or an N×classes probability matrix")
         return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
 
+    def members(self, n: int) -> torch.Tensor:
+        """n×k source indices, one row per encoding, as `_apply` draws them: column 0 is the
+        private image itself (each private image leads exactly one encoding); the partners
+        are a fresh permutation of the private images per column (`inside`, so each private
+        image is in exactly k encodings) or public images drawn with replacement (`cross`)."""
+        columns = [torch.arange(n)]
+        for _ in range(1, self.k):  # k is small (2–6): a loop over partners, not pixels
+            draw = self._rng.permutation(n) if self.mode == "inside" else \
+                self._rng.integers(0, len(self.public), n)
+            columns.append(torch.from_numpy(draw))
+        return torch.stack(columns, 1)
+
+    def encode(self, images: torch.Tensor, members: torch.Tensor,
+               labels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encodings of chosen mixtures: row i mixes `images[members[i, 0]]` with partners
+        `members[i, 1:]` (private images for `inside`, public images for `cross`), with fresh
+        weights and sign masks from the key. `_apply` is `encode(images, members(n))`; a
+        bench draws other memberships (each private image in T encodings, as in the InstaHide
+        Challenge) through the same mixing."""
+        check_images(images)
+        members = torch.as_tensor(members, dtype=torch.long)
+        if members.ndim != 2 or members.shape[1] != self.k:
+            raise ValueError(f"members must be an M×k = M×{self.k} index matrix, got shape "
+                             f"{tuple(members.shape)}")
+        pool = (len(images), len(images) if self.mode == "inside" else len(self.public))
+        for column, size in ((members[:, :1], pool[0]), (members[:, 1:], pool[1])):
+            if column.numel() and (column.min() < 0 or column.max() >= size):
+                raise ValueError(f"member indices out of range [0, {size})")
+        if labels is not None:
+            check_labels(labels, len(images))
+        lam = self._weights(len(members))
+        return self._mix(images, members, lam, labels)
+
     def _apply(self, images, labels):
         n = len(images)
+        lam = self._weights(n)  # drawn before the partners: the key's stream keeps its order
+        return self._mix(images, self.members(n), lam, labels)
+
+    def _mix(self, images, members, lam, labels):
         device = images.device
         if self.public is not None and self.public.shape[1:] != images.shape[1:]:
             raise ValueError(f"public images are {tuple(self.public.shape[1:])}, private "
                              f"images {tuple(images.shape[1:])}")
-        lam = self._weights(n).to(device, images.dtype)
+        lam = lam.to(device, images.dtype)
+        members = members.to(device)
         # Σ_j λ_j·(2·x_j − 1) = 2·Σ_j λ_j·x_j − 1 since the λ sum to 1: fused, pass by pass.
-        mixed = images * (2 * lam[:, 0, None, None, None])
+        mixed = images[members[:, 0]] * (2 * lam[:, 0, None, None, None])
         soft = None if labels is None else self._onehot(labels).to(device)
-        label_mix = None if soft is None else lam[:, :1] * soft
-        for j in range(1, self.k):  # k is small (2–6): a loop over partners, not pixels
+        label_mix = None if soft is None else lam[:, :1] * soft[members[:, 0]]
+        for j in range(1, self.k):
+            idx = members[:, j]
             if self.mode == "inside":
-                idx = torch.from_numpy(self._rng.permutation(n)).to(device)
                 partner = images[idx]
                 if soft is not None:
                     label_mix = label_mix + lam[:, j:j + 1] * soft[idx]
             else:
-                idx = torch.from_numpy(self._rng.integers(0, len(self.public), n))
-                partner = self.public[idx].to(device, images.dtype)
+                partner = self.public[idx.cpu()].to(device, images.dtype)
             mixed.addcmul_(partner, 2 * lam[:, j, None, None, None])
         mixed.sub_(1)
         # σ: a fair coin per value, the top bit of a random 32-bit word, XOR-ed onto the sign
         # bit of the float32 value (flipping the sign exactly, in one pass, no branches).
-        count = images.numel()
+        count = mixed.numel()
         words = self._rng.bit_generator.random_raw(-(-count // 2)).view(np.int32)[:count]
-        sign_bits = torch.from_numpy(words.reshape(tuple(images.shape))).to(device)
+        sign_bits = torch.from_numpy(words.reshape(tuple(mixed.shape))).to(device)
         out = mixed.float().contiguous()
         out.view(torch.int32).bitwise_xor_(sign_bits.bitwise_and_(-(1 << 31)))
         out = out.to(images.dtype)
