@@ -19,9 +19,10 @@ class _Block(nn.Sequential):
 
 class UNet(nn.Module):
     """Two-level U-Net (Ronneberger et al. 2015) sized for 28×28 / 32×32 images; outputs in
-    [0, 1] through a sigmoid. Sizes not divisible by 4 are padded and cropped back."""
+    [0, 1] through a sigmoid. Sizes not divisible by 4 are padded and cropped back.
+    `out_channels` (default: `channels`) where the input carries extra channels."""
 
-    def __init__(self, channels: int, width: int = 32) -> None:
+    def __init__(self, channels: int, width: int = 32, out_channels: int = 0) -> None:
         super().__init__()
         self.down1, self.down2 = _Block(channels, width), _Block(width, 2 * width)
         self.bottom = _Block(2 * width, 4 * width)
@@ -29,7 +30,7 @@ class UNet(nn.Module):
         self.dec2 = _Block(4 * width, 2 * width)
         self.up1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
         self.dec1 = _Block(2 * width, width)
-        self.out = nn.Conv2d(width, channels, 1)
+        self.out = nn.Conv2d(width, out_channels or channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -10,6 +10,7 @@ from fedisguise.attacks import (  # noqa: F401
     inverse,
     jigsaw,
     membership,
+    observed,
 )
 from fedisguise.attacks.base import ATTACKS, Attack, build_attack, figure_catalogue, parse_spec
 

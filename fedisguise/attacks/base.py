@@ -205,7 +205,14 @@ class Attack:
     name: ClassVar[str] = ""
     evidence: ClassVar[str] = "update"  # one of EVIDENCE_KINDS
     figures: ClassVar[tuple[Figure, ...]] = ()
+    # The defences a defence-specific attack is built for (None: any). Against another one
+    # the suite reports it "not applicable" without running it.
+    defences: ClassVar[tuple[str, ...] | None] = None
     level: int = 0
+
+    def applies_to(self, disguise: str) -> bool:
+        """Whether this attack is built for the run's defence (by its registered name)."""
+        return self.defences is None or disguise in self.defences
 
     def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
                     ) -> Reconstruction:

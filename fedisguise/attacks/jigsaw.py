@@ -127,6 +127,7 @@ class Jigsaw(Attack):
 
     name = "jigsaw"
     evidence = "images"
+    defences = ("block-permutation", "disguisednets")  # the keyed block permutations
     figures = (
         Figure("direct_accuracy", "jigsaw blocks placed right"),
         Figure("neighbour_accuracy", "jigsaw neighbours kept"),

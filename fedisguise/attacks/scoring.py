@@ -94,3 +94,25 @@ class Scorer:
                 rec_d.clamp(0, 1), disguised.float().cpu()[d_keep].clamp(0, 1)).mean().item()
         figures["_matched"] = rec
         return figures
+
+
+def score_outsourced(reconstruction: Any, truth: Any, scorer: Scorer) -> dict[str, Any]:
+    """An attack on images handed over (the papers' outsourcing threat model): image i of
+    the evidence is the disguise of original i, so no matching is needed. The figures, and
+    what doing nothing gives: the disguised images themselves against the originals."""
+    figures = dict(reconstruction.figures)
+    if reconstruction.images is None:
+        return figures
+    rec = reconstruction.images
+    observed = truth.observed_plain is not None
+    plain = truth.observed_plain if observed else truth.batch_plain
+    labels = truth.observed_labels if observed else truth.batch_labels
+    disguised = truth.observed_disguised if observed else truth.batch_disguised
+    figures.update({
+        "psnr_vs_original": psnr(rec, plain).clamp(max=PSNR_CAP).mean().item(),
+        "ssim_vs_original": ssim(rec, plain).mean().item(),
+        "recognisability": scorer.recognisability(rec, labels),
+        "psnr_disguised_vs_original": psnr(disguised, plain).clamp(max=PSNR_CAP).mean().item(),
+        "_grid": (plain[:8], disguised[:8], rec[:8]),
+    })
+    return figures

@@ -175,13 +175,22 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
                           public.image_shape, public.num_classes),
                 ground_truth(cfg, spec.target.round, spec.target.client))
         view, truth = loaded[spec.target]
+        label = spec.name if spec.name not in results else f"{spec.name}-{len(results)}"
+        if not attack.applies_to(cfg.disguise_name):  # a defence-specific attack elsewhere
+            results[label] = {"status": "not applicable",
+                              "reason": f"built for {list(attack.defences or ())}, not "
+                                        f"{cfg.disguise_name}",
+                              "attack": spec.name, "level": getattr(attack, "level", 0),
+                              "target": {"round": spec.target.round,
+                                         "client": spec.target.client},
+                              "params": spec.params}
+            continue
         knowledge, paired = knowledge_for(attack, truth, public, cfg.disguise,
                                           cfg.experiment.seed)
         evidence, truth = evidence_for(attack, view, truth, paired, holdout,
                                        cfg.experiment.seed)
         reconstruction = attack.reconstruct(evidence, knowledge, runtime)
         figures = attack.score(reconstruction, truth, scorer)  # the only step with the truth
-        label = spec.name if spec.name not in results else f"{spec.name}-{len(results)}"
         grid = figures.pop("_grid", None)
         if grid is not None:
             save_grid(run_dir / "images" / f"attack-{label}.png", grid)
