@@ -7,6 +7,7 @@ from fedisguise.attacks import (  # noqa: F401
     chain,
     gan,
     gradient_inversion,
+    instahide_attack,
     inverse,
     jigsaw,
     membership,

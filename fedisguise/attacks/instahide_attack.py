@@ -1,0 +1,507 @@
+"""The attack on InstaHide from its encodings alone (Carlini, Deng, Garg, Jha, Mahloujifar,
+Mahmoody, Song, Thakurta, Tramèr: "Is Private Learning Possible with Instance Encoding?",
+IEEE S&P 2021), the attack InstaHide fears most.
+
+An encoding is x̃_i = σ_i ∘ (Σ_j λ_ij·s_j + o_i) with s_j = 2·x_j − 1 the private images on
+InstaHide's scale, k of them per encoding (`inside`), or one private image and k − 1 public
+ones (`cross`, whose sum we call o_i). The attack, as Carlini et al. run it on the InstaHide
+Challenge:
+
+1. **Absolute values** remove the sign mask: a_i = |x̃_i| = |Σ_j λ_ij·s_j + o_i|.
+2. **Similarity.** A network learns whether two encodings share a private image, trained on
+   the attacker's own encodings (Level 1: its public images under its own key, with the
+   victim's k, mode and upper bound). Carlini et al. score stacked pairs with a ResNet; ours
+   is a dense siamese net, each encoding mapped once to a feature map and a pair scored by
+   the cosine of the two maps, so that all M² pairs are one matrix product on a CPU.
+3. **Clustering.** The k-nearest-neighbour graph of that similarity is factorised by
+   symmetric NMF into N overlapping communities, one per private image (N is the client's
+   num_examples, which the server knows); each encoding's strongest communities are its
+   candidate members.
+4. **Solving for the images.** Given members and weights, every pixel p is a real
+   phase-retrieval problem: |L·s_p + o_p| = a_p for the N values s_p ∈ [−1, 1]. It is solved
+   by relaxed averaged alternating reflections between the magnitudes and what images can
+   produce (plain alternating projections stall on 15 % of pixels even with the true
+   mixing), from a few starts, keeping per pixel the start that fits best. Each encoding is then
+   re-assigned to the k candidates, and weights, that explain it best, and the images
+   solved again (Carlini et al. solve images and weights jointly by gradient descent; the
+   alternation is the same fixed point, reached faster).
+5. **The sign left.** |L·s_p| is the same for −s_p: at every pixel all images may flip at
+   once, which no encoding can tell. The attacker fixes each pixel's sign with its prior:
+   an Ising model over neighbouring pixels (images are smooth), its field the agreement
+   with the mean of its public images. Scores are given both for x and for |2x − 1|, the
+   part the encodings determine.
+
+In cross mode o_i is unknown (public images the attacker cannot identify); like Carlini et
+al., who treat the public images as noise, the solver models it by its mean, the public set's
+mean image times the weight it carries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedisguise.attacks.base import (
+    Attack,
+    Evidence,
+    Figure,
+    GroundTruth,
+    Knowledge,
+    Reconstruction,
+    Runtime,
+    register,
+)
+from fedisguise.attacks.scoring import PSNR_CAP, Scorer, matching_order
+from fedisguise.disguise.base import spec_params
+from fedisguise.metrics import psnr, ssim
+
+
+def challenge_members(n: int, k: int, t: int, rng: np.random.Generator) -> torch.Tensor:
+    """An M×k membership (M = n·t/k) in which each of n private images is in exactly t
+    encodings and no encoding holds an image twice: the InstaHide Challenge's design
+    (T = 50 encodings per private image). t stacked permutations are cut into rows of k;
+    a row with a repeated image swaps a slot with a random other row until none is left."""
+    if n < k or t < 1 or (n * t) % k:
+        raise ValueError(f"n·t must be a multiple of k with n >= k, got n={n}, t={t}, k={k}")
+    rows = np.concatenate([rng.permutation(n) for _ in range(t)]).reshape(-1, k)
+    for _ in range(1000):
+        ordered = np.sort(rows, 1)
+        bad = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(1))
+        if not len(bad):
+            return torch.from_numpy(rows)
+        other = rng.integers(0, len(rows), len(bad))
+        a, b = rng.integers(0, k, len(bad)), rng.integers(0, k, len(bad))
+        rows[bad, a], rows[other, b] = rows[other, b], rows[bad, a].copy()
+    raise RuntimeError("could not draw a membership without repeated images")
+
+
+# ---- 2. similarity ----------------------------------------------------------------------
+class PairSimilarity(nn.Module):
+    """Dense siamese similarity: an encoding's |x̃| -> a unit-norm feature map at half
+    resolution; two encodings score the scaled cosine of their maps (a logit)."""
+
+    def __init__(self, channels: int, width: int = 32, features: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, features, 3, padding=1))
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.bias = nn.Parameter(torch.tensor(-5.0))
+
+    def embed(self, absolute: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(absolute).flatten(1), dim=1)
+
+    @torch.no_grad()
+    def matrix(self, absolute: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        """M×M cosine similarities (diagonal included)."""
+        self.eval()
+        device = self.scale.device
+        e = torch.cat([self.embed(absolute[i:i + batch].to(device)).cpu()
+                       for i in range(0, len(absolute), batch)])
+        return e @ e.T
+
+
+def train_similarity(absolute: torch.Tensor, members: torch.Tensor, private: int, *,
+                     steps: int, batch: int = 128, lr: float = 1e-3,
+                     device: torch.device | str = "cpu", seed: int = 0, progress: bool = True
+                     ) -> tuple[PairSimilarity, dict]:
+    """Fit the similarity on the attacker's own encodings: half of every batch pairs two
+    encodings of one private image (column 0 only in cross mode: public partners do not
+    count), half pairs encodings at random (labelled by whether they share one)."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = PairSimilarity(absolute.shape[1]).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    incidence = torch.zeros(len(members), private, dtype=torch.bool)
+    incidence[torch.arange(len(members))[:, None], members] = True
+    # encodings per private image as a padded table, for drawing positive pairs in one go
+    holders = [incidence[:, j].nonzero().flatten() for j in range(private)]
+    usable = torch.tensor([len(h) >= 2 for h in holders])
+    if not usable.any():
+        raise ValueError("no private image is in two encodings: nothing to learn from")
+    width = max(len(h) for h in holders)
+    table = torch.stack([F.pad(h, (0, width - len(h)), value=-1) for h in holders])
+    counts = torch.tensor([len(h) for h in holders])
+    choices = usable.nonzero().flatten()
+    half = batch // 2
+    bar = tqdm(total=steps, desc="instahide similarity", disable=not progress, leave=False)
+    loss = torch.tensor(0.0)
+    net.train()
+    for _ in range(steps):
+        image = choices[torch.randint(len(choices), (half,), generator=gen)]
+        first = (torch.rand(half, generator=gen) * counts[image]).long()
+        second = (first + 1 + (torch.rand(half, generator=gen) * (counts[image] - 1)).long()
+                  ) % counts[image]
+        u = torch.cat([table[image, first], torch.randint(len(members), (half,), generator=gen)])
+        v = torch.cat([table[image, second],
+                       torch.randint(len(members), (half,), generator=gen)])
+        label = (incidence[u] & incidence[v]).any(1).float().to(device)
+        e = net.embed(absolute[torch.cat([u, v])].to(device))
+        logit = net.scale * (e[:len(u)] * e[len(u):]).sum(1) + net.bias
+        loss = F.binary_cross_entropy_with_logits(logit, label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.update(1)
+    bar.close()
+    return net.eval(), {"steps": steps, "final_loss": loss.item(),
+                        "seconds": time.perf_counter() - started}
+
+
+# ---- 3. clustering ----------------------------------------------------------------------
+def communities(similarity: torch.Tensor, n: int, degree: int, iterations: int = 300,
+                seed: int = 0) -> torch.Tensor:
+    """M×n non-negative community strengths H with H·Hᵀ ≈ the kNN-sparsified similarity
+    (symmetric NMF, Ding et al.'s multiplicative update with β = 1/2)."""
+    m = len(similarity)
+    degree = max(1, min(degree, m - 1))
+    sim = similarity.clone().float()
+    sim.fill_diagonal_(-math.inf)
+    near = sim.topk(degree, 1).indices
+    rows = torch.arange(m)[:, None].expand_as(near)
+    graph = torch.zeros(m, m)
+    graph[rows, near] = 1.0
+    graph = ((graph + graph.T) > 0).float()
+    graph.fill_diagonal_(1.0)
+    weights = graph * similarity.float().clamp(min=0)
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.rand(m, n, generator=gen) * (2 * (weights.mean() / n).sqrt())
+    for _ in range(iterations):
+        h = h * (0.5 + 0.5 * (weights @ h) / (h @ (h.T @ h) + 1e-9))
+    return h
+
+
+# ---- 4. solving for the images ----------------------------------------------------------
+class Mixing:
+    """Encodings as index form: a_i = |Σ_c w_ic·s_{members[i, c]} + w_i,pub·s̄| (the last term
+    in cross mode only), with the normal matrix LᵀL factorised once per assignment."""
+
+    def __init__(self, members: torch.Tensor, weights: torch.Tensor, n: int,
+                 public_weight: torch.Tensor | None, public_mean: torch.Tensor | None) -> None:
+        self.members, self.weights, self.n = members, weights, n
+        self.offset = None if public_weight is None else public_weight[:, None] * public_mean
+        gram = torch.zeros(n, n, dtype=torch.float64)
+        k = members.shape[1]
+        for a, b in itertools.product(range(k), repeat=2):
+            gram.index_put_((members[:, a], members[:, b]),
+                            (weights[:, a] * weights[:, b]).double(), accumulate=True)
+        gram += torch.eye(n, dtype=torch.float64) * 1e-6 * max(gram.diagonal().mean(), 1e-6)
+        self.factor = torch.linalg.cholesky(gram)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """L·s (+ o) for s of shape n×P (pixel columns)."""
+        out = torch.einsum("mk,mkp->mp", self.weights, s[self.members])
+        return out if self.offset is None else out + self.offset
+
+    def solve(self, target: torch.Tensor) -> torch.Tensor:
+        """argmin_s ‖L·s − (target − o)‖² for target of shape M×P."""
+        if self.offset is not None:
+            target = target - self.offset
+        rhs = torch.zeros(self.n, target.shape[1], dtype=torch.float64)
+        for c in range(self.members.shape[1]):
+            rhs.index_add_(0, self.members[:, c],
+                           (self.weights[:, c:c + 1] * target).double())
+        return torch.cholesky_solve(rhs, self.factor).float()
+
+
+def retrieve_signs(mixing: Mixing, absolute: torch.Tensor, start: torch.Tensor | None,
+                   restarts: int, iterations: int, gen: torch.Generator, beta: float = 0.9
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel: s ∈ [−1, 1]^n with |L·s + o| ≈ a. In the space of encodings z, with
+    P_A(z) = sign(z)·a (the magnitudes) and P_B(z) = L·box(argmin_s ‖L·s + o − z‖) (what
+    images can produce), relaxed averaged alternating reflections (RAAR, Luke 2005),
+    z ← β/2·(R_B·R_A + I)·z + (1 − β)·P_A·z, escape the stagnation of plain alternating
+    projections; a run of those then settles the result. From `restarts` starts (the given
+    images, all −1, then uniform random), keeping per pixel the best fit.
+    Returns (s: n×P, per-pixel mean squared residual)."""
+    n, pixels = mixing.n, absolute.shape[1]
+
+    def images_of(z: torch.Tensor) -> torch.Tensor:
+        return mixing.solve(z).clamp_(-1, 1)
+
+    def magnitudes(z: torch.Tensor) -> torch.Tensor:
+        return torch.sign(z) * absolute
+
+    best = residual = None
+    for r in range(restarts):
+        if r == 0 and start is not None:
+            s = start.clone()
+        elif r <= 1:
+            s = -torch.ones(n, pixels)
+        else:
+            s = torch.rand(n, pixels, generator=gen) * 2 - 1
+        z = mixing.forward(s)
+        for _ in range(iterations):
+            pa = magnitudes(z)
+            reflected = 2 * pa - z
+            z = beta / 2 * (2 * mixing.forward(images_of(reflected)) - reflected + z) + \
+                (1 - beta) * pa
+        s = images_of(magnitudes(z))
+        for _ in range(iterations // 2):
+            s = images_of(magnitudes(mixing.forward(s)))
+        fit = (mixing.forward(s).abs() - absolute).pow(2).mean(0)
+        if best is None:
+            best, residual = s, fit
+        else:
+            better = fit < residual
+            best = torch.where(better, s, best)
+            residual = torch.minimum(fit, residual)
+    return best, residual
+
+
+def fit_weights(absolute: torch.Tensor, sources: torch.Tensor, iterations: int = 4
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For B encodings a (B×P) and their candidate sources (B×c×P): non-negative weights
+    summing to 1 with |wᵀ·sources| ≈ a (alternating signs and least squares), and the
+    mean squared residual."""
+    b, c, _ = sources.shape
+    w = torch.full((b, c), 1.0 / c)
+    gram = torch.einsum("bkp,bjp->bkj", sources, sources) + 1e-4 * torch.eye(c)
+    for _ in range(iterations):
+        target = torch.sign(torch.einsum("bk,bkp->bp", w, sources)) * absolute
+        w = torch.linalg.solve(gram, torch.einsum("bkp,bp->bk", sources, target))
+        w = w.clamp(min=0)
+        w = w / w.sum(1, keepdim=True).clamp(min=1e-6)
+    residual = (torch.einsum("bk,bkp->bp", w, sources).abs() - absolute).pow(2).mean(1)
+    return w, residual
+
+
+def assign(absolute: torch.Tensor, images: torch.Tensor, candidates: torch.Tensor, k: int,
+           public_mean: torch.Tensor | None, chunk: int = 256
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Each encoding's best k of its candidate images (and the public mean in cross mode),
+    with their weights: (members M×k, weights M×k, public weight M or None, residual M)."""
+    m = len(absolute)
+    subsets = torch.tensor(list(itertools.combinations(range(candidates.shape[1]), k)))
+    members = torch.empty(m, k, dtype=torch.long)
+    weights = torch.empty(m, k)
+    public_weight = None if public_mean is None else torch.empty(m)
+    residual = torch.empty(m)
+    for start in range(0, m, chunk):
+        rows = slice(start, min(start + chunk, m))
+        a, cand = absolute[rows], candidates[rows]
+        best = torch.full((len(a),), math.inf)
+        for subset in subsets:
+            chosen = cand[:, subset]
+            sources = images[chosen]  # B×k×P
+            if public_mean is not None:
+                sources = torch.cat([sources, public_mean.expand(len(a), 1, -1)], 1)
+            w, fit = fit_weights(a, sources)
+            better = fit < best
+            best = torch.where(better, fit, best)
+            members[rows][better] = chosen[better]
+            weights[rows][better] = w[better, :k]
+            if public_weight is not None:
+                public_weight[rows][better] = w[better, k]
+        residual[rows] = best
+    return members, weights, public_weight, residual
+
+
+# ---- 5. the sign left -------------------------------------------------------------------
+def orient(signed: torch.Tensor, prior: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+    """Flip each pixel (all images at once) to maximise Σ_p f_p·h_p + Σ_{p~q} f_p·f_q·J_pq,
+    h_p: agreement of the images' mean with the prior's mean at p, J_pq: the images'
+    correlation between neighbouring pixels (iterated conditional modes from the prior)."""
+    n, c, h, w = signed.shape
+    field = signed.sum(0) * prior  # C×H×W
+    flip = torch.where(field >= 0, 1.0, -1.0)
+    for _ in range(iterations):
+        oriented = signed * flip
+        pull = field.clone()
+        for dim, shift in ((2, 1), (2, -1), (1, 1), (1, -1)):  # within a channel: x, y
+            valid = torch.ones(c, h, w)
+            edge = [slice(None)] * 3
+            edge[dim] = 0 if shift == 1 else -1
+            valid[tuple(edge)] = 0
+            pull += (signed * torch.roll(oriented, shift, dim + 1)).sum(0) * valid
+        if c > 1:  # colour channels at one position are correlated too
+            pull += (signed * (oriented.sum(1, keepdim=True) - oriented)).sum(0)
+        new = torch.where(pull >= 0, 1.0, -1.0)
+        if torch.equal(new, flip):
+            break
+        flip = new
+    return signed * flip
+
+
+# ---- the attack under the contract -------------------------------------------------------
+@register
+class InstaHideAttack(Attack):
+    """Carlini et al.'s attack on a set of InstaHide encodings (Level 1: it knows k, mode
+    and upper bound, and encodes its own public images to learn the similarity). Its
+    evidence is encodings: the client's own (outsourced), or a chain's estimates of them
+    from an update. It recovers the private images up to each pixel's common sign."""
+
+    name = "instahide_attack"
+    evidence = "images"
+    defences = ("instahide",)
+    figures = (
+        Figure("psnr_vs_original", "InstaHide attack PSNR vs original (dB)"),
+        Figure("ssim_vs_original", "InstaHide attack SSIM vs original"),
+        Figure("recognisability", "InstaHide attack recognisability"),
+        Figure("abs_ssim", "InstaHide attack SSIM of |2x − 1|"),
+    )
+    level = 1
+
+    def __init__(self, public_images: int = 2000, train_encodings_per_image: int = 20,
+                 steps: int = 1500, restarts: int = 4, iterations: int = 100, rounds: int = 4,
+                 candidates: int = 4, private: int = 0) -> None:
+        if min(public_images, train_encodings_per_image, steps, restarts, iterations) < 1 \
+                or rounds < 0 or candidates < 0 or private < 0:
+            raise ValueError("public_images, train_encodings_per_image, steps, restarts and "
+                             "iterations must be >= 1; rounds, candidates and private >= 0")
+        self.public_images, self.per_image = public_images, train_encodings_per_image
+        self.steps, self.restarts, self.iterations = steps, restarts, iterations
+        self.rounds, self.candidates, self.private = rounds, candidates, private
+        self._similarity: dict[tuple, tuple[PairSimilarity, dict]] = {}
+
+    def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
+                    ) -> Reconstruction:
+        if evidence.images is None:
+            raise ValueError("the InstaHide attack needs encodings")
+        name, params = spec_params(knowledge.algorithm)
+        if name != "instahide":
+            return Reconstruction(figures={"status": "not applicable",
+                                           "reason": f"an attack on InstaHide, not {name}"})
+        started = time.perf_counter()
+        own = knowledge.own_disguise(runtime.seed)  # the public algorithm, the attacker's key
+        k, mode = own.k, own.mode
+        absolute = evidence.images.detach().float().cpu().abs()
+        m = len(absolute)
+        shape = tuple(absolute.shape[1:])
+        # How many private images the encodings hold: the server knows the client's
+        # num_examples; no more than the encodings can hold.
+        slots = k if mode == "inside" else 1
+        n = min(self.private or evidence.view.num_examples, m * slots)
+        per_image = round(m * slots / n)
+        if per_image < 2:  # no two encodings share an image: nothing to cluster
+            n, per_image = m * slots, 1
+        gen = torch.Generator().manual_seed(runtime.seed)
+
+        flat = absolute.flatten(1)
+        if per_image >= 2:
+            candidates, learned = self._candidates(absolute, knowledge, own, n, slots,
+                                                   per_image, runtime)
+        else:  # each encoding holds images of its own
+            candidates, learned = torch.arange(m * slots).view(m, slots), None
+        public_mean = None
+        if mode == "cross":
+            public_mean = (2 * own.public.float().mean(0) - 1).flatten()[None]
+        members = candidates[:, :slots]
+        weights = torch.full((m, slots), 1.0 / k)
+        public_weight = None if mode == "inside" else torch.full((m,), 1.0 - 1.0 / k)
+
+        # 4. images and assignments, alternately
+        s, fit = None, None
+        history = []
+        bar = tqdm(total=self.rounds + 1, desc="instahide solve", leave=False,
+                   disable=not runtime.progress)
+        for round_ in range(self.rounds + 1):
+            if round_:
+                members, weights, public_weight, _ = assign(flat, s, candidates, slots,
+                                                            public_mean)
+            mixing = Mixing(members, weights, n, public_weight, public_mean)
+            s, fit = retrieve_signs(mixing, flat, s, self.restarts if round_ == 0 else
+                                    max(2, self.restarts // 2), self.iterations, gen)
+            history.append(fit.mean().item())
+            bar.update(1)
+        bar.close()
+
+        # 5. each pixel's sign from the attacker's public prior
+        prior = (2 * knowledge.public.images.float().mean(0) - 1)
+        oriented = orient(s.view(n, *shape), prior)
+        images = ((oriented + 1) / 2).clamp(0, 1)
+        return Reconstruction(
+            images=images, space="original",
+            figures={"status": "ok", "level": knowledge.level, "k": k, "mode": mode,
+                     "encodings": m, "private_images": n, "encodings_per_image": per_image,
+                     "observed": evidence.images_from, "similarity": learned,
+                     "fit_residual": history, "seconds": time.perf_counter() - started},
+            extra={"unsigned": s.view(n, *shape).abs()})
+
+    def _candidates(self, absolute: torch.Tensor, knowledge: Knowledge, own: Any, n: int,
+                    slots: int, per_image: int, runtime: Runtime
+                    ) -> tuple[torch.Tensor, dict]:
+        """Steps 2 and 3: the similarity learned on the attacker's own encodings, and each
+        encoding's candidate images from the communities of its similarity graph."""
+        k, mode = own.k, own.mode
+        rng = np.random.default_rng(runtime.seed)
+        public = knowledge.public.images[:self.public_images]
+        if mode == "inside":  # a multiple of k images, so that n·t/k rows come out whole
+            public = public[:len(public) - len(public) % k]
+        own.reseed("attacker")
+        if mode == "inside":
+            private_members = challenge_members(len(public), k, self.per_image, rng)
+            own_absolute = own.encode(public, private_members)[0].abs()
+        else:
+            rows = torch.arange(len(public)).repeat(self.per_image)
+            partners = torch.from_numpy(rng.integers(0, len(own.public), (len(rows), k - 1)))
+            own_absolute = own.encode(public, torch.cat([rows[:, None], partners], 1))[0].abs()
+            private_members = rows[:, None]
+        cache = (repr(knowledge.algorithm), runtime.seed, len(public))
+        if cache not in self._similarity:  # one attacker, one network per algorithm
+            self._similarity[cache] = train_similarity(
+                own_absolute, private_members, len(public), steps=self.steps,
+                device=runtime.device, seed=runtime.seed, progress=runtime.progress)
+        net, learned = self._similarity[cache]
+        h = communities(net.matrix(absolute), n, degree=max(1, slots * (per_image - 1)),
+                        seed=runtime.seed)
+        return h.topk(min(n, slots + self.candidates), 1).indices, learned
+
+    def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
+              ) -> dict:
+        """Recovered private images against the originals behind the encodings, each
+        matched to its nearest original: x, and |2x − 1| (free of the per-pixel sign)."""
+        figures = dict(reconstruction.figures)
+        if reconstruction.images is None:
+            return figures
+        plain = truth.observed_plain if truth.observed_plain is not None else \
+            truth.batch_plain
+        labels = truth.observed_labels if truth.observed_labels is not None else \
+            truth.batch_labels
+        figures.update(score_recovery(reconstruction.images, reconstruction.extra["unsigned"],
+                                      plain, labels, scorer))
+        disguised = truth.observed_disguised if truth.observed_disguised is not None else \
+            truth.batch_disguised
+        matched = figures.pop("_matched")
+        figures["_grid"] = (plain[:8], disguised[:8], matched[:8])
+        return figures
+
+
+def score_recovery(images: torch.Tensor, unsigned: torch.Tensor, plain: torch.Tensor,
+                   labels: torch.Tensor, scorer: Scorer | None = None) -> dict[str, Any]:
+    """PSNR/SSIM of recovered private images (matched to the originals on MSE) and of their
+    |2x − 1| (matched on that), mean and max over the originals that got an image."""
+    order = matching_order(images, plain)
+    keep = order >= 0
+    rec, truth = images[order[keep]], plain[keep]
+    ssim_x = ssim(rec, truth)
+    absolute = (2 * plain - 1).abs()
+    order_abs = matching_order(unsigned, absolute)
+    keep_abs = order_abs >= 0
+    rec_abs, truth_abs = unsigned[order_abs[keep_abs]], absolute[keep_abs]
+    ssim_abs = ssim(rec_abs, truth_abs)
+    figures = {
+        "psnr_vs_original": psnr(rec, truth).clamp(max=PSNR_CAP).mean().item(),
+        "ssim_vs_original": ssim_x.mean().item(),
+        "ssim_max": ssim_x.max().item(),
+        "abs_psnr": psnr(rec_abs, truth_abs).clamp(max=PSNR_CAP).mean().item(),
+        "abs_ssim": ssim_abs.mean().item(),
+        "abs_ssim_max": ssim_abs.max().item(),
+        "matched": int(keep.sum()),
+        "_matched": rec,
+    }
+    if scorer is not None:
+        figures["recognisability"] = scorer.recognisability(rec, labels[keep])
+    return figures
