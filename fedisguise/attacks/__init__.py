@@ -5,6 +5,7 @@ attack classes: one module per attack family plus its line here."""
 
 from fedisguise.attacks import (  # noqa: F401
     chain,
+    deshuffle,
     gan,
     gradient_inversion,
     instahide_attack,
