@@ -203,7 +203,12 @@ def test_chain_stages_follow_the_contract():
     assert default_stages("visualmixer", 0) == [{"name": "gradient_inversion"}]
     assert default_stages("disguisednets", 1)[1] == {"name": "inverse_network", "level": 1}
     assert default_stages("disguisednets", 2)[1]["method"] == "known-pairs"
-    assert default_stages("instahide", 2)[1]["method"] == "unet"
+    assert default_stages("aes", 2)[1]["method"] == "unet"
+    # The attack a defence fears most, at Level 1 and (pairs do not undo per-image
+    # randomness) at Level 2.
+    for level in (1, 2):
+        assert default_stages("instahide", level)[1] == {"name": "instahide_attack"}
+        assert default_stages("visualmixer", level)[1] == {"name": "deshuffler"}
     with pytest.raises(ValueError, match="cannot take an update"):
         Chain(stages=[{"name": "inverse_network"}])
     with pytest.raises(ValueError, match="cannot take images"):

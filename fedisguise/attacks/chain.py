@@ -38,18 +38,27 @@ from fedisguise.attacks.scoring import Scorer
 from fedisguise.disguise.base import spec_params
 
 BLOCK_AFFINE = ("block-permutation", "rmt", "block-rmt", "disguisednets")
+# The defence-specific attack a Level-1 attacker runs on a chain's estimate.
+SPECIFIC = {"instahide": "instahide_attack", "visualmixer": "deshuffler",
+            "visualmixer-uniform": "deshuffler"}
 
 
 def default_stages(disguise: str, level: int) -> list[dict[str, Any]]:
-    """The strongest generic chain each defence faces at each level, as attack specs.
+    """The strongest chain each defence faces at each level, as attack specs.
 
     Level 0 knows no algorithm, so it keeps the gradient-inversion estimate as its guess of
-    the originals; `none` needs no second stage. Block-affine defences fall to known-pairs
-    algebra at Level 2 (exact without noise); the rest get a U-Net on the victim's pairs.
+    the originals; `none` needs no second stage. Level 1 de-disguises with the attack the
+    defence fears most where one exists (Carlini et al.'s on InstaHide, the learned
+    de-shuffler on VisualMixer), else an inverse network on its own key. Level 2:
+    block-affine defences fall to known-pairs algebra (exact without noise); pairs under the
+    victim's key do not undo per-image randomness, so InstaHide and the shufflers keep their
+    Level-1 attack; the rest get a U-Net on the victim's pairs.
     """
     first = {"name": "gradient_inversion"}
     if level == 0 or disguise == "none":
         return [first]
+    if disguise in SPECIFIC:
+        return [first, {"name": SPECIFIC[disguise]}]
     if level == 1:
         return [first, {"name": "inverse_network", "level": 1}]
     method = "known-pairs" if disguise in BLOCK_AFFINE else "unet"
