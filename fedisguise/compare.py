@@ -46,6 +46,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 # Importing attacks.base loads the attacks package, whose modules register every attack.
+from fedisguise import strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError
 
@@ -497,14 +498,24 @@ def write_table(grid: Grid) -> dict[str, Any]:
                                      for k, v in figures[c.name].items()
                                      if k != "accuracy_per_round"}})
     plots = write_plots(grid, rows, columns)
+    levels = strongest.level_rows(grid, records, rows)
+    level_lines: list[str] = []
+    if any(r["attack"] for r in levels):  # some attack recovered images: the level table
+        strongest.write_level_csv(grid.out / "levels.csv", levels)
+        picture = "levels.png" if strongest.write_level_grid(
+            grid.out / "levels.png", levels, grid.out) else None
+        level_lines = ["## Strongest attack per defence and knowledge level", "",
+                       strongest.__doc__.split("\n\n")[1].replace("\n", " "), "",
+                       *strongest.level_markdown(levels, picture)]
     (grid.out / "table.md").write_text(
-        table_markdown(grid, rows, records, missing, plots, columns))
+        table_markdown(grid, rows, records, missing, plots, columns)
+        + "\n".join(level_lines))
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
                "reference": grid.reference,
                "columns": {c.key: c.figure.title for c in columns}, "rows": rows,
-               "missing": missing, "plots": plots}
+               "levels": levels, "missing": missing, "plots": plots}
     (grid.out / "compare.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return {"rows": rows, "missing": missing, "plots": plots}
+    return {"rows": rows, "levels": levels, "missing": missing, "plots": plots}
 
 
 def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, Any],

@@ -361,3 +361,83 @@ def test_compare_smoke_grid_end_to_end(tmp_path):
     again = run_grid(load_grid(REPO / "configs" / "compare-smoke.toml", out=str(tmp_path)),
                      progress=False)
     assert again["ran"] == [] and len(again["skipped"]) == 2
+
+
+LEVEL_GRID = """
+[compare]
+name = "g"
+seeds = [0, 1]
+[[compare.defence]]
+label = "none"
+[[compare.defence]]
+label = "vm"
+disguise = "visualmixer"
+[[compare.attack]]
+label = "utility"
+attacks = []
+[[compare.attack]]
+label = "l0"
+attacks = [{name = "chain", level = 0}, {name = "as_observed"}]
+train = {local_steps = 1}
+[[compare.attack]]
+label = "l1"
+attacks = [{name = "chain", level = 1}, {name = "window_stats"}, {name = "instahide_attack"}]
+train = {local_steps = 1}
+"""
+
+
+def test_the_level_table_takes_the_strongest_attack_at_or_below_each_level(tmp_path):
+    """Per defence × level × threat model: the strongest attack of level <= L, per seed,
+    by PSNR vs the originals; not-applicable attacks and attacks without images count
+    nothing; accuracy cost from the utility cells."""
+    grid = load_grid(grid_file(tmp_path, LEVEL_GRID), out=str(tmp_path))
+
+    def entry(kind, level, psnr, **more):
+        return {"attack": kind, "status": "ok", "level": level, "psnr_vs_original": psnr,
+                "ssim_vs_original": psnr / 100, "recognisability": psnr / 50, **more}
+
+    plans = {  # (defence, setting, seed) -> attacks
+        ("none", "l0", 0): {"chain": entry("chain", 0, 20.0),
+                            "as_observed": entry("as_observed", 0, 100.0)},
+        ("none", "l1", 0): {"chain": entry("chain", 1, 15.0)},  # weaker than Level 0's
+        ("vm", "l0", 0): {"chain": entry("chain", 0, 8.0),
+                          "as_observed": entry("as_observed", 0, 15.0)},
+        ("vm", "l0", 1): {"chain": entry("chain", 0, 9.0),
+                          "as_observed": entry("as_observed", 0, 15.5)},
+        ("vm", "l1", 0): {"chain": entry("chain", 1, 10.0, grid="images/attack-chain.png"),
+                          "window_stats": entry("window_stats", 1, 21.0),
+                          "instahide_attack": {"attack": "instahide_attack", "level": 1,
+                                               "status": "not applicable",
+                                               "psnr_vs_original": 99.0}},
+        ("vm", "l1", 1): {"chain": entry("chain", 1, 12.0),
+                          "window_stats": entry("window_stats", 1, 19.0)},
+    }
+    accuracy = {"none": 0.85, "vm": 0.80}
+    for cell in grid.cells:
+        attacks = plans.get((cell.defence, cell.attack, cell.seed), {})
+        if cell.attack != "utility" and not attacks:
+            continue  # this cell did not finish
+        cell.config.run_dir.mkdir(parents=True)
+        (cell.config.run_dir / "metrics.json").write_text(json.dumps(fake_record(
+            accuracy[cell.defence], [1.0, 1.0], attacks=attacks)))
+        (cell.config.run_dir / "cell.json").write_text(json.dumps(
+            {"config": _comparable(cell.config)}))
+    levels = write_table(grid)["levels"]
+    row = {(r["defence"], r["level"], r["threat_model"]): r for r in levels}
+    assert row["none", 0, "server"]["psnr_vs_original"] == 20.0
+    assert row["none", 1, "server"]["attack"] == "chain L0"  # a Level-1 attacker keeps it
+    assert row["none", 0, "outsourced"]["psnr_vs_original"] == 100.0
+    assert row["vm", 0, "server"]["psnr_vs_original"] == pytest.approx(8.5)
+    assert row["vm", 0, "server"]["psnr_vs_original_std"] == pytest.approx(0.5 ** 0.5)
+    assert row["vm", 1, "server"]["psnr_vs_original"] == pytest.approx(11.0)
+    assert row["vm", 1, "outsourced"]["attack"] == "window_stats"
+    assert row["vm", 1, "outsourced"]["psnr_vs_original"] == pytest.approx(20.0)
+    assert row["vm", 1, "outsourced"]["ssim_vs_original"] == pytest.approx(0.20)
+    assert row["vm", 2, "outsourced"]["psnr_vs_original"] == pytest.approx(20.0)
+    assert row["vm", 0, "server"]["accuracy_gap"] == pytest.approx(-0.05)
+    md = (grid.out / "table.md").read_text()
+    assert "## Strongest attack per defence and knowledge level" in md
+    assert "| vm | 0.800 | -5.0 | as_observed: 15.2 / 0.152 / 0.30 | window_stats: 20.0 / " \
+           "0.200 / 0.40 | window_stats: 20.0 / 0.200 / 0.40 |" in md
+    with (grid.out / "levels.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * 3 * 2
