@@ -1,6 +1,7 @@
 """The attack contract: what reaches an attack's reconstruction step, the chain, and the
 server-side model of a client's FedAvg steps."""
 
+import dataclasses
 import inspect
 import typing
 
@@ -263,3 +264,47 @@ def test_a_level_one_inversion_searches_the_disguises_output_range():
     low, high = output_range(Knowledge(1, public, algorithm={
         "name": "disguisednets", "block_size": 7, "noise_level": 25}), 0)
     assert low < 0.0 or high > 1.0  # X·R + Δ leaves [0, 1]; a [0, 1] box could not match it
+
+
+def test_an_attack_built_for_another_defence_is_reported_not_applicable(tmp_path,
+                                                                        monkeypatch):
+    from fedisguise.attacks import suite
+    from tests.conftest import synthetic_config
+
+    cfg = synthetic_config(tmp_path, disguise="visualmixer")
+    cfg = dataclasses.replace(cfg, attacks=[{"name": "instahide_attack"},
+                                            {"name": "jigsaw", "client": 1},
+                                            {"name": "inverse_network", "level": 2,
+                                             "method": "known-pairs"}])
+    monkeypatch.setattr(suite, "load_view", lambda *a: None)
+    monkeypatch.setattr(suite, "ground_truth", lambda *a: None)
+    results = suite.run_attacks(cfg, tmp_path, progress=False)
+    assert [r["status"] for r in results.values()] == ["not applicable"] * 3
+    assert results["instahide_attack"]["reason"] == "built for ['instahide'], not visualmixer"
+    assert results["jigsaw"]["target"] == {"round": 1, "client": 1}
+    assert results["inverse_network"]["level"] == 2
+    assert results["inverse_network"]["reason"].startswith("built for ['block-permutation'")
+
+
+def test_as_observed_is_the_do_nothing_floor():
+    class Stub:
+        def recognisability(self, images, labels):
+            return 1.0
+
+    x = torch.rand(6, 1, 28, 28)
+    attack = build_attack({"name": "as_observed"})
+    public = ImageDataset(x, torch.zeros(6).long(), 10)
+    for spec, floor in (("none", 100.0), ({"name": "instahide", "k": 2}, None)):
+        disguised = build(spec, DisguiseKey.generate(1)).apply(x)[0]
+        rec = attack.reconstruct(Evidence(view=None, images=disguised), Knowledge(0, public),
+                                 CPU)
+        assert 0 <= rec.images.min() and rec.images.max() <= 1  # shown as a viewer would
+        truth = GroundTruth(batch_plain=x, batch_disguised=disguised, batch_labels=public.labels,
+                            train_plain=public, train_disguised=disguised, disguise_spec=spec,
+                            disguise_key=None, observed_plain=x, observed_disguised=disguised,
+                            observed_labels=public.labels)
+        figures = attack.score(rec, truth, Stub())
+        if floor is not None:
+            assert figures["psnr_vs_original"] == floor
+        else:
+            assert figures["psnr_vs_original"] < 15

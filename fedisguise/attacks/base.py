@@ -210,9 +210,13 @@ class Attack:
     defences: ClassVar[tuple[str, ...] | None] = None
     level: int = 0
 
+    def scope(self) -> tuple[str, ...]:
+        """The defences this attack, with its parameters, is built for (empty: any)."""
+        return self.defences or ()
+
     def applies_to(self, disguise: str) -> bool:
         """Whether this attack is built for the run's defence (by its registered name)."""
-        return self.defences is None or disguise in self.defences
+        return not self.scope() or disguise in self.scope()
 
     def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
                     ) -> Reconstruction:

@@ -171,9 +171,9 @@ class InverseNetwork(Attack):
     def pairs_wanted(self) -> int:
         return self.pairs if self.level == 2 else 0
 
-    def applies_to(self, disguise: str) -> bool:
+    def scope(self) -> tuple[str, ...]:
         """Known-pairs algebra inverts block-affine maps; the U-Net tries any defence."""
-        return self.method != "known-pairs" or disguise in BLOCK_AFFINE
+        return BLOCK_AFFINE if self.method == "known-pairs" else ()
 
     def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
                     ) -> Reconstruction:

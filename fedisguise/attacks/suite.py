@@ -178,7 +178,7 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
         label = spec.name if spec.name not in results else f"{spec.name}-{len(results)}"
         if not attack.applies_to(cfg.disguise_name):  # a defence-specific attack elsewhere
             results[label] = {"status": "not applicable",
-                              "reason": f"built for {list(attack.defences or ())}, not "
+                              "reason": f"built for {list(attack.scope())}, not "
                                         f"{cfg.disguise_name}",
                               "attack": spec.name, "level": getattr(attack, "level", 0),
                               "target": {"round": spec.target.round,
