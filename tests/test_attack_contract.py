@@ -276,8 +276,11 @@ def test_an_attack_built_for_another_defence_is_reported_not_applicable(tmp_path
                                             {"name": "jigsaw", "client": 1},
                                             {"name": "inverse_network", "level": 2,
                                              "method": "known-pairs"}])
-    monkeypatch.setattr(suite, "load_view", lambda *a: None)
-    monkeypatch.setattr(suite, "ground_truth", lambda *a: None)
+    def unused(*args):
+        raise AssertionError("nothing is loaded for an attack that does not apply")
+
+    monkeypatch.setattr(suite, "load_view", unused)
+    monkeypatch.setattr(suite, "ground_truth", unused)
     results = suite.run_attacks(cfg, tmp_path, progress=False)
     assert [r["status"] for r in results.values()] == ["not applicable"] * 3
     assert results["instahide_attack"]["reason"] == "built for ['instahide'], not visualmixer"

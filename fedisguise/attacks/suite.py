@@ -169,22 +169,20 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
     for raw in cfg.attacks:
         spec = parse_spec(raw)
         attack = build_attack(spec)
+        label = spec.name if spec.name not in results else f"{spec.name}-{len(results)}"
+        about = {"attack": spec.name, "params": spec.params,
+                 "target": {"round": spec.target.round, "client": spec.target.client}}
+        if not attack.applies_to(cfg.disguise_name):  # a defence-specific attack elsewhere
+            results[label] = {"status": "not applicable", "level": getattr(attack, "level", 0),
+                              "reason": f"built for {list(attack.scope())}, not "
+                                        f"{cfg.disguise_name}", **about}
+            continue
         if spec.target not in loaded:  # attacks on one update share its capture and truth
             loaded[spec.target] = (
                 load_view(cfg, run_dir, spec.target.round, spec.target.client,
                           public.image_shape, public.num_classes),
                 ground_truth(cfg, spec.target.round, spec.target.client))
         view, truth = loaded[spec.target]
-        label = spec.name if spec.name not in results else f"{spec.name}-{len(results)}"
-        if not attack.applies_to(cfg.disguise_name):  # a defence-specific attack elsewhere
-            results[label] = {"status": "not applicable",
-                              "reason": f"built for {list(attack.scope())}, not "
-                                        f"{cfg.disguise_name}",
-                              "attack": spec.name, "level": getattr(attack, "level", 0),
-                              "target": {"round": spec.target.round,
-                                         "client": spec.target.client},
-                              "params": spec.params}
-            continue
         knowledge, paired = knowledge_for(attack, truth, public, cfg.disguise,
                                           cfg.experiment.seed)
         evidence, truth = evidence_for(attack, view, truth, paired, holdout,
@@ -195,9 +193,7 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
         if grid is not None:
             save_grid(run_dir / "images" / f"attack-{label}.png", grid)
             figures["grid"] = f"images/attack-{label}.png"
-        figures.update(attack=spec.name, level=knowledge.level,
-                       target={"round": spec.target.round, "client": spec.target.client},
-                       params=spec.params)
+        figures.update(level=knowledge.level, **about)
         results[label] = _json_safe(figures)
     return results
 
