@@ -1,0 +1,296 @@
+#!/usr/bin/env python
+"""The attack each defence fears most, in one process, without Flower.
+
+Three parts (`--parts`, default all):
+
+- `instahide`: Carlini et al.'s attack in a challenge-like setting: 100 private Fashion-MNIST
+  test images, k ∈ {2, 4} (inside mixing), each private image in T ∈ {5, 10, 50} encodings
+  (drawn through the disguise's own mixing), Level 1 (the attacker encodes its 5000 public
+  images under its own key to learn the similarity; one network per k). Scored as the paper
+  does: SSIM and PSNR of x and of |2x − 1|, mean and max over the 100 images.
+- `defences`: per defence, one client's 300 images disguised under a federation key and
+  handed to the attacker (the outsourcing threat model), every attack that applies at
+  Levels 0, 1 and 2, and the strongest per level (PSNR against the originals; a level's
+  strongest is over every attack of that level or below).
+- `visualmixer`: the paper's claim that shuffled images are unrecognisable, checked over
+  window settings: per setting the shuffled images' VFE, what the window-statistics attack
+  and the learned de-shuffler recover (the generic inverse network is left to `defences`), recognisability (the attacker's plain-trained
+  classifier on the outputs), and the accuracy cost: lenet trained on 10 000 shuffled
+  training images for 3 epochs, tested on shuffled test images, beside the same on plain.
+
+    python bench/adaptive_attacks.py --json
+    python bench/adaptive_attacks.py --parts instahide --ks 2 --ts 50 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedisguise.attacks import build_attack  # noqa: E402
+from fedisguise.attacks.base import (  # noqa: E402
+    Evidence,
+    GroundTruth,
+    Knowledge,
+    Runtime,
+    ServerView,
+)
+from fedisguise.attacks.instahide_attack import challenge_members  # noqa: E402
+from fedisguise.attacks.scoring import Scorer  # noqa: E402
+from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
+from fedisguise.disguise import DisguiseKey, build  # noqa: E402
+from fedisguise.metrics import vfe  # noqa: E402
+from fedisguise.models import build_model  # noqa: E402
+from fedisguise.training import evaluate, train_local  # noqa: E402
+
+DEFENCES = {
+    "none": "none",
+    "visualmixer": "visualmixer",
+    "visualmixer-uniform": "visualmixer-uniform",
+    "block-permutation": {"name": "block-permutation", "block_size": 7},
+    "rmt": {"name": "rmt", "noise_level": 25},
+    "block-rmt": {"name": "block-rmt", "block_size": 7, "noise_level": 25},
+    "disguisednets": {"name": "disguisednets", "block_size": 7, "noise_level": 25},
+    "aes": "aes",
+    "instahide": {"name": "instahide", "k": 2},
+}
+# Every attack of the outsourcing threat model, by level; each runs where it applies.
+ATTACKS = {
+    0: [{"name": "as_observed"}],
+    1: [{"name": "inverse_network", "level": 1, "pairs": 2000, "epochs": 5},
+        {"name": "window_stats"}, {"name": "deshuffler", "pairs": 2000, "epochs": 5},
+        {"name": "instahide_attack"},
+        {"name": "jigsaw", "block_size": 7, "images": 300}],
+    2: [{"name": "inverse_network", "level": 2, "pairs": 300, "epochs": 5},
+        {"name": "inverse_network", "level": 2, "method": "known-pairs", "pairs": 300}],
+}
+VISUALMIXER_SETTINGS = {
+    "visualmixer (default: windows 4 and 2)": "visualmixer",
+    "visualmixer, windows 7": {"name": "visualmixer", "min_window": 7, "max_window": 7},
+    "visualmixer, windows 14 and 7": {"name": "visualmixer", "min_window": 7,
+                                      "max_window": 14},
+    "uniform 2": {"name": "visualmixer-uniform", "window": 2},
+    "uniform 4": {"name": "visualmixer-uniform", "window": 4},
+    "uniform 7": {"name": "visualmixer-uniform", "window": 7},
+    "uniform 14": {"name": "visualmixer-uniform", "window": 14},
+    "uniform 28 (whole image)": {"name": "visualmixer-uniform", "window": 28},
+}
+FIGURES = ("psnr_vs_original", "ssim_vs_original", "recognisability")
+
+
+def view(n: int) -> ServerView:
+    """What the server knows of the client: its num_examples (and the model's input)."""
+    return ServerView(server_round=1, partition_id=0, num_examples=n, global_state={},
+                      client_state={}, model_name="lenet", image_shape=(1, 28, 28),
+                      num_classes=10, lr=0.05, local_steps=0, local_epochs=1, batch_size=32)
+
+
+def truth_for(plain: ImageDataset, disguised: torch.Tensor, spec: Any, key: DisguiseKey,
+              observed: slice) -> GroundTruth:
+    return GroundTruth(batch_plain=plain.images, batch_disguised=disguised,
+                       batch_labels=plain.labels, train_plain=plain, train_disguised=disguised,
+                       disguise_spec=spec, disguise_key=key,
+                       observed_plain=plain.images[observed],
+                       observed_disguised=disguised[observed],
+                       observed_labels=plain.labels[observed])
+
+
+def clean(figures: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe, without pictures and matched tensors."""
+    out = {}
+    for k, v in figures.items():
+        if k.startswith("_") or isinstance(v, torch.Tensor):
+            continue
+        out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+def instahide_part(args: argparse.Namespace, test: ImageDataset, public: ImageDataset,
+                   scorer: Scorer, runtime: Runtime) -> list[dict[str, Any]]:
+    private = test.subset(torch.arange(args.private))
+    rows = []
+    for k in args.ks:
+        spec = {"name": "instahide", "k": k}
+        attack = build_attack({"name": "instahide_attack", "public_images": len(public)})
+        for t in args.ts:
+            victim = build(spec, DisguiseKey.generate(1000 + k))
+            members = challenge_members(len(private), k, t, np.random.default_rng(t))
+            encodings = victim.encode(private.images, members)[0]
+            started = time.perf_counter()
+            rec = attack.reconstruct(
+                Evidence(view=view(len(private)), images=encodings, images_from="outsourced"),
+                Knowledge(level=1, public=public, algorithm=spec), runtime)
+            truth = truth_for(private, encodings, spec, None, slice(None))
+            figures = clean(attack.score(rec, truth, scorer))
+            rows.append({"k": k, "T": t, "encodings": len(encodings),
+                         "wall_seconds": time.perf_counter() - started, **figures})
+            print(f"instahide k={k} T={t}: SSIM {figures['ssim_vs_original']:.3f} "
+                  f"(|x| {figures['abs_ssim']:.3f}), PSNR {figures['psnr_vs_original']:.1f} "
+                  f"dB, {rows[-1]['wall_seconds']:.0f} s", file=sys.stderr)
+    return rows
+
+
+def outsourced_attacks(spec: Any, plain: ImageDataset, public: ImageDataset, scorer: Scorer,
+                       runtime: Runtime, levels: tuple[int, ...] = (0, 1, 2),
+                       skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every applicable attack on one client's disguised images, by level (but `skip`)."""
+    key = DisguiseKey.generate(0)  # the federation's key; the attacker never sees it
+    disguise = build(spec, key)
+    disguise.reseed("train")
+    disguised = disguise.apply(plain.images, plain.labels)[0]
+    name = spec if isinstance(spec, str) else spec["name"]
+    spare = len(plain) // 2  # Level-2 pairs: the client's other images under its key
+    rows = []
+    for level in levels:
+        for attack_spec in ATTACKS[level]:
+            attack = build_attack(attack_spec)
+            if not attack.applies_to(name) or attack_spec["name"] in skip:
+                continue
+            pairs = None
+            observed = slice(None)
+            if level == 2:
+                pairs = (plain.images[spare:], disguised[spare:])
+                observed = slice(0, spare)
+            started = time.perf_counter()
+            rec = attack.reconstruct(
+                Evidence(view=view(len(plain)), images=disguised[observed],
+                         images_from="outsourced"),
+                Knowledge(level=level, public=public, algorithm=spec if level else None,
+                          pairs=pairs), runtime)
+            figures = clean(attack.score(rec, truth_for(plain, disguised, spec, key,
+                                                        observed), scorer))
+            label = attack_spec["name"] + (f" ({attack_spec['method']})"
+                                           if "method" in attack_spec else "")
+            rows.append({"attack": label, "level": level,
+                         "seconds": time.perf_counter() - started,
+                         **{f: figures.get(f) for f in FIGURES},
+                         "psnr_disguised_vs_original": figures.get(
+                             "psnr_disguised_vs_original")})
+    return rows
+
+
+def strongest(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per level, the attack of that level or below with the best PSNR vs originals."""
+    best = {}
+    for level in (0, 1, 2):
+        eligible = [r for r in rows if r["level"] <= level
+                    and r["psnr_vs_original"] is not None]
+        if eligible:
+            best[level] = max(eligible, key=lambda r: r["psnr_vs_original"])
+    return best
+
+
+def defences_part(args: argparse.Namespace, test: ImageDataset, public: ImageDataset,
+                  scorer: Scorer, runtime: Runtime) -> dict[str, Any]:
+    plain = test.subset(torch.arange(args.client_images))
+    out = {}
+    for label in tqdm(args.defences, desc="defences", file=sys.stderr):
+        rows = outsourced_attacks(DEFENCES[label], plain, public, scorer, runtime)
+        out[label] = {"attacks": rows, "strongest": {
+            f"level_{lv}": {"attack": r["attack"], **{f: r[f] for f in FIGURES}}
+            for lv, r in strongest(rows).items()}}
+    return out
+
+
+def accuracy_on(spec: Any, train: ImageDataset, test: ImageDataset, device: torch.device,
+                epochs: int) -> float:
+    """lenet trained on the disguised training images, tested on disguised test images."""
+    disguise = build(spec, DisguiseKey.generate(0))
+    disguise.reseed("train")
+    images, labels = disguise.apply(train.images, train.labels)
+    disguise.reseed("test")
+    test_images, test_labels = disguise.apply_eval(test.images, test.labels)
+    torch.manual_seed(0)
+    model = build_model("lenet", 1, 10, 28)
+    train_local(model, ImageDataset(images, labels, 10), epochs=epochs, batch_size=32,
+                optimizer="sgd", lr=0.05, momentum=0.9, device=device,
+                generator=torch.Generator().manual_seed(0))
+    return evaluate(model, ImageDataset(test_images, test_labels, 10), device=device)[1]
+
+
+def visualmixer_part(args: argparse.Namespace, train: ImageDataset, test: ImageDataset,
+                     public: ImageDataset, scorer: Scorer, runtime: Runtime
+                     ) -> list[dict[str, Any]]:
+    plain = test.subset(torch.arange(args.client_images))
+    fit = train.subset(torch.arange(10000))
+    held = test.subset(torch.arange(8000, 10000))
+    plain_accuracy = accuracy_on("none", fit, held, runtime.device, args.epochs)
+    rows = []
+    for label, spec in tqdm(VISUALMIXER_SETTINGS.items(), desc="visualmixer settings",
+                            file=sys.stderr):
+        shuffled = build(spec, DisguiseKey.generate(0)).apply(plain.images)[0]
+        attacks = outsourced_attacks(spec, plain, public, scorer, runtime, levels=(0, 1),
+                                     skip=("inverse_network",))
+        accuracy = accuracy_on(spec, fit, held, runtime.device, args.epochs)
+        best = strongest(attacks)[1]
+        rows.append({"setting": label, "spec": spec,
+                     "vfe": vfe(shuffled).mean().item(), "plain_vfe": vfe(plain.images)
+                     .mean().item(), "attacks": attacks,
+                     "strongest": {"attack": best["attack"], **{f: best[f] for f in FIGURES}},
+                     "accuracy": accuracy, "plain_accuracy": plain_accuracy,
+                     "accuracy_cost_points": 100 * (plain_accuracy - accuracy)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="instahide,defences,visualmixer")
+    parser.add_argument("--ks", default="2,4", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--ts", default="5,10,50",
+                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--private", type=int, default=100)
+    parser.add_argument("--defences", default=",".join(DEFENCES),
+                        type=lambda s: s.split(","))
+    parser.add_argument("--client-images", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs of the accuracy check in the visualmixer part")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args()
+    unknown = [d for d in args.defences if d not in DEFENCES]
+    if unknown:
+        raise SystemExit(f"unknown defence(s) {unknown}; valid: {list(DEFENCES)}")
+    parts = args.parts.split(",")
+    if set(parts) - {"instahide", "defences", "visualmixer"}:
+        raise SystemExit(f"unknown part(s) in {parts}; valid: instahide, defences, visualmixer")
+    device = torch.device(args.device)
+    train = load_dataset("fashion-mnist", "train", args.data_dir)
+    test = load_dataset("fashion-mnist", "test", args.data_dir)
+    public = test.subset(torch.arange(5000, 10000))  # disjoint from every private image
+    runtime = Runtime(device=device, seed=0, progress=not args.json)
+    scorer = Scorer(public, "lenet", device, seed=0, progress=False)
+    started = time.perf_counter()
+    ceiling = test.subset(torch.arange(args.client_images))  # recognisability's top
+    out: dict[str, Any] = {"_meta": {"device": str(device), "torch": torch.__version__,
+                                     "threads": torch.get_num_threads(),
+                                     "private_images": args.private,
+                                     "client_images": args.client_images,
+                                     "recognisability_of_originals": scorer.recognisability(
+                                         ceiling.images, ceiling.labels)}}
+    if "instahide" in parts:
+        out["instahide"] = instahide_part(args, test, public, scorer, runtime)
+    if "defences" in parts:
+        out["defences"] = defences_part(args, test, public, scorer, runtime)
+    if "visualmixer" in parts:
+        out["visualmixer"] = visualmixer_part(args, train, test, public, scorer, runtime)
+    out["_meta"]["wall_seconds"] = time.perf_counter() - started
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
