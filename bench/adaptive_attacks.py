@@ -8,6 +8,8 @@ Three parts (`--parts`, default all):
   (drawn through the disguise's own mixing), Level 1 (the attacker encodes its 5000 public
   images under its own key to learn the similarity; one network per k). Scored as the paper
   does: SSIM and PSNR of x and of |2x − 1|, mean and max over the 100 images.
+  `--diagnose` adds where it loses: the learned similarity's precision, and the solve from
+  the true sharing graph and from the true members.
 - `defences`: per defence, one client's 300 images disguised under a federation key and
   handed to the attacker (the outsourcing threat model), every attack that applies at
   Levels 0, 1 and 2, and the strongest per level (PSNR against the originals; a level's
@@ -46,7 +48,12 @@ from fedisguise.attacks.base import (  # noqa: E402
     Runtime,
     ServerView,
 )
-from fedisguise.attacks.instahide_attack import challenge_members  # noqa: E402
+from fedisguise.attacks.instahide_attack import (  # noqa: E402
+    candidates_from,
+    challenge_members,
+    recover,
+    score_recovery,
+)
 from fedisguise.attacks.scoring import Scorer  # noqa: E402
 from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402
@@ -135,10 +142,46 @@ def instahide_part(args: argparse.Namespace, test: ImageDataset, public: ImageDa
             figures = clean(attack.score(rec, truth, scorer))
             rows.append({"k": k, "T": t, "encodings": len(encodings),
                          "wall_seconds": time.perf_counter() - started, **figures})
+            if args.diagnose:
+                rows[-1]["diagnosis"] = diagnose(attack, encodings, members, private, spec,
+                                                 public, runtime)
             print(f"instahide k={k} T={t}: SSIM {figures['ssim_vs_original']:.3f} "
                   f"(|x| {figures['abs_ssim']:.3f}), PSNR {figures['psnr_vs_original']:.1f} "
                   f"dB, {rows[-1]['wall_seconds']:.0f} s", file=sys.stderr)
     return rows
+
+
+def diagnose(attack: Any, encodings: torch.Tensor, members: torch.Tensor,
+             private: ImageDataset, spec: Any, public: ImageDataset, runtime: Runtime
+             ) -> dict[str, Any]:
+    """Where the attack loses (the experimenter's view, with the truth): the learned
+    similarity's precision among each encoding's k·(T − 1) nearest, then the solve run from
+    the true sharing graph instead of the learned one, and from the true members."""
+    m, n, k = len(encodings), len(private), members.shape[1]
+    t = m * k // n
+    incidence = torch.zeros(m, n)
+    incidence[torch.arange(m)[:, None], members] = 1
+    share = (incidence @ incidence.T) > 0
+    share.fill_diagonal_(False)
+    absolute = encodings.abs()
+    knowledge = Knowledge(level=1, public=public, algorithm=spec)
+    learned, _ = attack.similarity(absolute, knowledge, knowledge.own_disguise(runtime.seed),
+                                   runtime)
+    learned.fill_diagonal_(-torch.inf)
+    near = learned.topk(k * (t - 1), 1).indices
+    out: dict[str, Any] = {"similarity_precision": share.gather(1, near).float().mean().item()}
+    prior = 2 * public.images.mean(0) - 1
+    for label, candidates in (
+            ("true_sharing_graph", candidates_from(share.float() + torch.eye(m), n, k, t,
+                                                   attack.candidates)),
+            ("true_members", members)):
+        images, unsigned, _ = recover(absolute, candidates, n, k, None, prior,
+                                      restarts=attack.restarts, iterations=attack.iterations,
+                                      rounds=attack.rounds, seed=runtime.seed)
+        found = score_recovery(images, unsigned, private.images, private.labels)
+        out[label] = {f: found[f] for f in ("ssim_vs_original", "abs_ssim",
+                                            "psnr_vs_original")}
+    return out
 
 
 def outsourced_attacks(spec: Any, plain: ImageDataset, public: ImageDataset, scorer: Scorer,
@@ -250,6 +293,9 @@ def main() -> None:
     parser.add_argument("--ts", default="5,10,50",
                         type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--private", type=int, default=100)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="InstaHide: also the similarity's precision and the solve from "
+                        "the true sharing graph and from the true members")
     parser.add_argument("--defences", default=",".join(DEFENCES),
                         type=lambda s: s.split(","))
     parser.add_argument("--client-images", type=int, default=300)

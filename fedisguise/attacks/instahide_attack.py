@@ -183,6 +183,14 @@ def communities(similarity: torch.Tensor, n: int, degree: int, iterations: int =
     return h
 
 
+def candidates_from(similarity: torch.Tensor, n: int, slots: int, per_image: int,
+                    extra: int, seed: int = 0) -> torch.Tensor:
+    """Each encoding's candidate images: its `slots + extra` strongest communities of the
+    similarity graph, whose expected degree is slots·(per_image − 1)."""
+    h = communities(similarity, n, degree=max(1, slots * (per_image - 1)), seed=seed)
+    return h.topk(min(n, slots + extra), 1).indices
+
+
 # ---- 4. solving for the images ----------------------------------------------------------
 class Mixing:
     """Encodings as index form: a_i = |Σ_c w_ic·s_{members[i, c]} + w_i,pub·s̄| (the last term
@@ -335,6 +343,34 @@ def orient(signed: torch.Tensor, prior: torch.Tensor, iterations: int = 50) -> t
     return signed * flip
 
 
+def recover(absolute: torch.Tensor, candidates: torch.Tensor, n: int, k: int,
+            public_mean: torch.Tensor | None, prior: torch.Tensor, *, restarts: int,
+            iterations: int, rounds: int, seed: int, progress: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Steps 4 and 5 from each encoding's candidate images (M×c, the first k, or 1 in cross
+    mode where `public_mean` is the partners' mean, its starting members): the private
+    images in [0, 1], their |2x − 1|, and the mean fit residual after each round."""
+    m, shape = len(absolute), tuple(absolute.shape[1:])
+    slots = k if public_mean is None else 1
+    flat = absolute.flatten(1)
+    members = candidates[:, :slots]
+    weights = torch.full((m, slots), 1.0 / k)
+    public_weight = None if public_mean is None else torch.full((m,), 1.0 - 1.0 / k)
+    gen = torch.Generator().manual_seed(seed)
+    s, history = None, []
+    for round_ in tqdm(range(rounds + 1), desc="instahide solve", leave=False,
+                       disable=not progress):
+        if round_:
+            members, weights, public_weight, _ = assign(flat, s, candidates, slots,
+                                                        public_mean)
+        mixing = Mixing(members, weights, n, public_weight, public_mean)
+        s, fit = retrieve_signs(mixing, flat, s, restarts if round_ == 0 else
+                                max(2, restarts // 2), iterations, gen)
+        history.append(fit.mean().item())
+    oriented = orient(s.view(n, *shape), prior)
+    return ((oriented + 1) / 2).clamp(0, 1), s.view(n, *shape).abs(), history
+
+
 # ---- the attack under the contract -------------------------------------------------------
 @register
 class InstaHideAttack(Attack):
@@ -370,7 +406,7 @@ class InstaHideAttack(Attack):
                     ) -> Reconstruction:
         if evidence.images is None:
             raise ValueError("the InstaHide attack needs encodings")
-        name, params = spec_params(knowledge.algorithm)
+        name, _ = spec_params(knowledge.algorithm)
         if name != "instahide":
             return Reconstruction(figures={"status": "not applicable",
                                            "reason": f"an attack on InstaHide, not {name}"})
@@ -379,85 +415,61 @@ class InstaHideAttack(Attack):
         k, mode = own.k, own.mode
         absolute = evidence.images.detach().float().cpu().abs()
         m = len(absolute)
-        shape = tuple(absolute.shape[1:])
         # How many private images the encodings hold: the server knows the client's
         # num_examples; no more than the encodings can hold.
         slots = k if mode == "inside" else 1
         n = min(self.private or evidence.view.num_examples, m * slots)
         per_image = round(m * slots / n)
-        if per_image < 2:  # no two encodings share an image: nothing to cluster
-            n, per_image = m * slots, 1
-        gen = torch.Generator().manual_seed(runtime.seed)
-
-        flat = absolute.flatten(1)
         if per_image >= 2:
-            candidates, learned = self._candidates(absolute, knowledge, own, n, slots,
-                                                   per_image, runtime)
-        else:  # each encoding holds images of its own
-            candidates, learned = torch.arange(m * slots).view(m, slots), None
+            similarity, learned = self.similarity(absolute, knowledge, own, runtime)
+            candidates = candidates_from(similarity, n, slots, per_image, self.candidates,
+                                         runtime.seed)
+        else:  # no two encodings share an image: each holds images of its own
+            n, per_image, learned = m * slots, 1, None
+            candidates = torch.arange(n).view(m, slots)
         public_mean = None
         if mode == "cross":
             public_mean = (2 * own.public.float().mean(0) - 1).flatten()[None]
-        members = candidates[:, :slots]
-        weights = torch.full((m, slots), 1.0 / k)
-        public_weight = None if mode == "inside" else torch.full((m,), 1.0 - 1.0 / k)
-
-        # 4. images and assignments, alternately
-        s, fit = None, None
-        history = []
-        bar = tqdm(total=self.rounds + 1, desc="instahide solve", leave=False,
-                   disable=not runtime.progress)
-        for round_ in range(self.rounds + 1):
-            if round_:
-                members, weights, public_weight, _ = assign(flat, s, candidates, slots,
-                                                            public_mean)
-            mixing = Mixing(members, weights, n, public_weight, public_mean)
-            s, fit = retrieve_signs(mixing, flat, s, self.restarts if round_ == 0 else
-                                    max(2, self.restarts // 2), self.iterations, gen)
-            history.append(fit.mean().item())
-            bar.update(1)
-        bar.close()
-
-        # 5. each pixel's sign from the attacker's public prior
-        prior = (2 * knowledge.public.images.float().mean(0) - 1)
-        oriented = orient(s.view(n, *shape), prior)
-        images = ((oriented + 1) / 2).clamp(0, 1)
+        prior = 2 * knowledge.public.images.float().mean(0) - 1
+        images, unsigned, history = recover(
+            absolute, candidates, n, k, public_mean, prior, restarts=self.restarts,
+            iterations=self.iterations, rounds=self.rounds, seed=runtime.seed,
+            progress=runtime.progress)
         return Reconstruction(
             images=images, space="original",
             figures={"status": "ok", "level": knowledge.level, "k": k, "mode": mode,
                      "encodings": m, "private_images": n, "encodings_per_image": per_image,
                      "observed": evidence.images_from, "similarity": learned,
                      "fit_residual": history, "seconds": time.perf_counter() - started},
-            extra={"unsigned": s.view(n, *shape).abs()})
+            extra={"unsigned": unsigned})
 
-    def _candidates(self, absolute: torch.Tensor, knowledge: Knowledge, own: Any, n: int,
-                    slots: int, per_image: int, runtime: Runtime
-                    ) -> tuple[torch.Tensor, dict]:
-        """Steps 2 and 3: the similarity learned on the attacker's own encodings, and each
-        encoding's candidate images from the communities of its similarity graph."""
-        k, mode = own.k, own.mode
-        rng = np.random.default_rng(runtime.seed)
-        public = knowledge.public.images[:self.public_images]
-        if mode == "inside":  # a multiple of k images, so that n·t/k rows come out whole
-            public = public[:len(public) - len(public) % k]
-        own.reseed("attacker")
-        if mode == "inside":
-            private_members = challenge_members(len(public), k, self.per_image, rng)
-            own_absolute = own.encode(public, private_members)[0].abs()
-        else:
-            rows = torch.arange(len(public)).repeat(self.per_image)
-            partners = torch.from_numpy(rng.integers(0, len(own.public), (len(rows), k - 1)))
-            own_absolute = own.encode(public, torch.cat([rows[:, None], partners], 1))[0].abs()
-            private_members = rows[:, None]
-        cache = (repr(knowledge.algorithm), runtime.seed, len(public))
-        if cache not in self._similarity:  # one attacker, one network per algorithm
+    def similarity(self, absolute: torch.Tensor, knowledge: Knowledge, own: Any,
+                   runtime: Runtime) -> tuple[torch.Tensor, dict]:
+        """Step 2: the similarity of every pair of encodings, by a network learned on the
+        attacker's own encodings of its public images (one network per algorithm)."""
+        cache = (repr(knowledge.algorithm), runtime.seed, len(knowledge.public))
+        if cache not in self._similarity:
+            k, mode = own.k, own.mode
+            rng = np.random.default_rng(runtime.seed)
+            public = knowledge.public.images[:self.public_images]
+            if mode == "inside":  # a multiple of k images: n·t/k rows come out whole
+                public = public[:len(public) - len(public) % k]
+            own.reseed("attacker")
+            if mode == "inside":
+                private_members = challenge_members(len(public), k, self.per_image, rng)
+                own_members = private_members
+            else:
+                rows = torch.arange(len(public)).repeat(self.per_image)
+                partners = torch.from_numpy(rng.integers(0, len(own.public),
+                                                         (len(rows), k - 1)))
+                own_members, private_members = torch.cat([rows[:, None], partners], 1), \
+                    rows[:, None]
+            own_absolute = own.encode(public, own_members)[0].abs()
             self._similarity[cache] = train_similarity(
                 own_absolute, private_members, len(public), steps=self.steps,
                 device=runtime.device, seed=runtime.seed, progress=runtime.progress)
         net, learned = self._similarity[cache]
-        h = communities(net.matrix(absolute), n, degree=max(1, slots * (per_image - 1)),
-                        seed=runtime.seed)
-        return h.topk(min(n, slots + self.candidates), 1).indices, learned
+        return net.matrix(absolute), learned
 
     def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
               ) -> dict:
