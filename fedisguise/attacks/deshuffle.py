@@ -27,6 +27,7 @@ the threshold that is best on the attacker's own shuffles, where it knows its ow
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -180,18 +181,35 @@ def statistics_estimates(shuffled: torch.Tensor, levels: list[int],
             "ids": ids}
 
 
-def _own_shuffles(knowledge: Knowledge, runtime: Runtime, count: int
-                  ) -> tuple[object, torch.Tensor, torch.Tensor]:
-    """The attacker's public images and their shuffles under its own key."""
+@dataclass(frozen=True)
+class AttackerShuffles:
+    """What both attacks start from: the targets, and the attacker's own public images
+    shuffled by the public algorithm under its own key, with the window sizes and split
+    thresholds that follow from them."""
+
+    targets: torch.Tensor
+    plain: torch.Tensor
+    shuffled: torch.Tensor
+    levels: list[int]
+    thresholds: dict[int, float]
+
+
+def attacker_shuffles(evidence: Evidence, knowledge: Knowledge, runtime: Runtime,
+                      count: int) -> AttackerShuffles | str:
+    """The attacker's shuffles of `count` public images, or why the attack does not apply."""
+    if evidence.images is None:
+        raise ValueError("an attack on window shuffles needs the shuffled images")
+    name, _ = spec_params(knowledge.algorithm)
+    if name not in SHUFFLERS:
+        return f"an attack on window shuffles, not {name}"
+    targets = evidence.images.detach().float().cpu().clamp(0, 1)
     own = knowledge.own_disguise(runtime.seed)
     own.reseed("attacker")
     plain = knowledge.public.images[:count]
-    return own, plain, own.apply(plain)[0]
-
-
-def _check_shuffler(knowledge: Knowledge) -> str | None:
-    name, _ = spec_params(knowledge.algorithm)
-    return None if name in SHUFFLERS else f"an attack on window shuffles, not {name}"
+    own_shuffled = own.apply(plain)[0]
+    levels = levels_of(own, *targets.shape[-2:])
+    thresholds = calibrate_thresholds(own, plain, own_shuffled, levels)
+    return AttackerShuffles(targets, plain, own_shuffled, levels, thresholds)
 
 
 @register
@@ -218,25 +236,21 @@ class WindowStatistics(Attack):
 
     def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
                     ) -> Reconstruction:
-        if evidence.images is None:
-            raise ValueError("the window-statistics attack needs shuffled images")
-        why = _check_shuffler(knowledge)
-        if why:
-            return Reconstruction(figures={"status": "not applicable", "reason": why})
         started = time.perf_counter()
-        shuffled = evidence.images.detach().float().cpu().clamp(0, 1)
-        own, plain, own_shuffled = _own_shuffles(knowledge, runtime, self.calibration)
-        levels = levels_of(own, *shuffled.shape[-2:])
-        thresholds = calibrate_thresholds(own, plain, own_shuffled, levels)
+        view = attacker_shuffles(evidence, knowledge, runtime, self.calibration)
+        if isinstance(view, str):
+            return Reconstruction(figures={"status": "not applicable", "reason": view})
         method, calibration = self.method, {}
         if method == "auto":  # the attacker's own images tell it which estimate is best
-            mine = statistics_estimates(own_shuffled, levels, thresholds)
-            calibration = {m: psnr(mine[m], plain).mean().item() for m in METHODS[1:]}
+            mine = statistics_estimates(view.shuffled, view.levels, view.thresholds)
+            calibration = {m: psnr(mine[m], view.plain).mean().item()
+                           for m in METHODS[1:]}
             method = max(calibration, key=calibration.get)
-        rec = statistics_estimates(shuffled, levels, thresholds)[method]
+        rec = statistics_estimates(view.targets, view.levels, view.thresholds)[method]
         return Reconstruction(images=rec, space="original", figures={
-            "status": "ok", "level": knowledge.level, "method": method, "levels": levels,
-            "calibration_psnr": calibration, "targets": len(shuffled),
+            "status": "ok", "level": knowledge.level, "method": method,
+            "levels": view.levels, "calibration_psnr": calibration,
+            "targets": len(view.targets),
             "observed": evidence.images_from, "seconds": time.perf_counter() - started})
 
     def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
@@ -291,29 +305,23 @@ class Deshuffler(Attack):
 
     def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
                     ) -> Reconstruction:
-        if evidence.images is None:
-            raise ValueError("the de-shuffler needs shuffled images")
-        why = _check_shuffler(knowledge)
-        if why:
-            return Reconstruction(figures={"status": "not applicable", "reason": why})
         started = time.perf_counter()
-        shuffled = evidence.images.detach().float().cpu().clamp(0, 1)
-        own, plain, own_shuffled = _own_shuffles(knowledge, runtime, self.pairs)
-        levels = levels_of(own, *shuffled.shape[-2:])
-        thresholds = calibrate_thresholds(own, plain, own_shuffled, levels)
+        view = attacker_shuffles(evidence, knowledge, runtime, self.pairs)
+        if isinstance(view, str):
+            return Reconstruction(figures={"status": "not applicable", "reason": view})
         # The network learns the correction to the rank-matched estimate, (original −
         # estimate + 1) / 2 in its sigmoid's range: it starts from the statistics attack.
-        features = deshuffler_input(own_shuffled, levels, thresholds)
-        correction = (plain - features[:, -plain.shape[1]:] + 1) / 2
+        features = deshuffler_input(view.shuffled, view.levels, view.thresholds)
+        correction = (view.plain - features[:, -view.plain.shape[1]:] + 1) / 2
         net, info = train_inverse(features, correction, epochs=self.epochs,
                                   device=runtime.device, seed=runtime.seed,
                                   progress=runtime.progress)
-        features = deshuffler_input(shuffled, levels, thresholds)
-        estimate = features[:, -shuffled.shape[1]:]
+        features = deshuffler_input(view.targets, view.levels, view.thresholds)
+        estimate = features[:, -view.targets.shape[1]:]
         rec = (estimate + 2 * apply_inverse(net, features) - 1).clamp(0, 1)
         return Reconstruction(images=rec, space="original", figures={
-            "status": "ok", "level": knowledge.level, "levels": levels, **info,
-            "targets": len(shuffled), "observed": evidence.images_from,
+            "status": "ok", "level": knowledge.level, "levels": view.levels, **info,
+            "targets": len(view.targets), "observed": evidence.images_from,
             "seconds": time.perf_counter() - started})
 
     def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
