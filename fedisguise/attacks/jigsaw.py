@@ -27,9 +27,9 @@ from fedisguise.attacks.base import (
     Runtime,
     register,
 )
-from fedisguise.attacks.scoring import PSNR_CAP, Scorer
+from fedisguise.attacks.scoring import Scorer, score_outsourced
 from fedisguise.disguise import build as build_disguise
-from fedisguise.metrics import psnr, ssim
+from fedisguise.metrics import ssim
 
 
 def _edge_costs(disguised: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,18 +121,21 @@ def accuracy(placement: torch.Tensor, truth: torch.Tensor, grid: tuple[int, int]
 
 @register
 class Jigsaw(Attack):
-    """Reassembles disguised images whose blocks share one keyed permutation (Level 0:
-    disguised images only: the target client's own, outsourced, or a chain's estimates).
-    Direct accuracy is scored against the key's permutation."""
+    """Reassembles disguised images whose blocks share one keyed permutation, from the
+    disguised images alone (the target client's own, outsourced, or a chain's estimates).
+    Level 1: it knows the algorithm (one permutation of blocks for every image) and its
+    block size, never the key. Direct accuracy is scored against the key's permutation."""
 
     name = "jigsaw"
     evidence = "images"
     defences = ("block-permutation", "disguisednets")  # the keyed block permutations
+    level = 1
     figures = (
         Figure("direct_accuracy", "jigsaw blocks placed right"),
         Figure("neighbour_accuracy", "jigsaw neighbours kept"),
         Figure("psnr_vs_original", "jigsaw PSNR vs original (dB)"),
         Figure("ssim_vs_original", "jigsaw SSIM vs original"),
+        Figure("recognisability", "jigsaw recognisability"),
     )
 
     def __init__(self, block_size: int = 7, images: int = 1000) -> None:
@@ -156,13 +159,10 @@ class Jigsaw(Attack):
 
     def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
               ) -> dict:
-        figures = dict(reconstruction.figures)
-        rec = reconstruction.images
-        plain = truth.observed_plain[:len(rec)]
-        figures.update({
-            "psnr_vs_original": psnr(rec, plain).clamp(max=PSNR_CAP).mean().item(),
-            "ssim_vs_original": ssim(rec.clamp(0, 1), plain).mean().item(),
-            "_grid": (plain[:8], truth.observed_disguised[:8], rec[:8])})
+        figures = score_outsourced(reconstruction, truth, scorer)
+        rec, plain = reconstruction.images, truth.observed_plain
+        # DisguisedNets' blocks leave [0, 1]: SSIM on the displayable range, as before.
+        figures["ssim_vs_original"] = ssim(rec.clamp(0, 1), plain).mean().item()
         disguise = build_disguise(truth.disguise_spec, truth.disguise_key)
         gh, gw = reconstruction.extra["grid"]
         permutation = getattr(disguise, "block_permutation", None)
