@@ -16,8 +16,9 @@ Three parts (`--parts`, default all):
   strongest is over every attack of that level or below).
 - `visualmixer`: the paper's claim that shuffled images are unrecognisable, checked over
   window settings: per setting the shuffled images' VFE, what the window-statistics attack
-  and the learned de-shuffler recover (the generic inverse network is left to `defences`), recognisability (the attacker's plain-trained
-  classifier on the outputs), and the accuracy cost: lenet trained on 10 000 shuffled
+  and the learned de-shuffler recover (the generic inverse network is left to `defences`),
+  recognisability (the attacker's plain-trained classifier on the outputs), and the
+  accuracy cost: lenet trained on 10 000 shuffled
   training images for 3 epochs, tested on shuffled test images, beside the same on plain.
 
     python bench/adaptive_attacks.py --json
@@ -61,17 +62,13 @@ from fedisguise.metrics import vfe  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
 from fedisguise.training import evaluate, train_local  # noqa: E402
 
-DEFENCES = {
-    "none": "none",
-    "visualmixer": "visualmixer",
-    "visualmixer-uniform": "visualmixer-uniform",
-    "block-permutation": {"name": "block-permutation", "block_size": 7},
-    "rmt": {"name": "rmt", "noise_level": 25},
-    "block-rmt": {"name": "block-rmt", "block_size": 7, "noise_level": 25},
-    "disguisednets": {"name": "disguisednets", "block_size": 7, "noise_level": 25},
-    "aes": "aes",
-    "instahide": {"name": "instahide", "k": 2},
-}
+from attack_regimes import DEFENCES as REGIME_DEFENCES  # noqa: E402
+
+# The regimes bench's defences and settings, and the learnable transformation network as
+# configs/attacks-adaptive.toml sets it.
+DEFENCES = {**REGIME_DEFENCES, "transform-net": {
+    "name": "transform-net", "alpha": 5.0, "features": "vgg16-imagenet",
+    "features_fallback": "vgg16-random", "epochs": 3, "width": 16, "train_samples": 3000}}
 # Every attack of the outsourcing threat model, by level; each runs where it applies.
 ATTACKS = {
     0: [{"name": "as_observed"}],
