@@ -41,14 +41,18 @@ def candidates(record: dict[str, Any]) -> list[dict[str, Any]]:
         if model is None or value is None:
             continue
         found.append({"label": label, "attack": kind, "level": int(entry.get("level", 0)),
-                      "threat_model": model, "grid": entry.get("grid"),
+                      "method": entry.get("method"), "threat_model": model,
+                      "grid": entry.get("grid"),
                       **{f: finite(entry.get(f)) for f in FIGURES}})
     return found
 
 
 def _describe(found: dict[str, Any]) -> str:
-    """An attack as the table names it: kind, and the chain's level where it is one."""
-    return found["attack"] if found["attack"] != "chain" else f"chain L{found['level']}"
+    """An attack as the table names it: kind, the chain's level where it is one, and the
+    method where the kind has several (the inverse network's U-Net or known pairs)."""
+    if found["attack"] == "chain":
+        return f"chain L{found['level']}"
+    return found["attack"] + (f" ({found['method']})" if found.get("method") else "")
 
 
 def level_rows(grid: Any, records: dict[str, dict[str, Any]],
