@@ -28,9 +28,11 @@ Three parts (`--parts`, default all):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,11 +58,13 @@ from fedisguise.attacks.instahide_attack import (  # noqa: E402
     score_recovery,
 )
 from fedisguise.attacks.scoring import Scorer  # noqa: E402
+from fedisguise.config import Config  # noqa: E402
 from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402
 from fedisguise.metrics import vfe  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
 from fedisguise.training import evaluate, train_local  # noqa: E402
+from fedisguise.transform import prepare  # noqa: E402
 
 from attack_regimes import DEFENCES as REGIME_DEFENCES  # noqa: E402
 
@@ -181,6 +185,19 @@ def diagnose(attack: Any, encodings: torch.Tensor, members: torch.Tensor,
     return out
 
 
+def trained(spec: Any, folder: Path, device: str) -> Any:
+    """The spec with its h_θ trained as run.py trains it in configs/attacks-adaptive.toml's
+    attack cells (transform-net without a `path`: by the coordinator, on training images
+    the 2 × 500-image clients do not hold); other specs pass through."""
+    if not isinstance(spec, dict) or spec.get("name") != "transform-net" or spec.get("path"):
+        return spec
+    cfg = Config.from_dict({
+        "disguise": spec, "experiment": {"name": "transform-net", "out": str(folder),
+                                         "clients": 2},
+        "data": {"train_per_client": 500}, "resources": {"device": device}})
+    return prepare(cfg).disguise
+
+
 def outsourced_attacks(spec: Any, plain: ImageDataset, public: ImageDataset, scorer: Scorer,
                        runtime: Runtime, levels: tuple[int, ...] = (0, 1, 2),
                        skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -236,7 +253,9 @@ def defences_part(args: argparse.Namespace, test: ImageDataset, public: ImageDat
     plain = test.subset(torch.arange(args.client_images))
     out = {}
     for label in tqdm(args.defences, desc="defences", file=sys.stderr):
-        rows = outsourced_attacks(DEFENCES[label], plain, public, scorer, runtime)
+        with tempfile.TemporaryDirectory() as folder:
+            spec = trained(DEFENCES[label], Path(folder), str(runtime.device))
+            rows = outsourced_attacks(spec, plain, public, scorer, runtime)
         out[label] = {"attacks": rows, "strongest": {
             f"level_{lv}": {"attack": r["attack"], **{f: r[f] for f in FIGURES}}
             for lv, r in strongest(rows).items()}}
@@ -322,12 +341,15 @@ def main() -> None:
                                      "client_images": args.client_images,
                                      "recognisability_of_originals": scorer.recognisability(
                                          ceiling.images, ceiling.labels)}}
-    if "instahide" in parts:
-        out["instahide"] = instahide_part(args, test, public, scorer, runtime)
-    if "defences" in parts:
-        out["defences"] = defences_part(args, test, public, scorer, runtime)
-    if "visualmixer" in parts:
-        out["visualmixer"] = visualmixer_part(args, train, test, public, scorer, runtime)
+    # What libraries print (a weights download tried on the way) must not break --json.
+    with contextlib.redirect_stdout(sys.stderr):
+        if "instahide" in parts:
+            out["instahide"] = instahide_part(args, test, public, scorer, runtime)
+        if "defences" in parts:
+            out["defences"] = defences_part(args, test, public, scorer, runtime)
+        if "visualmixer" in parts:
+            out["visualmixer"] = visualmixer_part(args, train, test, public, scorer,
+                                                  runtime)
     out["_meta"]["wall_seconds"] = time.perf_counter() - started
     if args.json:
         print(json.dumps(out))
