@@ -130,3 +130,9 @@ def test_shuffle_attacks_are_for_shuffles_only():
             "not applicable"
     with pytest.raises(ValueError, match="method must be one of"):
         build_attack({"name": "window_stats", "method": "magic"})
+    bad = torch.rand(2, 1, 28, 28)
+    bad[1, 0, 5, 5] = float("inf")
+    evidence, _ = outsourced(tiny, bad)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        build_attack({"name": "window_stats"}).reconstruct(
+            evidence, Knowledge(level=1, public=tiny, algorithm="visualmixer"), RUNTIME)

@@ -171,3 +171,11 @@ def test_the_attack_is_for_instahide_and_checks_its_parameters():
                   algorithm="visualmixer"),
         Runtime(device=torch.device("cpu"), seed=0, progress=False))
     assert other.figures["status"] == "not applicable" and other.images is None
+    bad = torch.rand(4, 1, 28, 28)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        attack.reconstruct(Evidence(view=view(4), images=bad),
+                           Knowledge(level=1, public=ImageDataset(
+                               torch.rand(4, 1, 28, 28), torch.zeros(4).long(), 10),
+                               algorithm={"name": "instahide", "k": 2}),
+                           Runtime(device=torch.device("cpu"), seed=0, progress=False))

@@ -202,6 +202,11 @@ def attacker_shuffles(evidence: Evidence, knowledge: Knowledge, runtime: Runtime
     name, _ = spec_params(knowledge.algorithm)
     if name not in SHUFFLERS:
         return f"an attack on window shuffles, not {name}"
+    if evidence.images.ndim != 4 or not torch.isfinite(evidence.images).all():
+        raise ValueError(f"shuffled images must be finite N×C×H×W, got shape "
+                         f"{tuple(evidence.images.shape)}"
+                         + ("" if torch.isfinite(evidence.images).all() else
+                            " with NaN or inf"))
     targets = evidence.images.detach().float().cpu().clamp(0, 1)
     own = knowledge.own_disguise(runtime.seed)
     own.reseed("attacker")

@@ -414,6 +414,10 @@ class InstaHideAttack(Attack):
         own = knowledge.own_disguise(runtime.seed)  # the public algorithm, the attacker's key
         k, mode = own.k, own.mode
         absolute = evidence.images.detach().float().cpu().abs()
+        if absolute.ndim != 4 or not torch.isfinite(absolute).all():
+            raise ValueError(f"encodings must be finite N×C×H×W, got shape "
+                             f"{tuple(absolute.shape)}"
+                             + ("" if torch.isfinite(absolute).all() else " with NaN or inf"))
         m = len(absolute)
         # How many private images the encodings hold: the server knows the client's
         # num_examples; no more than the encodings can hold.
