@@ -507,15 +507,20 @@ def write_table(grid: Grid) -> dict[str, Any]:
         level_lines = ["## Strongest attack per defence and knowledge level", "",
                        strongest.__doc__.split("\n\n")[1].replace("\n", " "), "",
                        *strongest.level_markdown(levels, picture)]
-    (grid.out / "table.md").write_text(
-        table_markdown(grid, rows, records, missing, plots, columns)
-        + "\n".join(level_lines))
+    text = table_markdown(grid, rows, records, missing, plots, columns) + "\n".join(level_lines)
+    (grid.out / "table.md").write_text(text)
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
                "reference": grid.reference,
                "columns": {c.key: c.figure.title for c in columns}, "rows": rows,
                "levels": levels, "missing": missing, "plots": plots}
     (grid.out / "compare.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return {"rows": rows, "levels": levels, "missing": missing, "plots": plots}
+
+
+def _cell(text: str) -> str:
+    """A table cell's text with its pipes escaped (a title such as "SSIM of |2x − 1|" must
+    not split the column)."""
+    return str(text).replace("|", "\\|")
 
 
 def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, Any],
@@ -557,17 +562,18 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
          lambda r: _fmt(r["seconds_per_round"], r["seconds_per_round_std"], 1)),
         ("time × ref", lambda r: _fmt(r["time_ratio"], None, 2)),
     ]
-    lines += ["| defence | " + " | ".join(t for t, _ in shown) + " |",
+    lines += ["| defence | " + " | ".join(_cell(t) for t, _ in shown) + " |",
               "| --- |" + " ---: |" * len(shown)]
-    lines += ["| " + " | ".join([r["defence"], *(entry(r) for _, entry in shown)]) + " |"
+    lines += ["| " + " | ".join(_cell(v) for v in [r["defence"], *(entry(r) for _, entry in
+                                                                     shown)]) + " |"
               for r in rows]
-    lines += ["", "Defences:"]
+    lines += ["", "Defences:", ""]
     lines += [f"- `{d.label}`: {json.dumps(d.changes) if d.changes else 'the base config'}"
               for d in grid.defences]
-    lines += ["", "Attack settings:"]
+    lines += ["", "Attack settings:", ""]
     lines += [f"- `{a.label}`{' (utility)' if a.utility else ''}: {json.dumps(a.changes)}"
               for a in grid.attacks]
-    lines += ["", "Cells (each a normal run with its own summary):"]
+    lines += ["", "Cells (each a normal run with its own summary):", ""]
     lines += [f"- [{name}]({name}/summary.md)" for name in records]
     if missing:
         lines += ["", f"**Not finished ({len(missing)}):** " + ", ".join(missing)
