@@ -46,7 +46,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 # Importing attacks.base loads the attacks package, whose modules register every attack.
-from fedisguise import strongest
+from fedisguise import report, strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError
 
@@ -509,6 +509,8 @@ def write_table(grid: Grid) -> dict[str, Any]:
                        *strongest.level_markdown(levels, picture)]
     text = table_markdown(grid, rows, records, missing, plots, columns) + "\n".join(level_lines)
     (grid.out / "table.md").write_text(text)
+    report.write_report(grid.out, f"fedisguise comparison: {grid.name}", text, [
+        (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.cells if c.name in records])
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
                "reference": grid.reference,
                "columns": {c.key: c.figure.title for c in columns}, "rows": rows,

@@ -386,6 +386,20 @@ train = {local_steps = 1}
 """
 
 
+def finish_cells(grid, plans: dict, accuracy: dict[str, float]) -> None:
+    """Write finished cells as a grid run would: every utility cell, and each attack cell
+    with a plan ((defence, setting, seed) -> its attacks' records)."""
+    for cell in grid.cells:
+        attacks = plans.get((cell.defence, cell.attack, cell.seed), {})
+        if cell.attack != "utility" and not attacks:
+            continue  # this cell did not finish
+        cell.config.run_dir.mkdir(parents=True)
+        (cell.config.run_dir / "metrics.json").write_text(json.dumps(fake_record(
+            accuracy[cell.defence], [1.0, 1.0], attacks=attacks)))
+        (cell.config.run_dir / "cell.json").write_text(json.dumps(
+            {"config": _comparable(cell.config)}))
+
+
 def test_the_level_table_takes_the_strongest_attack_at_or_below_each_level(tmp_path):
     """Per defence × level × threat model: the strongest attack of level <= L, per seed,
     by PSNR vs the originals; not-applicable attacks and attacks without images count
@@ -412,16 +426,7 @@ def test_the_level_table_takes_the_strongest_attack_at_or_below_each_level(tmp_p
         ("vm", "l1", 1): {"chain": entry("chain", 1, 12.0),
                           "window_stats": entry("window_stats", 1, 19.0)},
     }
-    accuracy = {"none": 0.85, "vm": 0.80}
-    for cell in grid.cells:
-        attacks = plans.get((cell.defence, cell.attack, cell.seed), {})
-        if cell.attack != "utility" and not attacks:
-            continue  # this cell did not finish
-        cell.config.run_dir.mkdir(parents=True)
-        (cell.config.run_dir / "metrics.json").write_text(json.dumps(fake_record(
-            accuracy[cell.defence], [1.0, 1.0], attacks=attacks)))
-        (cell.config.run_dir / "cell.json").write_text(json.dumps(
-            {"config": _comparable(cell.config)}))
+    finish_cells(grid, plans, {"none": 0.85, "vm": 0.80})
     levels = write_table(grid)["levels"]
     row = {(r["defence"], r["level"], r["threat_model"]): r for r in levels}
     assert row["none", 0, "server"]["psnr_vs_original"] == 20.0
