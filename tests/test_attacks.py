@@ -125,6 +125,23 @@ def test_jigsaw_reassembles_noiseless_block_permutation(fmnist):
     assert psnr(jigsaw.reassemble(disguised, solved["placement"], 7), x).mean() > 40
 
 
+@needs_fmnist
+def test_the_public_mean_image_places_every_block_where_edges_alone_shift_them(fmnist):
+    """On 100 images the edges leave Fashion-MNIST's border free to shift (0 blocks right);
+    public images of the same kind put every block where it belongs."""
+    x, public = fmnist.images[:100], fmnist.images[1000:3000]
+    disguise = build({"name": "block-permutation", "block_size": 7}, DisguiseKey.generate(5))
+    disguised, _ = disguise.apply(x)
+    truth = torch.argsort(disguise.block_permutation(16))
+    edges = jigsaw.accuracy(jigsaw.solve(disguised, 7)["placement"], truth, (4, 4))
+    placed = jigsaw.solve(disguised, 7, public)["placement"]
+    assert edges["direct_accuracy"] < 0.5
+    assert jigsaw.accuracy(placed, truth, (4, 4))["direct_accuracy"] == 1.0
+    assert psnr(jigsaw.reassemble(disguised, placed, 7), x).clamp(max=100).mean() == 100
+    with pytest.raises(ValueError, match="differ in shape"):
+        jigsaw.solve(disguised, 7, public[:, :, :14])
+
+
 def test_unet_keeps_the_image_shape_and_learns_an_invertible_map():
     torch.manual_seed(0)
     x = torch.rand(256, 1, 28, 28)
