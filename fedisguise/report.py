@@ -50,9 +50,9 @@ def embed_images(text: str, folder: Path) -> str:
     does not is left out with a note, never a broken link."""
     def replace(match: re.Match) -> str:
         src = html.unescape(match.group(2))
-        path = (folder / src).resolve()
         if src.startswith("data:"):
             return match.group(0)
+        path = (folder / src).resolve()
         if not path.is_file() or folder.resolve() not in path.parents:
             return f"<em>(picture {html.escape(src)} not on disk)</em>"
         return f'{match.group(1)}"{data_uri(path)}"{match.group(3)}'

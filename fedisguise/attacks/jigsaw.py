@@ -124,8 +124,7 @@ def arrangement_costs(placed: torch.Tensor, right: torch.Tensor, down: torch.Ten
                       where: torch.Tensor, gw: int) -> torch.Tensor:
     """Per arrangement (rows of `placed`): its summed edge and position costs, in double."""
     grid = placed.view(len(placed), -1, gw)
-    total = where.double().T.gather(1, placed.T.cpu()).T.sum(1) if where.any() else \
-        torch.zeros(len(placed), dtype=torch.float64)
+    total = where.double().T.gather(1, placed.T.cpu()).T.sum(1)  # zeros without a prior
     total = total + right.double()[grid[:, :, :-1], grid[:, :, 1:]].flatten(1).sum(1)
     return total + down.double()[grid[:, :-1], grid[:, 1:]].flatten(1).sum(1)
 
