@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """fedisguise CLI: parse, validate the config, dispatch to simulation or deployment.
 
-    python run.py                                  # configs/default.toml in simulation
+    python run.py                                  # configs/default.toml: the quickstart grid
+    python run.py --config configs/fedavg.toml     # plain FedAvg, one run
     python run.py --config configs/smoke.toml --set train.lr=0.02 --rounds 2
     python run.py --mode deployment --clients 2    # real SuperLink + SuperNode processes
     python run.py --compare configs/compare-smoke.toml  # a grid of runs and one table
@@ -23,7 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path,
-                        help="TOML experiment config (default: configs/default.toml)")
+                        help="TOML experiment config (default: configs/default.toml, the "
+                             "quickstart grid); a file with a [compare] table runs as "
+                             "--compare")
     parser.add_argument("--compare", type=Path, metavar="GRID",
                         help="run a comparison grid (a compare TOML file): every cell a normal "
                              "run under OUT/<compare.name>/, finished cells skipped, then "
@@ -107,16 +110,33 @@ def run_compare(args: argparse.Namespace) -> int:
               "was running is marked interrupted; run the same command to resume",
               file=sys.stderr)
         hard_exit(interrupt_code(why))
+    from fedisguise.compare import answer_lines
+
     print(f"\n{grid.name}: {len(outcome['ran'])} cells run, {len(outcome['skipped'])} "
-          f"already finished, {len(outcome['failed'])} failed; table in "
-          f"{grid.out / 'table.md'}")
+          f"already finished, {len(outcome['failed'])} failed")
+    print("\n".join(answer_lines(outcome["rows"])))
+    print(f"table: {grid.out / 'table.md'}\nreport (open in a browser): "
+          f"{grid.out / 'report.html'}")
     for name, why in outcome["failed"].items():
         print(f"  failed: {name}: {why}", file=sys.stderr)
     return 1 if outcome["failed"] else 0
 
 
+def is_compare_file(path: Path) -> bool:
+    """A config holding a [compare] table is a grid (configs/default.toml is one)."""
+    import tomllib
+
+    try:
+        with path.open("rb") as fh:
+            return "compare" in tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # load_config names the problem
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.compare and is_compare_file(args.config or DEFAULT_CONFIG):
+        args.compare, args.config = args.config or DEFAULT_CONFIG, None
     if args.compare:
         return run_compare(args)
     from fedisguise.config import ConfigError

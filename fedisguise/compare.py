@@ -519,6 +519,25 @@ def write_table(grid: Grid) -> dict[str, Any]:
     return {"rows": rows, "levels": levels, "missing": missing, "plots": plots}
 
 
+def answer_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's answer in a few terminal lines: per defence its accuracy and gap, what the
+    strongest attack recovers of the originals, and membership AUC where they were measured."""
+    lines = []
+    for r in rows:
+        parts = [f"accuracy {_fmt(r['accuracy'], r['accuracy_std'])}"]
+        if r.get("accuracy_gap") is not None and r["accuracy_gap"] != 0:
+            parts[-1] += f" ({100 * r['accuracy_gap']:+.1f} points)"
+        if r.get(f"best.{BEST_BY}") is not None:
+            parts.append(f"strongest attack ({r.get(BEST_ATTACK) or '?'}) "
+                         f"{r[f'best.{BEST_BY}']:.1f} dB vs original"
+                         + ("" if r.get("best.recognisability") is None else
+                            f", recognisability {r['best.recognisability']:.2f}"))
+        if r.get("membership.auc") is not None:
+            parts.append(f"membership AUC {r['membership.auc']:.3f}")
+        lines.append(f"  {r['defence']}: " + "; ".join(parts))
+    return lines
+
+
 def _cell(text: str) -> str:
     """A table cell's text with its pipes escaped (a title such as "SSIM of |2x − 1|" must
     not split the column)."""

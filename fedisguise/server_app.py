@@ -111,7 +111,12 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
                 record["privacy"] = {"misusability": acc}
             write_run(run_dir, record, ledger.entries)
             progress.update(1)
-            progress.set_postfix(test_acc=f"{acc:.4f}")
+            # The clients' accuracy on their own (disguised) shards, as the table reports
+            # it; a disguised model's accuracy on plain images beside it.
+            shown = {"test_acc": record["rounds"][-1].get("test_accuracy")}
+            if cfg.disguise_name != "none":
+                shown["plain_acc"] = acc
+            progress.set_postfix({k: "–" if v is None else f"{v:.4f}" for k, v in shown.items()})
         return MetricRecord({"test_loss": loss, "test_accuracy": acc})
 
     guarded = NodeGuard(grid, cfg.strategy.min_clients, cfg.strategy.node_timeout)

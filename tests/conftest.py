@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedisguise.config import Config
 
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+# Plain FedAvg, one run: what run.py runs with --config (its default is the quickstart grid).
+FEDAVG = Path(__file__).resolve().parents[1] / "configs" / "fedavg.toml"
 
 
 @pytest.fixture

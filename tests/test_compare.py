@@ -16,6 +16,7 @@ from fedisguise.attacks.base import Attack, Figure, figure_catalogue, register
 from fedisguise.compare import (
     Grid,
     _comparable,
+    answer_lines,
     attack_columns,
     best_figures,
     cell_done,
@@ -446,3 +447,15 @@ def test_the_level_table_takes_the_strongest_attack_at_or_below_each_level(tmp_p
            "0.200 / 0.40 | window_stats: 20.0 / 0.200 / 0.40 |" in md
     with (grid.out / "levels.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 3 * 2
+
+
+def test_the_terminal_answer_names_cost_recovery_and_membership():
+    rows = [{"defence": "none", "accuracy": 0.74, "accuracy_std": None, "accuracy_gap": 0.0,
+             "best.psnr_vs_original": 13.2, "best.attack": "chain",
+             "best.recognisability": 1.0, "membership.auc": 0.692},
+            {"defence": "dn", "accuracy": 0.70, "accuracy_std": 0.01, "accuracy_gap": -0.041,
+             "best.psnr_vs_original": None, "membership.auc": None}]
+    none, dn = answer_lines(rows)
+    assert "0.740" in none and "13.2 dB" in none and "(chain)" in none and "0.692" in none
+    assert "points" not in none  # the reference has no gap to show
+    assert "-4.1 points" in dn and "dB" not in dn and "membership" not in dn

@@ -69,12 +69,30 @@ def test_pyproject_flower_defaults_mirror_the_config_defaults():
     assert pyproject["tool"]["flwr"]["app"]["config"] == Config().to_flat()
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["fedavg", "smoke"])
 def test_shipped_configs_validate(name):
     cfg = load_config(ROOT / "configs" / f"{name}.toml")
     assert cfg.data.dataset == "fashion-mnist" and cfg.model.name == "lenet"
     assert cfg.experiment.clients == 4 and cfg.experiment.rounds >= 3
     assert cfg.disguise == "none" and cfg.attacks == []
+
+
+def test_the_default_config_is_the_quickstart_grid():
+    """`python run.py` shows what the product is for: plain FL beside a disguise, and against
+    both the server's chain attack and membership inference in a regime where it bites."""
+    import run
+    from fedisguise.compare import load_grid
+
+    assert run.is_compare_file(run.DEFAULT_CONFIG)
+    assert not run.is_compare_file(ROOT / "configs" / "fedavg.toml")
+    grid = load_grid(run.DEFAULT_CONFIG)
+    assert grid.reference == "none" and len(grid.defences) == 2
+    disguised = next(c.config for c in grid.cells if c.defence != "none")
+    assert disguised.disguise_name != "none" and disguised.client.key_scope == "federation"
+    kinds = {a["name"] for c in grid.cells for a in c.config.attacks}
+    assert {"chain", "membership"} <= kinds
+    membership = next(c.config for c in grid.cells if c.attack == "membership")
+    assert membership.data.train_per_client <= 200 and membership.train.local_epochs >= 5
 
 
 def test_cli_rejects_a_bad_config_before_starting_anything(tmp_path):

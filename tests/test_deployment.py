@@ -25,7 +25,7 @@ from fedisguise.deployment import (
     write_connection,
 )
 from fedisguise.experiment import run_experiment
-from tests.conftest import synthetic_config
+from tests.conftest import FEDAVG, synthetic_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,8 @@ def test_security_settings_are_checked_before_anything_starts(tmp_path):
 
 
 def test_run_py_exits_2_on_missing_certificates(tmp_path, capsys):
-    common = ["--mode", "deployment", "--out", str(tmp_path), "--set", "data.dataset=synthetic"]
+    common = ["--config", str(FEDAVG), "--mode", "deployment", "--out", str(tmp_path),
+              "--set", "data.dataset=synthetic"]
     assert run.main([*common, "--set", "deployment.tls=true",
                      "--set", f"deployment.certificates={tmp_path}"]) == 2
     assert "deployment.certificates" in capsys.readouterr().err
@@ -162,7 +163,7 @@ def test_federation_ends_its_processes_when_the_body_fails(tmp_path, flwr_tmp):
 
 
 def start_run(tmp_path, name: str, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "run.py"), "--mode", "deployment",
+    command = [sys.executable, str(ROOT / "run.py"), "--config", str(FEDAVG), "--mode", "deployment",
                "--out", str(tmp_path), "--set", "data.dataset=synthetic",
                "--set", f"experiment.name={name}", *extra]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,

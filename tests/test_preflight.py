@@ -13,7 +13,7 @@ from fedisguise.config import Config, ConfigError
 from fedisguise.disguise import DisguiseKey
 from fedisguise.disguise.keys import key_path, write_key_dir
 from fedisguise.preflight import preflight
-from tests.conftest import DEBIAN_FMNIST, synthetic_config
+from tests.conftest import DEBIAN_FMNIST, FEDAVG, synthetic_config
 
 FMNIST = pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST),
                             reason="dataset-fashion-mnist not installed")
@@ -34,7 +34,7 @@ def no_run(monkeypatch):
 
 def cli(capsys, tmp_path, *sets: str, args: tuple[str, ...] = ()) -> tuple[int, str]:
     """run.py on the synthetic dataset with `--set` assignments; (exit code, stderr)."""
-    argv = ["--set", "data.dataset=synthetic", "--clients", "2",
+    argv = ["--config", str(FEDAVG), "--set", "data.dataset=synthetic", "--clients", "2",
             "--out", str(tmp_path / "out"), *args]
     for assignment in sets:
         argv += ["--set", assignment]
@@ -136,7 +136,8 @@ def test_disguise_parameters_are_checked_on_the_datasets_images(capsys, tmp_path
 
 @FMNIST
 def test_block_size_5_on_fashion_mnist_exits_2(capsys, tmp_path):
-    code, err = run.main(["--set", 'disguise={"name": "disguisednets", "block_size": 5}',
+    code, err = run.main(["--config", str(FEDAVG),
+                          "--set", 'disguise={"name": "disguisednets", "block_size": 5}',
                           "--clients", "2", "--out", str(tmp_path)]), capsys.readouterr().err
     assert code == 2
     assert "disguise.block_size (disguisednets): on fashion-mnist images (1×28×28)" in err
@@ -167,7 +168,7 @@ def test_a_data_dir_without_the_files_exits_2_instead_of_reading_elsewhere(
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, err = run.main(["--set", f"data.data_dir={empty}", "--clients", "2",
+    code, err = run.main(["--config", str(FEDAVG), "--set", f"data.data_dir={empty}", "--clients", "2",
                           "--out", str(tmp_path / "out")]), capsys.readouterr().err
     assert code == 2 and err.startswith("error: data.data_dir (fashion-mnist): ")
 
@@ -182,14 +183,14 @@ def test_an_out_that_is_a_file_or_under_one_exits_2(capsys, tmp_path):
     (tmp_path / "out").write_text("not a folder")
     code, err = cli(capsys, tmp_path)
     assert code == 2 and "experiment.out" in err and "is a file" in err
-    code, err = run.main(["--set", "data.dataset=synthetic", "--clients", "2",
+    code, err = run.main(["--config", str(FEDAVG), "--set", "data.dataset=synthetic", "--clients", "2",
                           "--out", str(tmp_path / "out" / "sub")]), capsys.readouterr().err
     assert code == 2 and "experiment.out" in err and "cannot create" in err
 
 
 def test_a_run_folder_that_is_a_file_exits_2(capsys, tmp_path):
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "default").write_text("")
+    (tmp_path / "out" / "fedavg").write_text("")
     code, err = cli(capsys, tmp_path)
     assert code == 2 and "experiment.name" in err
 
