@@ -46,7 +46,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 # Importing attacks.base loads the attacks package, whose modules register every attack.
-from fedisguise import report, strongest
+from fedisguise import frontier, report, strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError
 
@@ -76,6 +76,7 @@ class Entry:
     label: str
     changes: dict[str, Any]
     utility: bool = True
+    curve: str = ""  # defences: the frontier curve it is a point of (fedisguise.frontier)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
         if label in seen:
             raise ConfigError(f"{where}: label {label!r} appears twice")
         seen.add(label)
-        unknown = sorted(set(changes) - set(SECTIONS) - set(STRUCTURED_KEYS) - {"utility"})
+        unknown = sorted(set(changes) - set(SECTIONS) - set(STRUCTURED_KEYS)
+                         - {"utility", "curve"})
         if unknown:
             raise ConfigError(f"{where} ({label}): unknown key(s) {unknown}; an entry holds "
                               f"config sections {list(SECTIONS)} and {list(STRUCTURED_KEYS)}")
@@ -208,11 +210,18 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
                 raise ConfigError(f"{where} ({label}): {owned} is set by the grid "
                                   f"(cell name, compare.seeds, the output folder)")
         utility = changes.pop("utility", None)
+        curve = changes.pop("curve", None)
         if axis == "defence":
             if "attacks" in changes or utility is not None:
                 raise ConfigError(f"{where} ({label}): attacks belong in [[compare.attack]]")
-            entries.append(Entry(label, changes))
+            if curve is not None and (not isinstance(curve, str) or not LABEL.match(curve)):
+                raise ConfigError(f"{where} ({label}): curve must be a name of letters, "
+                                  f"digits, '_.+-', got {curve!r}")
+            entries.append(Entry(label, changes, curve=curve or frontier.curve_name(changes)))
             continue
+        if curve is not None:
+            raise ConfigError(f"{where} ({label}): curve belongs to [[compare.defence]] "
+                              f"entries (the frontier a defence setting is a point of)")
         if not isinstance(changes.get("attacks"), list):
             raise ConfigError(f"{where} ({label}): an attack setting needs `attacks = [...]`")
         if utility is None:  # only attacks given: the base training, so its accuracy counts
@@ -416,7 +425,8 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
         cells = [c for c in grid.cells if c.defence == defence.label and c.name in figures]
         util = [figures[c.name] for c in cells if c.utility or not any_utility]
         every = [figures[c.name] for c in cells]
-        row: dict[str, Any] = {"defence": defence.label, "cells": len(cells)}
+        row: dict[str, Any] = {"defence": defence.label, "curve": defence.curve,
+                               "cells": len(cells)}
         for key in UTILITY_FIGURES:
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([f[key] for f in util])
         for column in columns:
@@ -445,6 +455,7 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
                              or not ref["seconds_per_round"]
                              else row["seconds_per_round"] / ref["seconds_per_round"])
         row["accuracy_gap_std"] = row["time_ratio_std"] = None
+    frontier.mark_dominated(rows)
     return rows
 
 
@@ -480,11 +491,13 @@ def write_table(grid: Grid) -> dict[str, Any]:
     rows = table_rows(grid, figures)
     columns = attack_columns(figures.values())
     with (grid.out / "table.csv").open("w", newline="") as fh:
-        names = ["defence", "cells"] + [f"{k}{s}" for k in _table_columns(columns)
-                                        for s in ("",) + (() if k == BEST_ATTACK else ("_std",))]
+        names = ["defence", "curve", "cells"] + [
+            f"{k}{s}" for k in _table_columns(columns)
+            for s in ("",) + (() if k == BEST_ATTACK else ("_std",))] + ["dominated_by"]
         writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+        writer.writerows([{**{k: ("" if v is None else v) for k, v in r.items()},
+                           "dominated_by": ";".join(r["dominated_by"] or ())} for r in rows])
     with (grid.out / "cells.csv").open("w", newline="") as fh:
         names = ["cell", "defence", "attack", "seed", "utility"] + [
             k for k in _table_columns(columns) if k not in ("accuracy_gap", "time_ratio")]
@@ -498,6 +511,7 @@ def write_table(grid: Grid) -> dict[str, Any]:
                                      for k, v in figures[c.name].items()
                                      if k != "accuracy_per_round"}})
     plots = write_plots(grid, rows, columns)
+    plots += frontier.write_frontiers(grid.out, grid.name, rows)
     levels = strongest.level_rows(grid, records, rows)
     level_lines: list[str] = []
     if any(r["attack"] for r in levels):  # some attack recovered images: the level table
@@ -561,7 +575,10 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         f"what the strongest attack recovers of the originals — per seed the strongest over "
         f"every attack setting, and the attack that reached the best PSNR. Mean ± std over "
         f"seeds; gap and ratio against `{grid.reference}`. – : not defined or not measured "
-        f"(visual privacy needs disguised images; ε needs DP).", ""]
+        f"(visual privacy needs disguised images; ε needs DP). \"dominated by\": the "
+        f"settings at least as accurate that let every shared attack figure (best PSNR, best "
+        f"recognisability, membership AUC) reach at most as much, one of them strictly "
+        f"(fedisguise/frontier.py); – where no attack was measured.", ""]
     # (title, a row's entry) per column: utility first, attacks between, time last.
     shown: list[tuple[str, Any]] = [
         ("accuracy", lambda r: _fmt(r["accuracy"], r["accuracy_std"])),
@@ -582,6 +599,8 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         ("s/round (after round 1)",
          lambda r: _fmt(r["seconds_per_round"], r["seconds_per_round_std"], 1)),
         ("time × ref", lambda r: _fmt(r["time_ratio"], None, 2)),
+        ("dominated by", lambda r: "–" if r.get("dominated_by") is None
+         else ", ".join(r["dominated_by"]) or "no (frontier)"),
     ]
     lines += ["| defence | " + " | ".join(_cell(t) for t, _ in shown) + " |",
               "| --- |" + " ---: |" * len(shown)]
@@ -589,7 +608,8 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
                                                                      shown)]) + " |"
               for r in rows]
     lines += ["", "Defences:", ""]
-    lines += [f"- `{d.label}`: {json.dumps(d.changes) if d.changes else 'the base config'}"
+    lines += [f"- `{d.label}` (curve `{d.curve}`): "
+              f"{json.dumps(d.changes) if d.changes else 'the base config'}"
               for d in grid.defences]
     lines += ["", "Attack settings:", ""]
     lines += [f"- `{a.label}`{' (utility)' if a.utility else ''}: {json.dumps(a.changes)}"
