@@ -66,14 +66,15 @@ def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientDat
     node_key_file = str(context.node_config.get(NODE_KEY_FILE, ""))
     d, c = cfg.data, cfg.client
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
-                 d.partitioner, d.alpha, d.train_per_client, d.test_samples,
+                 d.partitioner, d.alpha, d.train_per_client, d.test_samples, d.validation,
                  repr(cfg.disguise), c.key_scope, c.key_file, c.key_dir, node_key_file,
                  server_round if c.redisguise_each_round else 0)
     if cache_key not in _PREPARED:
         if c.redisguise_each_round:
             _PREPARED.clear()  # only the current round's draw is needed
         data = node_data(cfg, partition_id, server_round, node_key_file)
-        _PREPARED[cache_key] = ClientData(train=data.train, test=data.test)
+        _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
+                                          validation=data.validation)
     return _PREPARED[cache_key]
 
 
@@ -140,11 +141,16 @@ def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, con
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
-    """Accuracy of the global model on this client's test shard, disguised as clients use it."""
-    data = prepared_data(cfg, context, int(msg.content["config"]["server-round"])).test
+    """Accuracy of the global model on this client's test shard, disguised as clients use it,
+    and on its validation split where it holds one out."""
+    prepared = prepared_data(cfg, context, int(msg.content["config"]["server-round"]))
+    data, device = prepared.test, resolve_device(cfg.resources.device)
     model = _model_from(msg, cfg, data)
-    loss, acc = evaluate(model, data, device=resolve_device(cfg.resources.device))
+    loss, acc = evaluate(model, data, device=device)
     metrics = {"test_loss": loss, "test_accuracy": acc, m.NUM_EXAMPLES: len(data)}
+    if prepared.validation is not None:
+        metrics["validation_loss"], metrics["validation_accuracy"] = evaluate(
+            model, prepared.validation, device=device)
     return Message(content=RecordDict({m.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

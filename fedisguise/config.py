@@ -48,6 +48,9 @@ class DataConfig:
     alpha: float = 0.5  # Dirichlet concentration, used by the `dirichlet` partitioner
     train_per_client: int = 0  # 0 = the whole partition; >0 caps it (fast runs)
     test_samples: int = 0  # 0 = the whole test split for the server's evaluation
+    # > 0: this fraction of each client's own training images is held out (not trained on)
+    # and the global model is scored on it every round: a split for tuning, never the test set
+    validation: float = 0.0
 
 
 @dataclass
@@ -284,6 +287,8 @@ class Config:
         _check(d.alpha > 0, "data.alpha", d.alpha, "> 0")
         _check(d.train_per_client >= 0, "data.train_per_client", d.train_per_client, ">= 0")
         _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
+        _check(0 <= d.validation < 0.5, "data.validation", d.validation,
+               "a fraction in [0, 0.5) of each client's training images")
         # The evaluation set is cut into one shard per client (fedisguise.data.client_data).
         _check(d.test_samples == 0 or d.test_samples >= e.clients, "data.test_samples",
                d.test_samples, f"0 (all) or >= experiment.clients ({e.clients}): every "

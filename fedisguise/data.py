@@ -229,12 +229,17 @@ def partition_indices(labels: torch.Tensor | np.ndarray, partitioner: str, num_p
 class ClientData:
     train: ImageDataset  # the client's partition of the training split
     test: ImageDataset  # the client's IID shard of the evaluation set (disguised like train)
+    validation: ImageDataset | None = None  # held out of its own training images (tuning)
 
 
 def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
                 partition_id: int, num_partitions: int, train_per_client: int = 0,
-                test_samples: int = 0) -> ClientData:
+                test_samples: int = 0, validation: float = 0.0) -> ClientData:
     """One client's share of the training split, and its shard of the evaluation set.
+
+    With `validation` > 0 that fraction of the client's own images (at least one) is held
+    out of its training data as its validation split, for choosing hyper-parameters
+    without looking at the test set.
 
     The shards of all clients together are exactly the server's evaluation set, so clients
     that evaluate on disguised shards measure the same images the server holds in plain.
@@ -246,7 +251,12 @@ def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, see
     own = _own_indices(parts[partition_id], seed, partition_id, train_per_client)
     test = server_test_set(dataset, data_dir, test_samples, seed)
     shard = partition_iid(test.labels.numpy(), num_partitions, seed)[partition_id]
-    return ClientData(train=full.subset(own), test=test.subset(shard))
+    held = max(1, round(validation * len(own))) if validation > 0 else 0
+    if held >= len(own):
+        raise ValueError(f"data.validation {validation} leaves client {partition_id} no "
+                         f"training images (it has {len(own)})")
+    return ClientData(train=full.subset(own[held:]), test=test.subset(shard),
+                      validation=full.subset(own[:held]) if held else None)
 
 
 def unassigned_train_indices(dataset: str, data_dir: str, partitioner: str, alpha: float,

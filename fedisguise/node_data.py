@@ -23,6 +23,7 @@ class NodeData:
     train: ImageDataset  # its training images as it trains on them (disguised)
     test: ImageDataset | None  # its test shard as it evaluates on it, when asked for
     key: DisguiseKey
+    validation: ImageDataset | None = None  # its validation split, disguised as its test shard
 
 
 def train_stream(cfg: Config, server_round: int) -> str:
@@ -47,7 +48,7 @@ def node_data(cfg: Config, partition_id: int, server_round: int, node_key_file: 
     d = cfg.data
     plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
                         partition_id, cfg.experiment.clients, d.train_per_client,
-                        d.test_samples)
+                        d.test_samples, d.validation)
     disguise, key = node_disguise(cfg, partition_id, train_stream(cfg, server_round),
                                   node_key_file)
     images, labels = disguise.apply(plain.train.images, plain.train.labels)
@@ -56,5 +57,11 @@ def node_data(cfg: Config, partition_id: int, server_round: int, node_key_file: 
         disguise.reseed("test")
         test_images, test_labels = disguise.apply_eval(plain.test.images, plain.test.labels)
         disguised_test = ImageDataset(test_images, test_labels, plain.test.num_classes)
+    disguised_validation = None
+    if test and plain.validation is not None:
+        disguise.reseed("validation")
+        disguised_validation = ImageDataset(
+            *disguise.apply_eval(plain.validation.images, plain.validation.labels),
+            plain.validation.num_classes)
     return NodeData(plain=plain, train=ImageDataset(images, labels, plain.train.num_classes),
-                    test=disguised_test, key=key)
+                    test=disguised_test, key=key, validation=disguised_validation)

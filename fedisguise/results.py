@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ROUND_COLUMNS = ("round", "train_loss", "test_accuracy", "test_loss", "plain_test_accuracy",
-                 "plain_test_loss", "round_seconds", "bytes_up", "bytes_down", "clients", "epsilon")
+                 "plain_test_loss", "validation_accuracy", "round_seconds", "bytes_up", "bytes_down", "clients", "epsilon")
 
 
 def versions() -> dict[str, str]:

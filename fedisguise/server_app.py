@@ -152,7 +152,7 @@ def key_source(cfg: Config) -> str:
 
 
 FINAL_KEYS = ("test_accuracy", "test_loss", "train_loss", "plain_test_accuracy",
-              "plain_test_loss", "epsilon")
+              "plain_test_loss", "epsilon", "validation_accuracy")
 
 
 def round_row(cfg: Config, strategy: ObservedStrategy, ledger: UpdateLedger, r: int,
@@ -172,6 +172,9 @@ def round_row(cfg: Config, strategy: ObservedStrategy, ledger: UpdateLedger, r: 
         "test_loss": _number(source.get("test_loss")),
         "plain_test_accuracy": plain_acc,
         "plain_test_loss": plain_loss,
+        # data.validation > 0: the clients' held-out training images (weighted like the test
+        # shards); None otherwise.
+        "validation_accuracy": _number(clients.get("validation_accuracy")),
         "round_seconds": time.perf_counter() - strategy.round_started[r],
         "bytes_up": strategy.bytes_up.get(r, 0),
         "bytes_down": strategy.bytes_down.get(r, 0),

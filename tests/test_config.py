@@ -42,7 +42,9 @@ def test_unknown_names_list_the_valid_choices(key, value, listed):
 def test_out_of_range_values_are_errors():
     for assignment, message in [("experiment.rounds=0", "experiment.rounds must be >= 1"),
                                 ("strategy.fraction_train=1.5", "fraction_train must be in"),
-                                ("resources.num_gpus=-1", "num_gpus must be >= 0")]:
+                                ("resources.num_gpus=-1", "num_gpus must be >= 0"),
+                                ("data.validation=0.5", "data.validation must be a fraction"),
+                                ("data.validation=-0.1", "data.validation must be a fraction")]:
         with pytest.raises(ConfigError, match=message):
             Config().with_overrides([assignment])
 

@@ -60,6 +60,22 @@ def test_client_data_is_disjoint_and_test_shards_cover_the_evaluation_set():
         client_data("synthetic", "", "iid", 0.5, 0, 3, 3)
 
 
+def test_a_validation_split_is_held_out_of_the_clients_own_training_images():
+    full = client_data("synthetic", "", "iid", 0.5, 0, 1, 3, train_per_client=200)
+    held = client_data("synthetic", "", "iid", 0.5, 0, 1, 3, train_per_client=200,
+                       validation=0.1)
+    rows = lambda d: {tuple(x.flatten()[:40].tolist()) for x in d.images}  # noqa: E731
+    assert full.validation is None and len(held.validation) == 20 and len(held.train) == 180
+    assert not rows(held.train) & rows(held.validation)  # never trained on
+    assert rows(held.train) | rows(held.validation) == rows(full.train)  # its own images
+    assert rows(held.test) == rows(full.test)  # the test shard is not touched
+    tiny = client_data("synthetic", "", "iid", 0.5, 0, 1, 3, train_per_client=5,
+                       validation=0.01)
+    assert len(tiny.validation) == 1  # any fraction > 0 holds out at least one image
+    with pytest.raises(ValueError, match="no training images"):
+        client_data("synthetic", "", "iid", 0.5, 0, 1, 3, train_per_client=1, validation=0.4)
+
+
 def test_synthetic_images_are_float_in_unit_range():
     ds = load_dataset("synthetic", "train")
     assert ds.images.dtype == torch.float32 and ds.images.shape[1:] == (1, 28, 28)

@@ -18,9 +18,13 @@ def test_simulation_improves_accuracy_and_writes_results(tmp_path):
     cfg = Config().with_overrides([
         f"experiment.out={tmp_path}", "experiment.name=sim", "experiment.rounds=3",
         "experiment.clients=3", "data.train_per_client=2000", "data.test_samples=1000",
+        "data.validation=0.1",
     ])
     record = run_experiment(cfg)
     rounds = record["rounds"]
+    # The clients score the global model on the 10% of their images they did not train on.
+    assert all(0.3 < r["validation_accuracy"] <= 1.0 for r in rounds)
+    assert record["final"]["validation_accuracy"] == rounds[-1]["validation_accuracy"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     accuracies = [record["initial"]["plain_test_accuracy"]] + [r["test_accuracy"] for r in rounds]
     assert accuracies[-1] > accuracies[1] > accuracies[0]
