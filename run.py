@@ -88,7 +88,8 @@ def run_compare(args: argparse.Namespace) -> int:
         from fedisguise.deployment import check_security
         from fedisguise.preflight import preflight
 
-        for cell in grid.cells:  # cheap after the first cell: the data are loaded once
+        # cheap after the first cell: the data are loaded once
+        for cell in [*grid.tune_cells, *grid.cells]:
             try:
                 preflight(cell.config)
                 if cell.config.experiment.mode == "deployment":

@@ -20,6 +20,22 @@ Each cell is a whole run (results/<name>/<defence>--<attack>--seed<k>/ with its 
 metrics.json, rounds.csv, images and summary.md), so a reader can open any figure's source.
 A cell whose config is unchanged since it finished is skipped when the grid runs again.
 
+Fair tuning: with `[compare.tune]` every defence gets its own value of one training
+parameter (its learning rate, say), chosen on validation data, never on the test set:
+
+    [compare.tune]
+    key = "train.lr"
+    values = [0.01, 0.02, 0.05, 0.1]  # a defence entry's own `tune = [...]` replaces them
+    validation = 0.1                  # data.validation of the tuning runs
+    seed = 0                          # default: the first of compare.seeds
+    rounds = 0                        # 0 = the cells' own experiment.rounds
+
+Before any other cell, one tuning run per defence and value (`<defence>--tune-<value>`, no
+attacks, that fraction of each client's own training images held out) trains the base
+training; the value with the best final validation accuracy then goes into every cell of
+the defence (an attack setting that sets the key itself keeps its own). A defence entry that
+sets the key itself is not tuned. The table records the chosen value and the scores.
+
 Utility figures (accuracy, privacy, ε, time) come from the cells of attack settings that keep
 the base training ("utility" settings: only `attacks` given); attack figures from every cell
 that ran that attack. An attack setting that changes training (FedSGD on one image for
@@ -39,6 +55,7 @@ import traceback
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,7 +68,8 @@ from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-COMPARE_KEYS = {"name", "seeds", "base", "defence", "attack"}
+COMPARE_KEYS = {"name", "seeds", "base", "defence", "attack", "tune"}
+TUNE_KEYS = {"key", "values", "validation", "seed", "rounds"}
 OWNED_BY_GRID = ("experiment.name", "experiment.seed", "experiment.out")
 # table.csv: one row per defence; each column with its *_std (empty with fewer than two
 # values). Utility columns come first and last; the attack columns between them are built
@@ -77,6 +95,7 @@ class Entry:
     changes: dict[str, Any]
     utility: bool = True
     curve: str = ""  # defences: the frontier curve it is a point of (fedisguise.frontier)
+    tune: tuple[float, ...] | None = None  # defences: their own values of compare.tune.key
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,17 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """compare.tune: which training parameter each defence chooses on validation data."""
+
+    key: str
+    values: tuple[float, ...]
+    validation: float
+    seed: int
+    rounds: int
+
+
+@dataclass(frozen=True)
 class Grid:
     name: str
     source: Path
@@ -101,6 +131,8 @@ class Grid:
     defences: list[Entry]
     attacks: list[Entry]
     cells: list[Cell]
+    tuning: Tuning | None = None
+    tune_cells: tuple[Cell, ...] = ()  # run first; their choice goes into `cells`
 
     @property
     def reference(self) -> str:
@@ -154,6 +186,25 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         Entry("base", {"attacks": copy.deepcopy(raw.get("attacks", []))})]
     root = Path(out if out is not None else raw.get("experiment", {}).get("out", "results"))
     grid_out = (root / name).resolve()
+    tuning = _tuning(path, spec.get("tune"), seeds, defences)
+    tune_cells = []
+    for defence in defences if tuning else ():
+        if tuning.key.partition(".")[2] in defence.changes.get(tuning.key.partition(".")[0], {}):
+            continue  # the defence fixes the value itself
+        for value in defence.tune or tuning.values:
+            merged = _merge(_merge(raw, defence.changes), {"attacks": []})
+            cell = Cell(defence.label, f"tune-{_literal(value)}", tuning.seed, False, Config())
+            try:
+                cfg = Config.from_dict(merged).with_overrides([
+                    *overrides, f"{tuning.key}={_literal(value)}",
+                    f"data.validation={tuning.validation!r}",
+                    *([f"experiment.rounds={tuning.rounds}"] if tuning.rounds else [])])
+                cfg = replace(cfg, experiment=replace(
+                    cfg.experiment, name=cell.name, seed=tuning.seed, out=str(grid_out)))
+                cfg.validate()
+            except ConfigError as err:
+                raise ConfigError(f"{path}: tuning cell {cell.name}: {err}") from err
+            tune_cells.append(replace(cell, config=cfg))
     cells = []
     for seed in seeds:
         for defence in defences:
@@ -169,8 +220,91 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                 except ConfigError as err:
                     raise ConfigError(f"{path}: cell {cell.name}: {err}") from err
                 cells.append(replace(cell, config=cfg))
-    return Grid(name, path, grid_out, seeds, defences, attacks, cells)
+    return Grid(name, path, grid_out, seeds, defences, attacks, cells, tuning,
+                tuple(tune_cells))
 
+
+def _tuning(path: Path, spec: Any, seeds: list[int], defences: list[Entry]) -> Tuning | None:
+    where = f"{path}: compare.tune"
+    if spec is None:
+        if any(d.tune for d in defences):
+            raise ConfigError(f"{path}: a defence gives `tune` values but there is no "
+                              f"[compare.tune] naming the key they are values of")
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a table (key, values, validation, seed, rounds)")
+    unknown = sorted(set(spec) - TUNE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(TUNE_KEYS)}")
+    key = spec.get("key")
+    section, _, field = str(key).partition(".")
+    if not isinstance(key, str) or section not in SECTIONS or section == "experiment" or \
+            field not in {f.name for f in dataclass_fields(SECTIONS[section])}:
+        raise ConfigError(f"{where}.key must name a numeric training setting such as "
+                          f"'train.lr', got {key!r}")
+    values = _tune_values(f"{where}.values", spec.get("values"))
+    validation = spec.get("validation", 0.1)
+    if not isinstance(validation, int | float) or not 0 < validation < 0.5:
+        raise ConfigError(f"{where}.validation must be a fraction in (0, 0.5) of each "
+                          f"client's training images, got {validation!r}")
+    seed, rounds = spec.get("seed", seeds[0]), spec.get("rounds", 0)
+    for name, value in (("seed", seed), ("rounds", rounds)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}.{name} must be a non-negative integer, got {value!r}")
+    return Tuning(key, values, float(validation), seed, rounds)
+
+
+def _literal(value: float) -> str:
+    """A tuned value as --set writes it (an integral value also fits an integer setting)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def tune_choices(grid: Grid) -> dict[str, dict[str, Any]]:
+    """Per tuned defence: each value's final validation accuracy (None until its tuning
+    run finished) and the chosen value (the best; the first on a tie), None until every
+    tuning run of the defence finished."""
+    choices: dict[str, dict[str, Any]] = {}
+    for cell in grid.tune_cells:
+        entry = choices.setdefault(cell.defence, {"scores": {}, "chosen": None})
+        score = None
+        if cell_done(cell):
+            record = json.loads((cell.config.run_dir / "metrics.json").read_text())
+            score = finite((record.get("final") or {}).get("validation_accuracy"))
+        value = float(cell.attack.removeprefix("tune-"))
+        entry["scores"][_literal(value)] = score
+        entry.setdefault("values", []).append(value)
+    for entry in choices.values():
+        scores = [entry["scores"][_literal(v)] for v in entry["values"]]
+        if all(s is not None for s in scores):
+            entry["chosen"] = entry["values"][scores.index(max(scores))]
+        del entry["values"]
+    return choices
+
+
+def resolve_tuning(grid: Grid) -> tuple[Grid, dict[str, dict[str, Any]]]:
+    """The grid with each tuned defence's chosen value in its cells (the cells of a defence
+    whose tuning has not finished keep the base value), and the choices."""
+    if grid.tuning is None:
+        return grid, {}
+    choices, key = tune_choices(grid), grid.tuning.key
+    own = {a.label for a in grid.attacks if key in _keys(a.changes)}
+    cells = []
+    for cell in grid.cells:
+        chosen = choices.get(cell.defence, {}).get("chosen")
+        if chosen is not None and cell.attack not in own:
+            cell = replace(cell, config=cell.config.with_overrides(
+                [f"{key}={_literal(chosen)}"]))
+        cells.append(cell)
+    return replace(grid, cells=cells), choices
+
+
+def _tune_values(where: str, values: Any) -> tuple[float, ...]:
+    if (not isinstance(values, list) or len(values) < 2 or len(set(values)) != len(values)
+            or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in values)):
+        raise ConfigError(f"{where} must list at least two distinct finite numbers to choose "
+                          f"between, got {values!r}")
+    return tuple(float(v) for v in values)
 
 def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -200,7 +334,7 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
             raise ConfigError(f"{where}: label {label!r} appears twice")
         seen.add(label)
         unknown = sorted(set(changes) - set(SECTIONS) - set(STRUCTURED_KEYS)
-                         - {"utility", "curve"})
+                         - {"utility", "curve", "tune"})
         if unknown:
             raise ConfigError(f"{where} ({label}): unknown key(s) {unknown}; an entry holds "
                               f"config sections {list(SECTIONS)} and {list(STRUCTURED_KEYS)}")
@@ -211,14 +345,19 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
                                   f"(cell name, compare.seeds, the output folder)")
         utility = changes.pop("utility", None)
         curve = changes.pop("curve", None)
+        tune = changes.pop("tune", None)
         if axis == "defence":
             if "attacks" in changes or utility is not None:
                 raise ConfigError(f"{where} ({label}): attacks belong in [[compare.attack]]")
             if curve is not None and (not isinstance(curve, str) or not LABEL.match(curve)):
                 raise ConfigError(f"{where} ({label}): curve must be a name of letters, "
                                   f"digits, '_.+-', got {curve!r}")
-            entries.append(Entry(label, changes, curve=curve or frontier.curve_name(changes)))
+            entries.append(Entry(label, changes, curve=curve or frontier.curve_name(changes),
+                                 tune=None if tune is None else _tune_values(
+                                     f"{where} ({label}).tune", tune)))
             continue
+        if tune is not None:
+            raise ConfigError(f"{where} ({label}): tune belongs to [[compare.defence]] entries")
         if curve is not None:
             raise ConfigError(f"{where} ({label}): curve belongs to [[compare.defence]] "
                               f"entries (the frontier a defence setting is a point of)")
@@ -286,8 +425,28 @@ def run_grid(grid: Grid, progress: bool = True) -> dict[str, Any]:
 
     grid.out.mkdir(parents=True, exist_ok=True)
     skipped, ran, failed = [], [], {}
-    bar = tqdm(grid.cells, desc=f"compare {grid.name}", unit="cell", disable=not progress)
-    for cell in bar:
+    bar = tqdm(total=len(grid.tune_cells) + len(grid.cells), desc=f"compare {grid.name}",
+               unit="cell", disable=not progress)
+    for phase in ("tuning", "cells"):
+        if phase == "tuning":
+            cells = list(grid.tune_cells)
+        else:  # the tuned values are known now
+            grid, choices = resolve_tuning(grid)
+            untuned = {d for d, c in choices.items() if c["chosen"] is None}
+            for cell in (c for c in grid.cells if c.defence in untuned):
+                failed[cell.name] = "its defence's tuning runs did not all finish"
+                bar.update(1)
+            cells = [c for c in grid.cells if c.defence not in untuned]
+        _run_cells(cells, bar, run_experiment, skipped, ran, failed)
+    bar.close()
+    table = write_table(grid)
+    return {"ran": ran, "skipped": skipped, "failed": failed, **table}
+
+
+def _run_cells(cells: list[Cell], bar: Any, run_experiment: Any, skipped: list[str],
+               ran: list[str], failed: dict[str, str]) -> None:
+    for cell in cells:
+        bar.update(1)
         bar.set_postfix_str(cell.name)
         if cell_done(cell):
             skipped.append(cell.name)
@@ -308,8 +467,6 @@ def run_grid(grid: Grid, progress: bool = True) -> dict[str, Any]:
                                       "finished_at": datetime.now(UTC).isoformat(
                                           timespec="seconds")}, indent=2) + "\n")
         ran.append(cell.name)
-    table = write_table(grid)
-    return {"ran": ran, "skipped": skipped, "failed": failed, **table}
 
 
 # ---- the table --------------------------------------------------------------------------
@@ -482,6 +639,7 @@ def _table_columns(columns: list[Column]) -> list[str]:
 
 def write_table(grid: Grid) -> dict[str, Any]:
     """table.md, table.csv, cells.csv, compare.json and the plots from the cells on disk."""
+    grid, choices = resolve_tuning(grid)
     figures, records = {}, {}
     for cell in grid.cells:
         if cell_done(cell):
@@ -489,9 +647,11 @@ def write_table(grid: Grid) -> dict[str, Any]:
             figures[cell.name] = cell_figures(records[cell.name])
     missing = [c.name for c in grid.cells if c.name not in figures]
     rows = table_rows(grid, figures)
+    for row in rows:
+        row["tuned"] = choices.get(row["defence"], {}).get("chosen")
     columns = attack_columns(figures.values())
     with (grid.out / "table.csv").open("w", newline="") as fh:
-        names = ["defence", "curve", "cells"] + [
+        names = ["defence", "curve", "tuned", "cells"] + [
             f"{k}{s}" for k in _table_columns(columns)
             for s in ("",) + (() if k == BEST_ATTACK else ("_std",))] + ["dominated_by"]
         writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
@@ -521,12 +681,15 @@ def write_table(grid: Grid) -> dict[str, Any]:
         level_lines = ["## Strongest attack per defence and knowledge level", "",
                        strongest.__doc__.split("\n\n")[1].replace("\n", " "), "",
                        *strongest.level_markdown(levels, picture)]
-    text = table_markdown(grid, rows, records, missing, plots, columns) + "\n".join(level_lines)
+    text = (table_markdown(grid, rows, records, missing, plots, columns)
+            + tuning_markdown(grid, choices) + "\n".join(level_lines))
     (grid.out / "table.md").write_text(text)
     report.write_report(grid.out, f"fedisguise comparison: {grid.name}", text, [
         (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.cells if c.name in records])
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
-               "reference": grid.reference,
+               "reference": grid.reference, "tuning": None if grid.tuning is None else {
+                   "key": grid.tuning.key, "validation": grid.tuning.validation,
+                   "seed": grid.tuning.seed, "defences": choices},
                "columns": {c.key: c.figure.title for c in columns}, "rows": rows,
                "levels": levels, "missing": missing, "plots": plots}
     (grid.out / "compare.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -552,6 +715,27 @@ def answer_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def tuning_markdown(grid: Grid, choices: dict[str, dict[str, Any]]) -> str:
+    """The tuning section: per defence the validation accuracy of every value tried."""
+    if grid.tuning is None:
+        return ""
+    t = grid.tuning
+    lines = ["## Tuning", "",
+             f"`{t.key}` per defence, chosen by the final accuracy on a validation split "
+             f"held out of the clients' own training images ({t.validation:.0%} of each), "
+             f"seed {t.seed}"
+             + (f", {t.rounds} rounds" if t.rounds else "") + "; never on the test set. "
+             "Defences that set the value themselves are not tuned.", "",
+             "| defence | " + f"{_cell(t.key)} → validation accuracy | chosen |",
+             "| --- | --- | ---: |"]
+    for defence, entry in choices.items():
+        tried = ", ".join(f"{v}: {'–' if s is None else f'{s:.3f}'}"
+                          for v, s in entry["scores"].items())
+        chosen = "unfinished" if entry["chosen"] is None else _literal(entry["chosen"])
+        lines.append(f"| {defence} | {tried} | {chosen} |")
+    return "\n".join(lines) + "\n\n"
+
+
 def _cell(text: str) -> str:
     """A table cell's text with its pipes escaped (a title such as "SSIM of |2x − 1|" must
     not split the column)."""
@@ -565,7 +749,9 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
              f"{c.data.dataset}, {c.experiment.clients} clients ({c.data.partitioner}, "
              f"{c.data.train_per_client or 'all'} images each), model {c.model.name}, "
              f"{c.strategy.name}, {c.experiment.rounds} rounds of {c.train.local_epochs} local "
-             f"epoch(s), batch {c.train.batch_size}, lr {c.train.lr}; seeds {grid.seeds}; "
+             f"epoch(s), batch {c.train.batch_size}, lr "
+             f"{'tuned per defence' if grid.tuning and grid.tuning.key == 'train.lr' else c.train.lr}"
+             f"; seeds {grid.seeds}; "
              f"source `{grid.source}`.", ""]
     utility = [a.label for a in grid.attacks if a.utility] or [a.label for a in grid.attacks]
     lines += [
@@ -580,7 +766,10 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         f"recognisability, membership AUC) reach at most as much, one of them strictly "
         f"(fedisguise/frontier.py); – where no attack was measured.", ""]
     # (title, a row's entry) per column: utility first, attacks between, time last.
-    shown: list[tuple[str, Any]] = [
+    shown: list[tuple[str, Any]] = [] if grid.tuning is None else [
+        (f"tuned {grid.tuning.key}",
+         lambda r: "–" if r.get("tuned") is None else _literal(r["tuned"]))]
+    shown += [
         ("accuracy", lambda r: _fmt(r["accuracy"], r["accuracy_std"])),
         ("gap (points)", lambda r: _fmt(None if r["accuracy_gap"] is None
                                         else 100 * r["accuracy_gap"], None, 1)),

@@ -459,3 +459,105 @@ def test_the_terminal_answer_names_cost_recovery_and_membership():
     assert "0.740" in none and "13.2 dB" in none and "(chain)" in none and "0.692" in none
     assert "points" not in none  # the reference has no gap to show
     assert "-4.1 points" in dn and "dB" not in dn and "membership" not in dn
+
+
+TUNED = """
+[compare]
+name = "g"
+seeds = [0, 1]
+[compare.tune]
+key = "train.lr"
+values = [0.01, 0.1]
+validation = 0.2
+rounds = 1
+[[compare.defence]]
+label = "none"
+[[compare.defence]]
+label = "vm"
+disguise = "visualmixer"
+train = {optimizer = "st-adam"}
+tune = [0.001, 0.003, 0.01]
+[[compare.attack]]
+label = "mia"
+attacks = [{name = "membership", method = "loss", target = "global"}]
+[[compare.attack]]
+label = "gi"
+attacks = [{name = "gradient_inversion", round = 1, client = 0}]
+train = {lr = 0.5, local_steps = 1, batch_size = 1}
+"""
+
+
+def test_each_defence_is_tuned_on_validation_data_and_its_choice_goes_into_its_cells(
+        tmp_path, monkeypatch):
+    import fedisguise.experiment as experiment
+
+    grid = load_grid(grid_file(tmp_path, TUNED), out=str(tmp_path))
+    tuned = {(c.defence, c.config.train.lr) for c in grid.tune_cells}
+    # Per defence its own values; one that fixes the key itself is not tuned.
+    assert tuned == {("none", 0.01), ("none", 0.1), ("vm", 0.001), ("vm", 0.003),
+                     ("vm", 0.01)}
+    for c in grid.tune_cells:  # validation held out, no attacks, the tuning's rounds and seed
+        assert c.config.data.validation == 0.2 and c.config.attacks == []
+        assert c.config.experiment.rounds == 1 and c.config.experiment.seed == 0
+    best = {"none": 0.1, "vm": 0.003}
+    ran = []
+
+    def fake_run(cfg, force=False):
+        ran.append(cfg.experiment.name)
+        lr = cfg.train.lr
+        record = fake_record(0.5, [1.0, 1.0])
+        if cfg.data.validation:  # a tuning run: the best value scores highest
+            defence = cfg.experiment.name.split("--")[0]
+            record["final"]["validation_accuracy"] = 0.9 if lr == best[defence] else 0.4
+        else:
+            record["final"]["validation_accuracy"] = None
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(record))
+        return {"status": "finished"}
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    outcome = run_grid(grid, progress=False)
+    assert not outcome["failed"]
+    assert ran[:5] == [c.name for c in grid.tune_cells]  # tuning first
+    lrs = {n: json.loads((tmp_path / "g" / n / "cell.json").read_text())["config"]["train"]["lr"]
+           for n in ran[5:]}
+    assert lrs["none--mia--seed1"] == 0.1 and lrs["vm--mia--seed0"] == 0.003
+    assert lrs["vm--gi--seed0"] == 0.5  # the attack setting sets its own lr
+    rows = {r["defence"]: r for r in outcome["rows"]}
+    assert (rows["none"]["tuned"], rows["vm"]["tuned"]) == (0.1, 0.003)
+    text = (tmp_path / "g" / "table.md").read_text()
+    assert "## Tuning" in text and "| vm | 0.001: 0.400, 0.003: 0.900, 0.01: 0.400 | 0.003 |" in text
+    summary = json.loads((tmp_path / "g" / "compare.json").read_text())
+    assert summary["tuning"]["defences"]["none"]["chosen"] == 0.1
+    # Run again: everything is done, nothing reruns.
+    ran.clear()
+    assert not run_grid(load_grid(grid_file(tmp_path, TUNED), out=str(tmp_path)),
+                        progress=False)["ran"] and ran == []
+
+
+@pytest.mark.parametrize("body, match", [
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1]\n", "at least two distinct"),
+    ("[compare.tune]\nkey = 'train.nope'\nvalues = [0.1, 0.2]\n", "numeric training setting"),
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.2]\nvalidation = 0.6\n",
+     "validation must be a fraction"),
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.2]\nbogus = 1\n", "unknown key"),
+])
+def test_bad_tuning_is_refused(tmp_path, body, match):
+    with pytest.raises(ConfigError, match=match):
+        load_grid(grid_file(tmp_path, "[compare]\nname = 'g'\n[[compare.defence]]\n"
+                            "label = 'none'\n" + body))
+
+
+def test_a_defence_that_sets_the_tuned_key_keeps_its_value(tmp_path):
+    grid = load_grid(grid_file(tmp_path, "[compare]\nname = 'g'\n[compare.tune]\n"
+                               "key = 'train.lr'\nvalues = [0.01, 0.1]\n"
+                               "[[compare.defence]]\nlabel = 'none'\n[[compare.defence]]\n"
+                               "label = 'fixed'\ntrain = {lr = 0.2}\n"), out=str(tmp_path))
+    assert {c.defence for c in grid.tune_cells} == {"none"}
+    assert [c.config.train.lr for c in grid.cells if c.defence == "fixed"] == [0.2]
+
+
+def test_tune_values_without_a_tuning_table_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no \\[compare.tune\\]"):
+        load_grid(grid_file(tmp_path, "[compare]\nname = 'g'\n[[compare.defence]]\n"
+                            "label = 'none'\ntune = [0.1, 0.2]\n"))
