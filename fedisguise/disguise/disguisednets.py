@@ -162,7 +162,8 @@ class RMT(_DisguisedNetsBase):
 class BlockRMT(_DisguisedNetsBase):
     name = "block-rmt"
 
-    def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 25.0,
+    # The paper's CIFAR-10 operating point for block-wise RMT alone (Table 1: 2×2 blocks, N 25).
+    def __init__(self, key: DisguiseKey, block_size: int = 2, noise_level: float = 25.0,
                  matrix: str = "orthogonal") -> None:
         super().__init__(key, block_size, noise_level, matrix)
 
@@ -187,10 +188,15 @@ class BlockRMT(_DisguisedNetsBase):
 
 @register
 class DisguisedNets(BlockRMT):
-    permutes_blocks = True
     """Block-wise RMT, then block permutation: R_j belongs to the block's source position."""
 
+    permutes_blocks = True
     name = "disguisednets"
+
+    # The paper's MNIST operating point (Table 1: block-wise RMT + permutation, 7×7, N 100).
+    def __init__(self, key: DisguiseKey, block_size: int = 7, noise_level: float = 100.0,
+                 matrix: str = "orthogonal") -> None:
+        super().__init__(key, block_size, noise_level, matrix)
 
     def _apply(self, images, labels):
         return self._add_noise_(self._permute_blocks(self._transform(images))), labels
