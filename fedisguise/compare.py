@@ -616,6 +616,27 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
     return rows
 
 
+PLATEAU_WINDOW, PLATEAU_TOLERANCE = 5, 0.005
+
+
+def plateau_round(accuracies: list[float | None]) -> int | None:
+    """The first round from which training has plateaued for good: at it and at every later
+    round, the last PLATEAU_WINDOW rounds' accuracies are all within PLATEAU_TOLERANCE
+    (0.5 points) of the best so far. None if the run ends before that holds."""
+    if len(accuracies) < PLATEAU_WINDOW or any(a is None for a in accuracies):
+        return None
+    holds = []
+    for end in range(PLATEAU_WINDOW, len(accuracies) + 1):
+        best = max(accuracies[:end])
+        holds.append(min(accuracies[end - PLATEAU_WINDOW:end]) >= best - PLATEAU_TOLERANCE)
+    if not holds[-1]:
+        return None
+    first = len(holds) - 1
+    while first > 0 and holds[first - 1]:
+        first -= 1
+    return first + PLATEAU_WINDOW
+
+
 def _fmt(mean: float | None, std: float | None = None, digits: int = 3) -> str:
     if mean is None:
         return "–"
@@ -796,6 +817,17 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
     lines += ["| " + " | ".join(_cell(v) for v in [r["defence"], *(entry(r) for _, entry in
                                                                      shown)]) + " |"
               for r in rows]
+    plateaus = []
+    for r in rows:
+        curve = [m for m, _ in r.get("accuracy_per_round") or []]
+        if curve:
+            at = plateau_round(curve)
+            plateaus.append(f"{r['defence']} " + (f"round {at}" if at else
+                                                  f"not within {len(curve)} rounds"))
+    if plateaus:
+        lines += ["", f"Plateau (mean accuracy over seeds; the last {PLATEAU_WINDOW} rounds "
+                      f"within {100 * PLATEAU_TOLERANCE:.1f} points of the best so far, from "
+                      f"then on): " + "; ".join(plateaus) + "."]
     lines += ["", "Defences:", ""]
     lines += [f"- `{d.label}` (curve `{d.curve}`): "
               f"{json.dumps(d.changes) if d.changes else 'the base config'}"

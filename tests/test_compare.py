@@ -561,3 +561,14 @@ def test_tune_values_without_a_tuning_table_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="no \\[compare.tune\\]"):
         load_grid(grid_file(tmp_path, "[compare]\nname = 'g'\n[[compare.defence]]\n"
                             "label = 'none'\ntune = [0.1, 0.2]\n"))
+
+
+def test_plateau_is_the_first_round_from_which_the_last_five_stay_near_the_best():
+    from fedisguise.compare import plateau_round
+
+    rising = [0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.862, 0.861, 0.863, 0.862, 0.864]
+    assert plateau_round(rising) == 10  # round 9 still holds 0.85 in its last five
+    assert plateau_round(rising[:8]) is None  # still climbing when the run ends
+    # A late jump restarts the count: an early flat stretch is not a plateau.
+    assert plateau_round([0.5] * 6 + [0.6] * 5) == 11
+    assert plateau_round([0.5] * 4) is None and plateau_round([0.5, None, 0.5, 0.5, 0.5]) is None
