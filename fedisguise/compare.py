@@ -192,36 +192,39 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         if tuning.key.partition(".")[2] in defence.changes.get(tuning.key.partition(".")[0], {}):
             continue  # the defence fixes the value itself
         for value in defence.tune or tuning.values:
-            merged = _merge(_merge(raw, defence.changes), {"attacks": []})
-            cell = Cell(defence.label, f"tune-{_literal(value)}", tuning.seed, False, Config())
-            try:
-                cfg = Config.from_dict(merged).with_overrides([
-                    *overrides, f"{tuning.key}={_literal(value)}",
-                    f"data.validation={tuning.validation!r}",
-                    *([f"experiment.rounds={tuning.rounds}"] if tuning.rounds else [])])
-                cfg = replace(cfg, experiment=replace(
-                    cfg.experiment, name=cell.name, seed=tuning.seed, out=str(grid_out)))
-                cfg.validate()
-            except ConfigError as err:
-                raise ConfigError(f"{path}: tuning cell {cell.name}: {err}") from err
-            tune_cells.append(replace(cell, config=cfg))
+            tune_cells.append(_built(
+                path, Cell(defence.label, f"tune-{_literal(value)}", tuning.seed, False,
+                           Config()),
+                _merge(_merge(raw, defence.changes), {"attacks": []}),
+                [*overrides, f"{tuning.key}={_literal(value)}",
+                 f"data.validation={tuning.validation!r}",
+                 *([f"experiment.rounds={tuning.rounds}"] if tuning.rounds else [])],
+                grid_out))
     cells = []
     for seed in seeds:
         for defence in defences:
             for attack in attacks:
                 _check_disjoint(path, defence, attack)
-                merged = _merge(_merge(raw, defence.changes), attack.changes)
-                cell = Cell(defence.label, attack.label, seed, attack.utility, Config())
-                try:
-                    cfg = Config.from_dict(merged).with_overrides(list(overrides))
-                    cfg = replace(cfg, experiment=replace(
-                        cfg.experiment, name=cell.name, seed=seed, out=str(grid_out)))
-                    cfg.validate()
-                except ConfigError as err:
-                    raise ConfigError(f"{path}: cell {cell.name}: {err}") from err
-                cells.append(replace(cell, config=cfg))
+                cells.append(_built(
+                    path, Cell(defence.label, attack.label, seed, attack.utility, Config()),
+                    _merge(_merge(raw, defence.changes), attack.changes), list(overrides),
+                    grid_out))
     return Grid(name, path, grid_out, seeds, defences, attacks, cells, tuning,
                 tuple(tune_cells))
+
+
+def _built(path: Path, cell: Cell, merged: dict[str, Any], overrides: list[str],
+           grid_out: Path) -> Cell:
+    """The cell with its validated config: the merged tables, then the overrides, then the
+    name, seed and folder the grid gives it."""
+    try:
+        cfg = Config.from_dict(merged).with_overrides(overrides)
+        cfg = replace(cfg, experiment=replace(cfg.experiment, name=cell.name, seed=cell.seed,
+                                              out=str(grid_out)))
+        cfg.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: cell {cell.name}: {err}") from err
+    return replace(cell, config=cfg)
 
 
 def _tuning(path: Path, spec: Any, seeds: list[int], defences: list[Entry]) -> Tuning | None:
