@@ -4,7 +4,7 @@
     python run.py                                  # configs/default.toml: the quickstart grid
     python run.py --config configs/fedavg.toml     # plain FedAvg, one run
     python run.py --config configs/smoke.toml --set train.lr=0.02 --rounds 2
-    python run.py --mode deployment --clients 2    # real SuperLink + SuperNode processes
+    python run.py --config configs/fedavg.toml --mode deployment --clients 2  # SuperLink + SuperNodes
     python run.py --compare configs/compare-smoke.toml  # a grid of runs and one table
 """
 

@@ -251,12 +251,18 @@ def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, see
     own = _own_indices(parts[partition_id], seed, partition_id, train_per_client)
     test = server_test_set(dataset, data_dir, test_samples, seed)
     shard = partition_iid(test.labels.numpy(), num_partitions, seed)[partition_id]
-    held = max(1, round(validation * len(own))) if validation > 0 else 0
+    held = held_out(len(own), validation)
     if held >= len(own):
         raise ValueError(f"data.validation {validation} leaves client {partition_id} no "
                          f"training images (it has {len(own)})")
     return ClientData(train=full.subset(own[held:]), test=test.subset(shard),
                       validation=full.subset(own[:held]) if held else None)
+
+
+def held_out(images: int, validation: float) -> int:
+    """How many of a client's `images` its validation split holds: that fraction, at least
+    one when the fraction is > 0."""
+    return max(1, round(validation * images)) if validation > 0 else 0
 
 
 def unassigned_train_indices(dataset: str, data_dir: str, partitioner: str, alpha: float,

@@ -70,7 +70,23 @@ def check_data(cfg: Config) -> ImageDataset:
         raise ConfigError(f"data.test_samples: the evaluation set has {len(test)} images, "
                           f"fewer than experiment.clients ({clients}); every client "
                           f"evaluates on its own shard")
+    if d.validation:
+        check_validation(cfg)
     return train
+
+
+def check_validation(cfg: Config) -> None:
+    """Every client keeps training images after its validation split is held out."""
+    from fedisguise.data import _cached_partitions, held_out
+
+    d = cfg.data
+    parts = _cached_partitions(d.dataset, d.data_dir, d.partitioner, d.alpha,
+                               cfg.experiment.seed, cfg.experiment.clients)
+    for pid, size in enumerate(len(p) for p in parts):
+        own = min(size, d.train_per_client) if d.train_per_client else size
+        if held_out(own, d.validation) >= own:
+            raise ConfigError(f"data.validation {d.validation} leaves client {pid} no "
+                              f"training images (it has {own})")
 
 
 def check_keys(cfg: Config) -> None:

@@ -179,6 +179,13 @@ def test_fewer_test_samples_than_clients_exits_2(capsys, tmp_path):
 
 
 # ---- the results folder --------------------------------------------------------------------
+def test_a_validation_split_that_leaves_a_client_nothing_to_train_on_exits_2(capsys, tmp_path):
+    code, err = cli(capsys, tmp_path, "data.train_per_client=1", "data.validation=0.3")
+    assert code == 2 and "data.validation 0.3 leaves client 0 no training images" in err
+    preflight(synthetic_config(tmp_path, **{"data.train_per_client": 2,
+                                            "data.validation": 0.3}))  # one left to train on
+
+
 def test_an_out_that_is_a_file_or_under_one_exits_2(capsys, tmp_path):
     (tmp_path / "out").write_text("not a folder")
     code, err = cli(capsys, tmp_path)
