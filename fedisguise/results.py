@@ -81,7 +81,8 @@ def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:
     writer = csv.DictWriter(rows, fieldnames=ROUND_COLUMNS)
     writer.writeheader()
     for row in clean_figures(record["rounds"])[0]:
-        writer.writerow({k: (" ".join(map(str, row[k])) if k == "clients" else row[k])
+        # .get: a record written before a column existed (validation_accuracy) has none.
+        writer.writerow({k: (" ".join(map(str, row[k])) if k == "clients" else row.get(k))
                          for k in ROUND_COLUMNS})
     write_atomic(run_dir / "rounds.csv", rows.getvalue())
     rewrite_record(run_dir, record)
