@@ -40,6 +40,31 @@ def fedsgd_delta(model, images, labels, lr=0.05):
     return update_delta(model, before, client.state_dict())
 
 
+def test_a_diverged_target_model_gives_no_membership_figures_not_a_perfect_auc():
+    """A model with NaN weights scores every candidate NaN; ranking those would print an AUC
+    of 1.0 (seen on a central-DP run that diverged), so the attack reports `undefined`."""
+    from fedisguise.attacks.base import Evidence, Knowledge, Runtime, ServerView
+    from fedisguise.attacks.membership import Membership
+    from fedisguise.data import load_synthetic
+    from fedisguise.models import build_model
+
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+             for k, v in build_model("lenet", 1, 10, 28).state_dict().items()}
+    view = ServerView(1, 0, 10, state, state, "lenet", (1, 28, 28), 10, 0.05, 0, 1, 32,
+                      final_global_state=state)
+    data = load_synthetic("test")
+    candidates = data.subset(torch.arange(20))
+    attack = Membership(method="loss", candidates=20)
+    rec = attack.reconstruct(Evidence(view, candidates=candidates),
+                             Knowledge(0, data.subset(torch.arange(20, 60))),
+                             Runtime(device=torch.device("cpu"), seed=0, progress=False))
+    assert rec.figures["status"] == "undefined" and "diverged" in rec.figures["reason"]
+    figures = attack.score(rec, None, None)
+    assert "auc" not in figures
+    with pytest.raises(ValueError, match="must be finite"):
+        roc_auc(torch.tensor([1.0, float("nan")]), torch.tensor([True, False]))
+
+
 def test_roc_auc_and_low_fpr_rate_are_exact_on_known_scores():
     member = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
     assert roc_auc(torch.tensor([6., 5, 4, 3, 2, 1]), member) == 1.0

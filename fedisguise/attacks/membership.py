@@ -42,6 +42,8 @@ METHODS = ("loss", "lira")
 def roc_auc(scores: torch.Tensor, is_member: torch.Tensor) -> float:
     """Area under the ROC curve: P(score of a member > score of a non-member), ties = 1/2."""
     scores, is_member = scores.double().flatten(), is_member.bool().flatten()
+    if not torch.isfinite(scores).all():
+        raise ValueError("membership scores must be finite (NaN/inf: a diverged model?)")
     pos, neg = int(is_member.sum()), int((~is_member).sum())
     if pos == 0 or neg == 0:
         raise ValueError("AUC needs both members and non-members among the candidates")
@@ -190,6 +192,14 @@ class Membership(Attack):
                                              seed=runtime.seed, progress=runtime.progress)
         scores = membership_scores(model, candidates, method=self.method,
                                    device=runtime.device, reference=reference)
+        if not torch.isfinite(scores).all():
+            # A diverged model (non-finite weights or outputs) ranks every candidate alike
+            # or not at all: any AUC from it would be an artefact, so none is reported.
+            return Reconstruction(figures={
+                "status": "undefined", "method": self.method, "target": self.target,
+                "reason": "the target model's outputs are not finite (training diverged)",
+                "round": view.server_round, "client": view.partition_id,
+                "candidates": len(candidates), "seconds": time.perf_counter() - started})
         return Reconstruction(scores=scores, figures={
             "status": "ok", "method": self.method, "target": self.target,
             "round": view.server_round, "client": view.partition_id,
@@ -198,6 +208,8 @@ class Membership(Attack):
     def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
               ) -> dict:
         figures = dict(reconstruction.figures)
+        if reconstruction.scores is None:  # undefined (see reconstruct): nothing to score
+            return figures
         member = truth.candidates_member
         figures.update({"auc": roc_auc(reconstruction.scores, member),
                         "tpr_at_1pct_fpr": tpr_at_fpr(reconstruction.scores, member),
