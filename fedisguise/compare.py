@@ -189,7 +189,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     tuning = _tuning(path, spec.get("tune"), seeds, defences)
     tune_cells = []
     for defence in defences if tuning else ():
-        if tuning.key.partition(".")[2] in defence.changes.get(tuning.key.partition(".")[0], {}):
+        if tuning.key in _keys(defence.changes):
             continue  # the defence fixes the value itself
         for value in defence.tune or tuning.values:
             tune_cells.append(_built(
@@ -273,14 +273,11 @@ def tune_choices(grid: Grid) -> dict[str, dict[str, Any]]:
         if cell_done(cell):
             record = json.loads((cell.config.run_dir / "metrics.json").read_text())
             score = finite((record.get("final") or {}).get("validation_accuracy"))
-        value = float(cell.attack.removeprefix("tune-"))
-        entry["scores"][_literal(value)] = score
-        entry.setdefault("values", []).append(value)
+        entry["scores"][cell.attack.removeprefix("tune-")] = score  # the value, as written
     for entry in choices.values():
-        scores = [entry["scores"][_literal(v)] for v in entry["values"]]
-        if all(s is not None for s in scores):
-            entry["chosen"] = entry["values"][scores.index(max(scores))]
-        del entry["values"]
+        scores = entry["scores"]
+        if None not in scores.values():  # max keeps the first of equal scores
+            entry["chosen"] = float(max(scores, key=scores.__getitem__))
     return choices
 
 
