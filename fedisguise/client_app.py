@@ -1,164 +1,58 @@
-"""Flower ClientApp: find my partition -> disguise it (once, with my key) -> train or evaluate.
+"""Flower ClientApp: hand each message to the code that trains or evaluates, and reply.
 
-Thin by design: data, disguise, model and training live in plain modules. The node's
-partition comes from `context.node_config` (`partition-id`, `num-partitions`), which Flower
-sets for simulated nodes and `flower-supernode --node-config` sets in deployment.
+Thin by design, and light to import: in deployment Flower 1.41's SuperNode starts a fresh
+`flwr-clientapp` process for every message, and importing torch alone costs seconds there.
+So in deployment the message goes to the node's warm worker (fedisguise.node_worker: one
+long-lived process per SuperNode with torch imported and the disguised partition in memory);
+in simulation, where Ray actors live across rounds, it is handled in this process
+(fedisguise.client_work). A node opts out of the worker with `--node-config "...
+warm-worker=false"`.
 """
 
 from __future__ import annotations
 
-import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
-from fedisguise import messages as m
 from fedisguise.config import Config
-from fedisguise.data import ClientData, ImageDataset
-from fedisguise.disguise.keys import NODE_KEY_FILE
-from fedisguise.dp import epsilon, planned_noise, steps_per_round, train_dp
-from fedisguise.models import build_model
-from fedisguise.node_data import node_data
-from fedisguise.training import (
-    evaluate,
-    resolve_device,
-    train_local,
-    training_order_seed,
-)
 
-DP_STATE = "dp-accounting"  # this node's DP-SGD step count, across rounds
-
-# Per-process cache of disguised data: Ray actors live across rounds, so each partition is
-# loaded and disguised once, not once per round (unless client.redisguise_each_round).
-_PREPARED: dict[tuple, ClientData] = {}
+WARM_WORKER = "warm-worker"  # node_config entry: false runs every message in its own process
 
 
-def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
-    """(partition-id, num-partitions) of this node; missing or inconsistent values are errors,
-    since a mismatch would silently give clients overlapping or missing data."""
-    node = context.node_config
-    missing = [k for k in ("partition-id", "num-partitions") if k not in node]
-    if missing:
-        raise ValueError(
-            f"node_config lacks {missing}; start the SuperNode with "
-            "--node-config 'partition-id=<i> num-partitions=<n>'"
-        )
-    partition_id, num_partitions = int(node["partition-id"]), int(node["num-partitions"])
-    if num_partitions != cfg.experiment.clients:
-        raise ValueError(
-            f"this SuperNode has num-partitions={num_partitions} but experiment.clients="
-            f"{cfg.experiment.clients}; they must agree"
-        )
-    return partition_id, num_partitions
+def uses_worker(cfg: Config, context: Context) -> bool:
+    """Whether this message goes to the node's warm worker (deployment, unless opted out)."""
+    flag = context.node_config.get(WARM_WORKER, True)
+    enabled = flag if isinstance(flag, bool) else str(flag).strip().lower() not in (
+        "false", "0", "no", "off")
+    return cfg.experiment.mode == "deployment" and enabled
 
 
-def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientData:
-    """This client's train data and test shard, disguised here, under this client's key."""
-    partition_id, num_partitions = node_partition(context, cfg)
-    node_key_file = str(context.node_config.get(NODE_KEY_FILE, ""))
-    d, c = cfg.data, cfg.client
-    cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
-                 d.partitioner, d.alpha, d.train_per_client, d.test_samples, d.validation,
-                 repr(cfg.disguise), c.key_scope, c.key_file, c.key_dir, node_key_file,
-                 server_round if c.redisguise_each_round else 0)
-    if cache_key not in _PREPARED:
-        if c.redisguise_each_round:
-            _PREPARED.clear()  # only the current round's draw is needed
-        data = node_data(cfg, partition_id, server_round, node_key_file)
-        _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
-                                          validation=data.validation)
-    return _PREPARED[cache_key]
+def reply_content(kind: str, content: RecordDict, context: Context, cfg: Config,
+                  validated: bool = True) -> RecordDict:
+    """The reply to a `kind` ("train" or "evaluate") message, from the worker (which reads
+    and validates the run config itself) or from here (validating `cfg` unless it is)."""
+    if uses_worker(cfg, context):
+        from fedisguise.node_worker import forward
 
+        return forward(kind, content, context)
+    from fedisguise import client_work
 
-def _model_from(msg: Message, cfg: Config, data: ImageDataset) -> torch.nn.Module:
-    c, h, _ = data.image_shape
-    model = build_model(cfg.model.name, c, data.num_classes, h)
-    model.load_state_dict(msg.content[m.ARRAYS].to_torch_state_dict())
-    return model
-
-
-def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
-    partition_id, _ = node_partition(context, cfg)
-    torch.set_num_threads(max(1, int(cfg.resources.num_cpus)))
-    server_round = int(msg.content["config"]["server-round"])
-    data = prepared_data(cfg, context, server_round).train
-    model = _model_from(msg, cfg, data)
-    # One seed fixes the training order of every client in every round.
-    order_seed = training_order_seed(cfg.experiment.seed, server_round, partition_id)
-    t = cfg.train
-    device = resolve_device(cfg.resources.device)
-    extra: dict[str, float] = {}
-    if cfg.dp.mode == "dp-sgd":
-        loss, extra = _train_dp_round(model, data, cfg, context, order_seed, device)
-    else:
-        loss = train_local(
-            model, data, epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer,
-            lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-            proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-            device=device, generator=torch.Generator().manual_seed(order_seed),
-            max_steps=t.local_steps,
-        )
-    arrays = ArrayRecord(model.cpu().state_dict())
-    content = RecordDict({
-        m.ARRAYS: arrays,
-        m.METRICS: MetricRecord({"train_loss": loss, m.NUM_EXAMPLES: len(data), **extra}),
-        m.CLIENT: ConfigRecord({m.PARTITION_ID: partition_id,
-                                m.UPDATE_SHA256: m.arrays_digest(arrays),
-                                m.DEVICE: str(device)}),
-    })
-    return Message(content=content, reply_to=msg)
-
-
-def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, context: Context,
-                    seed: int, device: torch.device) -> tuple[float, dict[str, float]]:
-    """One DP-SGD round; ε for this round and over every round this node trained, with the
-    node's step count kept in its persistent `context.state`."""
-    t, dp = cfg.train, cfg.dp
-    sample_rate = min(1.0, t.batch_size / len(data))
-    per_round = steps_per_round(len(data), t.batch_size, t.local_epochs, t.local_steps)
-    sigma = dp.noise_multiplier if not dp.target_epsilon else planned_noise(
-        dp.target_epsilon, dp.delta, sample_rate, per_round * cfg.experiment.rounds)
-    loss, steps = train_dp(model, data, epochs=t.local_epochs, batch_size=t.batch_size,
-                           optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
-                           weight_decay=t.weight_decay, noise_multiplier=sigma,
-                           max_grad_norm=dp.max_grad_norm, device=device, seed=seed,
-                           max_steps=t.local_steps)
-    before = int(context.state[DP_STATE]["steps"]) if DP_STATE in context.state else 0
-    context.state[DP_STATE] = MetricRecord({"steps": before + steps})
-    return loss, {
-        m.DP_EPSILON_ROUND: epsilon(sigma, sample_rate, steps, dp.delta),
-        m.DP_EPSILON: epsilon(sigma, sample_rate, before + steps, dp.delta),
-        "dp-noise-multiplier": sigma, "dp-steps": float(steps),
-    }
-
-
-def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
-    """Accuracy of the global model on this client's test shard, disguised as clients use it,
-    and on its validation split where it holds one out."""
-    prepared = prepared_data(cfg, context, int(msg.content["config"]["server-round"]))
-    data, device = prepared.test, resolve_device(cfg.resources.device)
-    model = _model_from(msg, cfg, data)
-    loss, acc = evaluate(model, data, device=device)
-    metrics = {"test_loss": loss, "test_accuracy": acc, m.NUM_EXAMPLES: len(data)}
-    if prepared.validation is not None:
-        metrics["validation_loss"], metrics["validation_accuracy"] = evaluate(
-            model, prepared.validation, device=device)
-    return Message(content=RecordDict({m.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    if not validated:
+        cfg.validate()
+    handler = client_work.train_reply if kind == "train" else client_work.evaluate_reply
+    return handler(content, context, cfg)
 
 
 def make_client_app(config: Config | None = None) -> ClientApp:
     """A ClientApp bound to `config`, or reading it from the run config when None."""
 
     def resolve(context: Context) -> Config:
-        return config if config is not None else Config.from_flat(dict(context.run_config))
+        """The run's config; from the run config unvalidated (reply_content validates it
+        where it is used here; the worker validates its own copy)."""
+        if config is not None:
+            return config
+        return Config.from_flat(dict(context.run_config), validate=False)
 
     def central_dp_mod(msg: Message, context: Context, call_next) -> Message:
         """dp.mode = central-client: Flower's clipping mod clips the update before it
@@ -173,11 +67,14 @@ def make_client_app(config: Config | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return handle_train(msg, context, resolve(context))
+        return Message(content=reply_content("train", msg.content, context, resolve(context),
+                                             validated=config is not None), reply_to=msg)
 
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
-        return handle_evaluate(msg, context, resolve(context))
+        return Message(content=reply_content("evaluate", msg.content, context,
+                                             resolve(context), validated=config is not None),
+                       reply_to=msg)
 
     return app
 

@@ -179,8 +179,10 @@ class Config:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Config:
-        """Build and validate from a nested mapping (as parsed from TOML)."""
+    def from_dict(cls, raw: dict[str, Any], validate: bool = True) -> Config:
+        """Build and validate from a nested mapping (as parsed from TOML). Only a caller that
+        hands the config on to code that validates it may skip `validate` (it imports every
+        registry: torch and all, seconds in a one-message process)."""
         if not isinstance(raw, dict):
             raise ConfigError(f"config must be a table, got {type(raw).__name__}")
         known = list(SECTIONS) + list(STRUCTURED_KEYS)
@@ -198,11 +200,12 @@ class Config:
             disguise=copy.deepcopy(raw.get("disguise", "none")),
             attacks=copy.deepcopy(raw.get("attacks", [])),
         )
-        cfg.validate()
+        if validate:
+            cfg.validate()
         return cfg
 
     @classmethod
-    def from_flat(cls, flat: dict[str, Any]) -> Config:
+    def from_flat(cls, flat: dict[str, Any], validate: bool = True) -> Config:
         """Inverse of `to_flat`: dotted scalar keys plus JSON-encoded structured keys."""
         nested: dict[str, Any] = {}
         for key, value in flat.items():
@@ -216,7 +219,7 @@ class Config:
             if not name:
                 raise ConfigError(f"unknown config key {key!r}; expected <section>.<name>")
             nested.setdefault(section, {})[name] = value
-        return cls.from_dict(nested)
+        return cls.from_dict(nested, validate)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -163,14 +163,39 @@ DATASETS: dict[str, Callable[[str, str], ImageDataset]] = {
 }
 
 
-@functools.lru_cache(maxsize=8)
 def load_dataset(name: str, split: str, data_dir: str = "") -> ImageDataset:
-    """Load a whole split once per process (clients reuse it across rounds)."""
+    """Load a whole split once per process (clients reuse it across rounds), again when its
+    files change (a long-lived worker must not keep serving a replaced dataset)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid choices: {sorted(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid choices: {list(SPLITS)}")
+    return _load_split(name, split, data_dir, dataset_fingerprint(name, data_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_split(name: str, split: str, data_dir: str, fingerprint: tuple) -> ImageDataset:
     return DATASETS[name](split, data_dir)
+
+
+def dataset_fingerprint(name: str, data_dir: str = "") -> tuple:
+    """(path, size, mtime) of every file the dataset may be read from: what caches of data
+    derived from it are keyed by, so a replaced or re-downloaded file is noticed."""
+    if name == "synthetic":
+        return ()
+    if data_dir:
+        folders = [Path(data_dir)]
+    elif name == "fashion-mnist":
+        folders = [DEBIAN_FASHION_MNIST, CACHE_DIR / "FashionMNIST"]
+    else:  # where torchvision downloads them
+        folders = [CACHE_DIR / {"mnist": "MNIST", "cifar10": "cifar-10-batches-py"}[name]]
+    found = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if path.is_file():
+                st = path.stat()
+                found.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(found)
 
 
 # ---- partitioners -----------------------------------------------------------------------

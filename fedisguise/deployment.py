@@ -42,6 +42,10 @@ from fedisguise.tls import (
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder whose pyproject.toml is the app
 CONNECTION = "fedisguise"
 FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flwr")
+# Flower's SuperExec looks for new tasks every second by default; a message then waits up to
+# 1 s on each SuperNode before its ClientApp starts. Its own setting, kept unless set already.
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPEREXEC_POLL = "0.1"
 
 
 def flower_command(name: str) -> str:
@@ -68,10 +72,12 @@ def child_env(flwr_home: Path) -> dict[str, str]:
 
     SuperLink and SuperNodes start their helpers (`flower-superexec`, `flwr-serverapp`,
     `flwr-clientapp`) by name from PATH: this interpreter's bin/ goes first so that they
-    come from the same environment as `flower_command`'s executables.
+    come from the same environment as `flower_command`'s executables. Their SuperExecs poll
+    for tasks every SUPEREXEC_POLL s.
     """
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path.rstrip(os.pathsep), "FLWR_HOME": str(flwr_home)}
+    return {**os.environ, "PATH": path.rstrip(os.pathsep), "FLWR_HOME": str(flwr_home),
+            SUPEREXEC_POLL_ENV: os.environ.get(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL)}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -167,6 +173,7 @@ class LocalFederation:
 
     `key_files`, when given, holds one key file per SuperNode: node i gets
     `disguise-key-file=<absolute path>` in its node config, as a SuperNode elsewhere would.
+    `node_options` are further node-config entries for every SuperNode (e.g. `warm-worker`).
 
     Every process started here carries a marker in its environment, so that helpers a
     SuperNode leaves behind when it dies are ended at once (a watcher thread), and a reaper
@@ -176,7 +183,8 @@ class LocalFederation:
     def __init__(self, num_supernodes: int, log_dir: Path, host: str = "127.0.0.1",
                  start_timeout: float = 60.0, tls: bool = False,
                  certificates: str | Path | None = None, supernode_auth: bool = False,
-                 key_files: Sequence[str | Path] = ()) -> None:
+                 key_files: Sequence[str | Path] = (),
+                 node_options: dict[str, str] | None = None) -> None:
         if num_supernodes < 1:
             raise ValueError(f"need at least one SuperNode, got {num_supernodes}")
         if (certificates or supernode_auth) and not tls:
@@ -186,6 +194,7 @@ class LocalFederation:
                              f"{len(key_files)}")
         self.num_supernodes = num_supernodes
         self.key_files = [Path(k).resolve() for k in key_files]  # SuperNodes run elsewhere
+        self.node_options = dict(node_options or {})  # more node-config entries, every node
         self.log_dir = Path(log_dir)
         self.host = host
         self.start_timeout = start_timeout
@@ -203,11 +212,12 @@ class LocalFederation:
         self._watching = threading.Event()
 
     @classmethod
-    def from_config(cls, cfg: Config, log_dir: Path) -> LocalFederation:
+    def from_config(cls, cfg: Config, log_dir: Path,
+                    node_options: dict[str, str] | None = None) -> LocalFederation:
         dep = cfg.deployment
         return cls(cfg.experiment.clients, log_dir, tls=dep.tls,
                    certificates=dep.certificates or None, supernode_auth=dep.supernode_auth,
-                   key_files=node_key_files(cfg))
+                   key_files=node_key_files(cfg), node_options=node_options)
 
     @property
     def address(self) -> str:
@@ -321,6 +331,8 @@ class LocalFederation:
         config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
         if self.key_files:
             config += f" {NODE_KEY_FILE}={_node_config_string(str(self.key_files[partition_id]))}"
+        for key, value in self.node_options.items():
+            config += f" {key}={_node_config_string(str(value))}"
         return config
 
     def register(self, public_key: Path) -> None:
@@ -451,14 +463,24 @@ def submit_run(cfg: Config, flwr_home: Path, env: dict[str, str]) -> None:
             f"deployment mode needs the fedisguise source tree (pyproject.toml in {APP_DIR}); "
             "install with `pip install -e .` from a checkout"
         )
-    run_config = flwr_home / "run-config.toml"
-    run_config.write_text("".join(f"{_toml_key(k)} = {_toml_value(v)}\n"
-                                  for k, v in cfg.to_flat().items()))
-    command = [flower_command("flwr"), "run", str(APP_DIR), CONNECTION,
-               "--run-config", str(run_config), "--stream"]
-    completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False)
+    submit_app(APP_DIR, cfg.to_flat(), flwr_home, env)
+
+
+def submit_app(app_dir: Path, run_config: dict[str, bool | float | str], flwr_home: Path,
+               env: dict[str, str], quiet: bool = False) -> None:
+    """`flwr run app_dir` with `run_config` (flat), streaming its logs here (or, `quiet`,
+    keeping them for the error message only)."""
+    config_file = flwr_home / "run-config.toml"
+    config_file.write_text("".join(f"{_toml_key(k)} = {_toml_value(v)}\n"
+                                   for k, v in run_config.items()))
+    command = [flower_command("flwr"), "run", str(app_dir), CONNECTION,
+               "--run-config", str(config_file), "--stream"]
+    completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False,
+                               capture_output=quiet, text=quiet)
     if completed.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed with exit code {completed.returncode}")
+        tail = ("\n" + (completed.stdout + completed.stderr)[-2000:]) if quiet else ""
+        raise RuntimeError(f"`{' '.join(command)}` failed with exit code "
+                           f"{completed.returncode}{tail}")
 
 
 def run_deployment(cfg: Config, superlink: str | None = None) -> None:

@@ -28,6 +28,7 @@ from fedisguise.training import evaluate, resolve_device
 from strategies import (
     NodeGuard,
     ObservedStrategy,
+    PromptGrid,
     RunFailed,
     UpdateLedger,
     build_strategy,
@@ -119,7 +120,10 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
             progress.set_postfix({k: "–" if v is None else f"{v:.4f}" for k, v in shown.items()})
         return MetricRecord({"test_loss": loss, "test_accuracy": acc})
 
-    guarded = NodeGuard(grid, cfg.strategy.min_clients, cfg.strategy.node_timeout)
+    # Deployment: replies collected as they come, not on the HTTP Grid's 3 s beat (simulation's
+    # in-memory Grid polls every 0.1 s already).
+    prompt = PromptGrid(grid) if mode == "deployment" else grid
+    guarded = NodeGuard(prompt, cfg.strategy.min_clients, cfg.strategy.node_timeout)
     try:
         result = strategy.start(grid=guarded, initial_arrays=ArrayRecord(model.state_dict()),
                                 num_rounds=cfg.experiment.rounds, evaluate_fn=evaluate_fn)

@@ -23,6 +23,7 @@ from strategies.observed import (
     UpdateLedger,
     UpdateObserver,
 )
+from strategies.polling import PromptGrid
 
 
 def _sampling(strategy_config) -> dict:
@@ -95,6 +96,7 @@ __all__ = [
     "LedgerEntry",
     "NodeGuard",
     "ObservedStrategy",
+    "PromptGrid",
     "ReceivedUpdate",
     "RunFailed",
     "UpdateLedger",

@@ -6,7 +6,7 @@ import numpy as np
 from flwr.app import Context, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedisguise.client_app import handle_evaluate, handle_train
+from fedisguise.client_work import handle_evaluate, handle_train
 from fedisguise.models import build_model
 from fedisguise import messages as m
 from strategies import UpdateLedger, build_strategy

@@ -126,6 +126,11 @@ class DisguiseKey:
         bulk noise and random bits, and independent of the device the images are on."""
         return np.random.default_rng(int.from_bytes(self.secret_bytes(purpose, 16), "big"))
 
+    def fingerprint(self) -> str:
+        """A one-way tag of this key (HMAC under its own label): equal keys, equal tags, so a
+        cache of data disguised under a key can tell a replaced key apart without holding it."""
+        return self.secret_bytes("cache-fingerprint", 16).hex()
+
     # ---- hygiene --------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DisguiseKey) and hmac.compare_digest(self._material,
@@ -193,3 +198,8 @@ def node_key(cfg: Config, partition_id: int, node_key_file: str = "") -> Disguis
         return master.for_client(partition_id)
     raise ValueError(f"unknown key scope {c.key_scope!r}; valid choices: "
                      "['federation', 'per-client']")
+
+
+def key_fingerprint(cfg: Config, partition_id: int, node_key_file: str = "") -> str:
+    """The fingerprint of the key node `partition_id` disguises with (see `node_key`)."""
+    return node_key(cfg, partition_id, node_key_file).fingerprint()

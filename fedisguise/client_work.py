@@ -1,0 +1,178 @@
+"""What a client does with one message: find its partition -> disguise it (once, with its
+key) -> train or evaluate, and the reply's content.
+
+Plain functions of (content, context, config), so that the same code runs inside Flower's
+ClientApp (simulation: a Ray actor) and inside a node's warm worker (deployment:
+fedisguise.node_worker), which keeps torch imported and the prepared data in memory across
+Flower's one-process-per-message ClientApps. The node's partition comes from
+`context.node_config` (`partition-id`, `num-partitions`), which Flower sets for simulated nodes
+and `flower-supernode --node-config` sets in deployment.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+
+from fedisguise import messages as m
+from fedisguise.config import Config
+from fedisguise.data import ClientData, ImageDataset, dataset_fingerprint
+from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint
+from fedisguise.models import build_model
+from fedisguise.node_data import node_data
+from fedisguise.training import (
+    evaluate,
+    resolve_device,
+    train_local,
+    training_order_seed,
+)
+
+DP_STATE = "dp-accounting"  # this node's DP-SGD step count, across rounds
+
+# Per-process cache of disguised data: Ray actors and a node's warm worker live across rounds,
+# so each partition is loaded and disguised once, not once per round (unless
+# client.redisguise_each_round). Bounded: an actor serving many simulated clients keeps the
+# most recent ones only, so its memory does not grow with the federation.
+_PREPARED: OrderedDict[tuple, ClientData] = OrderedDict()
+PREPARED_MAX = 8
+
+
+def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
+    """(partition-id, num-partitions) of this node; missing or inconsistent values are errors,
+    since a mismatch would silently give clients overlapping or missing data."""
+    node = context.node_config
+    missing = [k for k in ("partition-id", "num-partitions") if k not in node]
+    if missing:
+        raise ValueError(
+            f"node_config lacks {missing}; start the SuperNode with "
+            "--node-config 'partition-id=<i> num-partitions=<n>'"
+        )
+    partition_id, num_partitions = int(node["partition-id"]), int(node["num-partitions"])
+    if num_partitions != cfg.experiment.clients:
+        raise ValueError(
+            f"this SuperNode has num-partitions={num_partitions} but experiment.clients="
+            f"{cfg.experiment.clients}; they must agree"
+        )
+    return partition_id, num_partitions
+
+
+def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientData:
+    """This client's train data and test shard, disguised here, under this client's key."""
+    partition_id, num_partitions = node_partition(context, cfg)
+    node_key_file = str(context.node_config.get(NODE_KEY_FILE, ""))
+    d, c = cfg.data, cfg.client
+    # Everything that changes the prepared data: the settings, the dataset's files and the
+    # key itself (a fingerprint, so a key file rewritten in place is a new entry; the cache
+    # holds disguised tensors only, never the key).
+    cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
+                 dataset_fingerprint(d.dataset, d.data_dir), d.partitioner, d.alpha,
+                 d.train_per_client, d.test_samples, d.validation, repr(cfg.disguise),
+                 key_fingerprint(cfg, partition_id, node_key_file),
+                 server_round if c.redisguise_each_round else 0)
+    if cache_key in _PREPARED:
+        _PREPARED.move_to_end(cache_key)
+        return _PREPARED[cache_key]
+    if c.redisguise_each_round:
+        _PREPARED.clear()  # only the current round's draw is needed
+    data = node_data(cfg, partition_id, server_round, node_key_file)
+    _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
+                                      validation=data.validation)
+    while len(_PREPARED) > PREPARED_MAX:
+        _PREPARED.popitem(last=False)
+    return _PREPARED[cache_key]
+
+
+def _model_from(content: RecordDict, cfg: Config, data: ImageDataset) -> torch.nn.Module:
+    c, h, _ = data.image_shape
+    model = build_model(cfg.model.name, c, data.num_classes, h)
+    model.load_state_dict(content[m.ARRAYS].to_torch_state_dict())
+    return model
+
+
+def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
+    return Message(content=train_reply(msg.content, context, cfg), reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
+    return Message(content=evaluate_reply(msg.content, context, cfg), reply_to=msg)
+
+
+def train_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDict:
+    """Train the received model on this node's disguised partition; the reply's content."""
+    partition_id, _ = node_partition(context, cfg)
+    torch.set_num_threads(max(1, int(cfg.resources.num_cpus)))
+    server_round = int(content["config"]["server-round"])
+    data = prepared_data(cfg, context, server_round).train
+    model = _model_from(content, cfg, data)
+    # One seed fixes the training order of every client in every round.
+    order_seed = training_order_seed(cfg.experiment.seed, server_round, partition_id)
+    t = cfg.train
+    device = resolve_device(cfg.resources.device)
+    extra: dict[str, float] = {}
+    if cfg.dp.mode == "dp-sgd":
+        loss, extra = _train_dp_round(model, data, cfg, context, order_seed, device)
+    else:
+        loss = train_local(
+            model, data, epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer,
+            lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+            proximal_mu=float(content["config"].get("proximal-mu", 0.0)),
+            device=device, generator=torch.Generator().manual_seed(order_seed),
+            max_steps=t.local_steps,
+        )
+    arrays = ArrayRecord(model.cpu().state_dict())
+    return RecordDict({
+        m.ARRAYS: arrays,
+        m.METRICS: MetricRecord({"train_loss": loss, m.NUM_EXAMPLES: len(data), **extra}),
+        m.CLIENT: ConfigRecord({m.PARTITION_ID: partition_id,
+                                m.UPDATE_SHA256: m.arrays_digest(arrays),
+                                m.DEVICE: str(device)}),
+    })
+
+
+def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, context: Context,
+                    seed: int, device: torch.device) -> tuple[float, dict[str, float]]:
+    """One DP-SGD round; ε for this round and over every round this node trained, with the
+    node's step count kept in its persistent `context.state`."""
+    # Opacus takes ~2 s to import: only DP-SGD runs pay for it.
+    from fedisguise.dp import epsilon, planned_noise, steps_per_round, train_dp
+
+    t, dp = cfg.train, cfg.dp
+    sample_rate = min(1.0, t.batch_size / len(data))
+    per_round = steps_per_round(len(data), t.batch_size, t.local_epochs, t.local_steps)
+    sigma = dp.noise_multiplier if not dp.target_epsilon else planned_noise(
+        dp.target_epsilon, dp.delta, sample_rate, per_round * cfg.experiment.rounds)
+    loss, steps = train_dp(model, data, epochs=t.local_epochs, batch_size=t.batch_size,
+                           optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
+                           weight_decay=t.weight_decay, noise_multiplier=sigma,
+                           max_grad_norm=dp.max_grad_norm, device=device, seed=seed,
+                           max_steps=t.local_steps)
+    before = int(context.state[DP_STATE]["steps"]) if DP_STATE in context.state else 0
+    context.state[DP_STATE] = MetricRecord({"steps": before + steps})
+    return loss, {
+        m.DP_EPSILON_ROUND: epsilon(sigma, sample_rate, steps, dp.delta),
+        m.DP_EPSILON: epsilon(sigma, sample_rate, before + steps, dp.delta),
+        "dp-noise-multiplier": sigma, "dp-steps": float(steps),
+    }
+
+
+def evaluate_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDict:
+    """Accuracy of the global model on this client's test shard, disguised as clients use it,
+    and on its validation split where it holds one out; the reply's content."""
+    prepared = prepared_data(cfg, context, int(content["config"]["server-round"]))
+    data, device = prepared.test, resolve_device(cfg.resources.device)
+    model = _model_from(content, cfg, data)
+    loss, acc = evaluate(model, data, device=device)
+    metrics = {"test_loss": loss, "test_accuracy": acc, m.NUM_EXAMPLES: len(data)}
+    if prepared.validation is not None:
+        metrics["validation_loss"], metrics["validation_accuracy"] = evaluate(
+            model, prepared.validation, device=device)
+    return RecordDict({m.METRICS: MetricRecord(metrics)})
