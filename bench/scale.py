@@ -10,8 +10,11 @@ set size: shared pages counted once over the processes sharing them) over the ru
 process tree, Ray's workers included, sampled every 0.2 s; the largest single process's RSS
 beside it. Ratios against the smallest size come last.
 
-Every size trains on the same 60 000 images a round in all (1 client of 6000 at 10 clients,
-100 of 60 at 1000): what grows with the sampled clients is their per-client cost.
+Every size trains on the same 6000 images a round in all (1 client of 6000 at 10 clients,
+100 of 60 at 1000): what grows with the sampled clients is their per-client cost. A control
+run (`control`) holds the largest federation but samples as many clients a round as the
+second size does: its s/round against that size's shows whether time follows the sampled
+clients or the total.
 
     python bench/scale.py --json
 """
@@ -68,31 +71,33 @@ class PeakMemory(threading.Thread):
         self.pid, self.interval = pid, interval
         self.peak_pss = self.peak_rss = 0
         self.processes = 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             pids = _tree(self.pid)
             sizes = [_memory(p) for p in pids]
             self.peak_pss = max(self.peak_pss, sum(s[0] for s in sizes))
             self.peak_rss = max(self.peak_rss, max((s[1] for s in sizes), default=0))
             self.processes = max(self.processes, len(pids))
-            self._stop.wait(self.interval)
+            self._done.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
-def run_size(clients: int, rounds: int, fraction: float, out: Path) -> dict[str, float]:
+def run_size(clients: int, rounds: int, fraction: float, out: Path, name: str = ""
+             ) -> dict[str, float]:
+    name = name or f"scale-{clients}"
     command = [sys.executable, str(ROOT / "run.py"), "--config", str(ROOT / "configs" / "fedavg.toml"),
                "--clients", str(clients), "--rounds", str(rounds), "--out", str(out),
-               "--set", f"experiment.name=scale-{clients}",
+               "--set", f"experiment.name={name}",
                "--set", f"strategy.fraction_train={fraction}",
                "--set", f"strategy.fraction_evaluate={fraction}",
                "--set", "data.test_samples=1000"]
     started = time.perf_counter()
-    log = (out / f"scale-{clients}.log").open("w")
+    log = (out / f"{name}.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     sampler = PeakMemory(process.pid)
     sampler.start()
@@ -100,11 +105,11 @@ def run_size(clients: int, rounds: int, fraction: float, out: Path) -> dict[str,
     sampler.stop()
     log.close()
     if code != 0:
-        tail = (out / f"scale-{clients}.log").read_text()[-3000:]
+        tail = (out / f"{name}.log").read_text()[-3000:]
         raise RuntimeError(f"{clients} clients: run.py exited {code}:\n{tail}")
-    record = json.loads((out / f"scale-{clients}" / "metrics.json").read_text())
+    record = json.loads((out / name / "metrics.json").read_text())
     seconds = [r["round_seconds"] for r in record["rounds"]]
-    sampled = max(1, math.floor(fraction * clients))  # Flower's sampling: int(fraction * n)
+    sampled = max(1, math.floor(fraction * clients + 1e-9))  # Flower: int(fraction * n)
     per_round = sum(seconds) / len(seconds)
     return {"clients": clients, "sampled_per_round": sampled, "s_per_round": per_round,
             "round_seconds": seconds, "s_per_sampled_client": per_round / sampled,
@@ -128,6 +133,13 @@ def main() -> None:
             r = results[-1]
             print(f"    {r['s_per_round']:.2f} s/round, {r['s_per_sampled_client']:.3f} s per "
                   f"sampled client, peak {r['peak_pss_mb']:.0f} MB", file=sys.stderr)
+        if len(args.clients) > 1:
+            largest, like = max(args.clients), sorted(args.clients)[1]
+            sampled = max(1, math.floor(args.fraction * like))
+            print(f"[control] {largest} clients, {sampled} sampled ...", file=sys.stderr,
+                  flush=True)
+            control = run_size(largest, args.rounds, sampled / largest, Path(tmp),
+                               name=f"control-{largest}")
     base = results[0]
     ratios = {str(r["clients"]): {
         "s_per_round": r["s_per_round"] / base["s_per_round"],
@@ -135,11 +147,18 @@ def main() -> None:
         "peak_memory": r["peak_pss_mb"] / base["peak_pss_mb"]} for r in results}
     report = {"rounds": args.rounds, "fraction": args.fraction, "cpus": os.cpu_count(),
               "sizes": results, "ratios_to_smallest": ratios}
+    if len(args.clients) > 1:
+        twin = next(r for r in results if r["clients"] == like)
+        report["control"] = {**control, "compare_with_clients": like,
+                             "s_per_round_ratio": control["s_per_round"] / twin["s_per_round"],
+                             "steady_ratio": control["round_seconds"][-1]
+                             / twin["round_seconds"][-1]}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    for r in results:
-        print(f"{r['clients']:5d} clients: {r['s_per_round']:7.2f} s/round, "
+    for r in results + ([report["control"]] if "control" in report else []):
+        print(f"{r['clients']:5d} clients, {r['sampled_per_round']:4d} sampled: "
+              f"{r['s_per_round']:7.2f} s/round (last round {r['round_seconds'][-1]:.2f}), "
               f"{r['s_per_sampled_client']:.3f} s/sampled client, peak {r['peak_pss_mb']:.0f} MB")
 
 

@@ -198,6 +198,87 @@ def dataset_fingerprint(name: str, data_dir: str = "") -> tuple:
     return tuple(found)
 
 
+# ---- one decoded copy per machine, shared by every process that reads it ----------------
+@dataclass(frozen=True)
+class SharedSplit:
+    """A split's pixels as uint8, memory-mapped from a decoded copy on disk: every process
+    (each simulated client's Ray actor, each node's worker) shares the same pages, and a
+    client turns only its own images into float tensors."""
+
+    images: np.ndarray  # N×C×H×W uint8, read-only memory map
+    labels: np.ndarray  # N int64
+    num_classes: int
+
+    def subset(self, indices: np.ndarray) -> ImageDataset:
+        idx = np.asarray(indices, dtype=np.int64)
+        pixels = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
+        return ImageDataset(pixels.to(torch.float32).div_(255.0),
+                            torch.from_numpy(self.labels[idx].copy()), self.num_classes)
+
+
+def shared_split(name: str, split: str, data_dir: str = "") -> SharedSplit | None:
+    """The split's decoded copy in $FEDISGUISE_DATA/decoded (written 0600 in a 0700 folder
+    on first use: data_dir may hold a client's own images), keyed by its files'
+    fingerprint; None for data that are not 8-bit images (synthetic) or when the copy cannot
+    be written (callers then load the split whole)."""
+    fingerprint = dataset_fingerprint(name, data_dir)
+    if name == "synthetic" or not fingerprint:
+        return None
+    return _shared_split(name, split, data_dir, fingerprint)
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_split(name: str, split: str, data_dir: str, fingerprint: tuple
+                  ) -> SharedSplit | None:
+    import hashlib
+
+    tag = hashlib.sha256(repr((name, split, data_dir, fingerprint)).encode()).hexdigest()[:20]
+    folder = CACHE_DIR / "decoded"
+    images_path, labels_path = folder / f"{tag}-images.npy", folder / f"{tag}-labels.npy"
+    meta_path = folder / f"{tag}.classes"
+    if not (images_path.is_file() and labels_path.is_file() and meta_path.is_file()):
+        full = DATASETS[name](split, data_dir)  # not load_dataset's: no copy kept here
+        pixels = full.images.mul(255.0).round_()
+        if not torch.equal(pixels.div(255.0), full.images):
+            return None  # not 8-bit data: nothing exact to share
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write_private(images_path, pixels.to(torch.uint8).numpy())
+            _write_private(labels_path, full.labels.numpy())
+            _write_private(meta_path, str(full.num_classes))
+        except OSError:
+            return None
+    return SharedSplit(np.load(images_path, mmap_mode="r"), np.load(labels_path),
+                       int(meta_path.read_text()))
+
+
+def _write_private(path: Path, value: np.ndarray | str) -> None:
+    """Write `path` atomically (a reader never sees half a file), readable by its owner."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        if isinstance(value, str):
+            fh.write(value.encode())
+        else:
+            np.save(fh, value)
+    os.replace(tmp, path)
+
+
+def split_labels(name: str, split: str, data_dir: str = "") -> np.ndarray:
+    """A split's labels, without holding its pixels where a shared copy exists."""
+    shared = shared_split(name, split, data_dir)
+    return shared.labels if shared is not None else load_dataset(name, split, data_dir
+                                                                 ).labels.numpy()
+
+
+def split_subset(name: str, split: str, data_dir: str, indices: np.ndarray) -> ImageDataset:
+    """Images `indices` of a split, from the shared copy where one exists."""
+    shared = shared_split(name, split, data_dir)
+    if shared is not None:
+        return shared.subset(indices)
+    return load_dataset(name, split, data_dir).subset(indices)
+
+
 # ---- partitioners -----------------------------------------------------------------------
 def partition_iid(labels: np.ndarray, num_partitions: int, seed: int, alpha: float = 0.0
                   ) -> list[np.ndarray]:
@@ -271,17 +352,19 @@ def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, see
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
-    full = load_dataset(dataset, "train", data_dir)
     parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
     own = _own_indices(parts[partition_id], seed, partition_id, train_per_client)
-    test = server_test_set(dataset, data_dir, test_samples, seed)
-    shard = partition_iid(test.labels.numpy(), num_partitions, seed)[partition_id]
+    test_indices = server_test_indices(dataset, data_dir, test_samples, seed)
+    shard = test_indices[partition_iid(split_labels(dataset, "test", data_dir)[test_indices],
+                                       num_partitions, seed)[partition_id]]
     held = held_out(len(own), validation)
     if held >= len(own):
         raise ValueError(f"data.validation {validation} leaves client {partition_id} no "
                          f"training images (it has {len(own)})")
-    return ClientData(train=full.subset(own[held:]), test=test.subset(shard),
-                      validation=full.subset(own[:held]) if held else None)
+    return ClientData(
+        train=split_subset(dataset, "train", data_dir, own[held:]),
+        test=split_subset(dataset, "test", data_dir, shard),
+        validation=split_subset(dataset, "train", data_dir, own[:held]) if held else None)
 
 
 def held_out(images: int, validation: float) -> int:
@@ -295,7 +378,7 @@ def unassigned_train_indices(dataset: str, data_dir: str, partitioner: str, alph
                              train_per_client: int = 0) -> np.ndarray:
     """Training-split indices no client trains on (what a coordinator may use without
     touching client data); empty when the clients hold the whole split."""
-    n = len(load_dataset(dataset, "train", data_dir))
+    n = len(split_labels(dataset, "train", data_dir))
     parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
     used = np.zeros(n, dtype=bool)
     for pid, part in enumerate(parts):
@@ -314,7 +397,7 @@ def _own_indices(part: np.ndarray, seed: int, partition_id: int,
 @functools.lru_cache(maxsize=8)
 def _cached_partitions(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
                        num_partitions: int) -> list[np.ndarray]:
-    labels = load_dataset(dataset, "train", data_dir).labels
+    labels = split_labels(dataset, "train", data_dir)
     return partition_indices(labels, partitioner, num_partitions, seed, alpha)
 
 
@@ -323,4 +406,13 @@ def server_test_set(dataset: str, data_dir: str, test_samples: int, seed: int) -
     full = load_dataset(dataset, "test", data_dir)
     if not test_samples or test_samples >= len(full):
         return full
-    return full.subset(np.sort(np.random.default_rng(seed).permutation(len(full))[:test_samples]))
+    return full.subset(server_test_indices(dataset, data_dir, test_samples, seed))
+
+
+def server_test_indices(dataset: str, data_dir: str, test_samples: int, seed: int
+                        ) -> np.ndarray:
+    """Which test-split images the server's evaluation set holds (sorted)."""
+    n = len(split_labels(dataset, "test", data_dir))
+    if not test_samples or test_samples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:test_samples])

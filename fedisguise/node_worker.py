@@ -250,19 +250,12 @@ def supernode_pid() -> int:
 
 
 # ---- the worker's side ------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
     """Answer messages on `path` until `watch` (a pid; 0: none) is gone, `idle` s pass
     without one, or SIGTERM."""
     from fedisguise import client_work  # torch, data, disguises: imported once, here
     from fedisguise.config import Config
+    from fedisguise.deployment import alive
 
     idle = float(os.environ.get(IDLE_ENV, "600")) if idle is None else idle
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -282,7 +275,7 @@ def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                if (watch and not _alive(watch)) or time.monotonic() - last > idle:
+                if (watch and not alive(watch)) or time.monotonic() - last > idle:
                     break
                 continue
             _answer(conn, handlers, Config)

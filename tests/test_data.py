@@ -136,3 +136,28 @@ def test_an_explicit_data_dir_is_used_or_an_error_never_the_debian_copy(tmp_path
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(FileNotFoundError, match=f"not found in \\['{tmp_path}'\\]"):
         data.load_fashion_mnist("test", str(tmp_path))  # Debian's copy exists: not read
+
+
+def test_clients_read_a_private_shared_copy_and_get_the_same_images(tmp_path, monkeypatch):
+    """Simulated clients share one decoded, memory-mapped copy of the split (0600: data_dir
+    may hold a client's own images) instead of each holding the whole split in floats; what
+    a client gets is exactly what the whole-split path gives."""
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 50), ("t10k", 20)):
+        _write_idx(folder / f"{stem}-images-idx3-ubyte.gz",
+                   rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    shared = data.shared_split("fashion-mnist", "train", str(folder))
+    assert isinstance(shared.images, np.memmap) and shared.images.dtype == np.uint8
+    files = list((tmp_path / "cache" / "decoded").iterdir())
+    assert files and all(f.stat().st_mode & 0o077 == 0 for f in files)
+    assert (tmp_path / "cache" / "decoded").stat().st_mode & 0o077 == 0
+    whole = load_dataset("fashion-mnist", "train", str(folder))
+    picked = np.array([3, 7, 41])
+    got = data.split_subset("fashion-mnist", "train", str(folder), picked)
+    assert torch.equal(got.images, whole.subset(picked).images)
+    assert torch.equal(got.labels, whole.subset(picked).labels)
+    assert data.shared_split("synthetic", "train") is None  # not 8-bit images: loaded whole
