@@ -189,10 +189,10 @@ def dataset_fingerprint(name: str, data_dir: str = "") -> tuple:
         folders = [DEBIAN_FASHION_MNIST, CACHE_DIR / "FashionMNIST"]
     else:  # where torchvision downloads them
         folders = [CACHE_DIR / {"mnist": "MNIST", "cifar10": "cifar-10-batches-py"}[name]]
-    found = []
+    found, decoded = [], CACHE_DIR / "decoded"  # our own copies (data_dir may hold them)
     for folder in folders:
         for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
-            if path.is_file():
+            if path.is_file() and decoded not in path.parents:
                 st = path.stat()
                 found.append((str(path), st.st_size, st.st_mtime_ns))
     return tuple(found)

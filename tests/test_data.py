@@ -161,3 +161,17 @@ def test_clients_read_a_private_shared_copy_and_get_the_same_images(tmp_path, mo
     assert torch.equal(got.images, whole.subset(picked).images)
     assert torch.equal(got.labels, whole.subset(picked).labels)
     assert data.shared_split("synthetic", "train") is None  # not 8-bit images: loaded whole
+
+
+def test_the_shared_copy_does_not_count_as_a_change_of_the_data_it_copies(tmp_path, monkeypatch):
+    """data_dir may be the cache folder itself: writing the decoded copy there must not make
+    the next read see new data files (and write the copy again, forever)."""
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path)
+    rng = np.random.default_rng(1)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz",
+               rng.integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", (np.arange(20) % 10).astype(np.uint8))
+    before = data.dataset_fingerprint("fashion-mnist", str(tmp_path))
+    assert data.shared_split("fashion-mnist", "train", str(tmp_path)) is not None
+    assert any((tmp_path / "decoded").iterdir())
+    assert data.dataset_fingerprint("fashion-mnist", str(tmp_path)) == before
