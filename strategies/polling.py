@@ -31,7 +31,8 @@ class PromptGrid:
     def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None
                          ) -> list[Any]:
         """Push `messages`, then pull replies until all are in or `timeout` s have passed
-        (None: no limit), as Flower's Grid does."""
+        (None: no limit), as Flower's Grid does; after the last sleep it pulls once more, so
+        a reply that came in meanwhile is kept (the wait ends within timeout + interval)."""
         waiting = set(self._grid.push_messages(messages))
         end = None if timeout is None else self._clock() + timeout
         replies: list[Any] = []
