@@ -323,7 +323,26 @@ class LocalFederation:
             args += ["--auth-supernode-private-key", str(private_key)]
         process = self._spawn(args, f"supernode-{index}.log", f"supernode-{index}")
         self.supernodes.append(process)
+        self._prestart_worker(process, index, partition_id)
         return process
+
+    def _prestart_worker(self, supernode: subprocess.Popen, index: int,
+                         partition_id: int) -> None:
+        """Start the node's warm worker now (fedisguise.node_worker), with the SuperNode's
+        environment, so that it is ended with that SuperNode's helpers; the node config is
+        read back with Flower's own parser, as the ClientApp will see it."""
+        if str(self.node_options.get("warm-worker", "true")).lower() in ("false", "0", "no",
+                                                                           "off"):
+            return
+        from flwr.common.config import parse_config_args
+
+        from fedisguise import node_worker
+
+        node_config = parse_config_args([self.node_config(partition_id)])
+        worker = node_worker.prestart(node_config, supernode.pid,
+                                      env={**self.env, NODE_ENV: f"supernode-{index}"})
+        if worker is not None:
+            self.processes.append(worker)
 
     def node_config(self, partition_id: int) -> str:
         """The `--node-config` of the SuperNode for `partition_id`: its partition, and its own

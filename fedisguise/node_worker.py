@@ -84,12 +84,16 @@ def worker_dir() -> Path:
 
 
 def source_fingerprint() -> str:
-    """A digest of this code's source files (path, size, mtime): a new one on any edit."""
-    h = hashlib.sha256(sys.executable.encode())
+    """A digest of this interpreter and of this code's source files (relative path and
+    content): a new one on any edit, and the same for the checkout and for the copy Flower
+    installs from the app bundle, so a worker started beside a SuperNode serves its messages."""
+    # the environment (a venv's prefix) and the interpreter it runs, however it was called
+    # (`python` and the `python3.11` of a script's shebang are one interpreter)
+    h = hashlib.sha256(f"{sys.prefix}|{os.path.realpath(sys.executable)}".encode())
     for name in SOURCE_DIRS:
         for path in sorted((PACKAGE_ROOT / name).rglob("*.py")):
-            st = path.stat()
-            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{path.relative_to(PACKAGE_ROOT)}\n".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
 
@@ -189,21 +193,38 @@ def _locked(path: Path):
         os.close(fd)
 
 
+def prestart(node_config: dict, supernode: int, env: dict[str, str] | None = None
+             ) -> subprocess.Popen | None:
+    """Start the worker of a node with this config beside its SuperNode (pid `supernode`),
+    before any message: its imports then overlap the federation's start instead of
+    delaying round 1. None when one listens already."""
+    path = socket_path(node_config)
+    with _locked(path.with_suffix(".lock")):
+        conn = _try_connect(path)
+        if conn is not None:
+            conn.close()
+            return None
+        return _spawn(path, supernode, env)
+
+
+def _spawn(path: Path, watch: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a dead worker's socket
+    log = os.open(path.with_suffix(".log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedisguise.node_worker", str(path), "--watch", str(watch)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(PACKAGE_ROOT), env=env,
+            start_new_session=True)  # outlives the one-message process that starts it
+    finally:
+        os.close(log)
+
+
 def _start(path: Path) -> socket.socket:
     """Start the worker for `path` and connect once it listens (it binds after its imports,
     so a connection means a warm worker)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a dead worker's socket
     log_path = path.with_suffix(".log")
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fedisguise.node_worker", str(path),
-             "--watch", str(supernode_pid())],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(PACKAGE_ROOT),
-            start_new_session=True)  # outlives this one-message process
-    finally:
-        os.close(log)
+    process = _spawn(path, supernode_pid())
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:

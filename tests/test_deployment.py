@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,8 +129,12 @@ def test_connections_are_read_back_by_flower(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flwr_tmp):
+def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flwr_tmp,
+                                                                   monkeypatch):
     assert federation_processes(flwr_tmp) == []
+    # short: a Unix socket's path must stay under 108 bytes
+    workers = Path(tempfile.mkdtemp(prefix="fw-", dir="/tmp"))
+    monkeypatch.setenv("FEDISGUISE_WORKER_DIR", str(workers))
     cfg = synthetic_config(tmp_path, **{"experiment.mode": "deployment",
                                         "experiment.name": "dep",
                                         "data.train_per_client": 300,
@@ -149,6 +154,10 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flw
     assert record["final"]["test_accuracy"] > record["initial"]["plain_test_accuracy"]
     assert (tmp_path / "dep" / "logs" / "supernode-1.log").is_file()
     assert federation_processes(flwr_tmp) == []
+    # the workers started beside the SuperNodes served every message: none was started later
+    assert len(list(workers.glob("*.log"))) == 2
+    assert not list(workers.glob("*.sock"))  # ended with the federation
+    shutil.rmtree(workers)
 
 
 @pytest.mark.slow
