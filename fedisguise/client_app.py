@@ -20,12 +20,16 @@ from fedisguise.config import Config
 WARM_WORKER = "warm-worker"  # node_config entry: false runs every message in its own process
 
 
+def worker_enabled(node_config: dict) -> bool:
+    """Whether a node with this config uses its warm worker (unless `warm-worker` is false)."""
+    flag = node_config.get(WARM_WORKER, True)
+    return flag if isinstance(flag, bool) else str(flag).strip().lower() not in (
+        "false", "0", "no", "off")
+
+
 def uses_worker(cfg: Config, context: Context) -> bool:
     """Whether this message goes to the node's warm worker (deployment, unless opted out)."""
-    flag = context.node_config.get(WARM_WORKER, True)
-    enabled = flag if isinstance(flag, bool) else str(flag).strip().lower() not in (
-        "false", "0", "no", "off")
-    return cfg.experiment.mode == "deployment" and enabled
+    return cfg.experiment.mode == "deployment" and worker_enabled(context.node_config)
 
 
 def reply_content(kind: str, content: RecordDict, context: Context, cfg: Config,

@@ -328,21 +328,19 @@ class LocalFederation:
 
     def _prestart_worker(self, supernode: subprocess.Popen, index: int,
                          partition_id: int) -> None:
-        """Start the node's warm worker now (fedisguise.node_worker), with the SuperNode's
-        environment, so that it is ended with that SuperNode's helpers; the node config is
-        read back with Flower's own parser, as the ClientApp will see it."""
-        if str(self.node_options.get("warm-worker", "true")).lower() in ("false", "0", "no",
-                                                                           "off"):
-            return
+        """Start the node's warm worker now (fedisguise.node_worker), as a process of this
+        federation marked as the SuperNode's (ended with its helpers; log worker-<n>.log);
+        the node config is read back with Flower's own parser, as the ClientApp sees it."""
         from flwr.common.config import parse_config_args
 
         from fedisguise import node_worker
+        from fedisguise.client_app import worker_enabled
 
         node_config = parse_config_args([self.node_config(partition_id)])
-        worker = node_worker.prestart(node_config, supernode.pid,
-                                      env={**self.env, NODE_ENV: f"supernode-{index}"})
-        if worker is not None:
-            self.processes.append(worker)
+        if not worker_enabled(node_config):
+            return
+        node_worker.prestart(node_config, supernode.pid, spawn=lambda args: self._spawn(
+            args, f"worker-{index}.log", f"supernode-{index}"))
 
     def node_config(self, partition_id: int) -> str:
         """The `--node-config` of the SuperNode for `partition_id`: its partition, and its own

@@ -193,28 +193,36 @@ def _locked(path: Path):
         os.close(fd)
 
 
-def prestart(node_config: dict, supernode: int, env: dict[str, str] | None = None
-             ) -> subprocess.Popen | None:
+def prestart(node_config: dict, supernode: int, spawn=None) -> subprocess.Popen | None:
     """Start the worker of a node with this config beside its SuperNode (pid `supernode`),
     before any message: its imports then overlap the federation's start instead of
-    delaying round 1. None when one listens already."""
+    delaying round 1. `spawn(args)` starts the command (default: detached, logging into
+    the worker folder). None when one listens already."""
     path = socket_path(node_config)
     with _locked(path.with_suffix(".lock")):
         conn = _try_connect(path)
         if conn is not None:
             conn.close()
             return None
-        return _spawn(path, supernode, env)
+        if spawn is None:
+            return _spawn(path, supernode)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a dead worker's socket
+        return spawn(worker_command(path, supernode))
 
 
-def _spawn(path: Path, watch: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+def worker_command(path: Path, watch: int) -> list[str]:
+    return [sys.executable, "-m", "fedisguise.node_worker", str(path), "--watch", str(watch)]
+
+
+def _spawn(path: Path, watch: int) -> subprocess.Popen:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a dead worker's socket
     log = os.open(path.with_suffix(".log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "fedisguise.node_worker", str(path), "--watch", str(watch)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(PACKAGE_ROOT), env=env,
+            worker_command(path, watch), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            cwd=str(PACKAGE_ROOT),
             start_new_session=True)  # outlives the one-message process that starts it
     finally:
         os.close(log)

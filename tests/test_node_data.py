@@ -84,6 +84,7 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
 
     class Process:
         args = ("fake",)
+        pid = 0
 
         def poll(self):
             return None
@@ -98,6 +99,8 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
     deployment.run_deployment(cfg)
     nodes = [a for a in spawned if Path(a[0]).name == "flower-supernode"]
     assert len(nodes) == 3
+    workers = [a for a in spawned if a[1:3] == ["-m", "fedisguise.node_worker"]]
+    assert len(workers) == 3  # each node's warm worker starts beside its SuperNode
     for pid, args in enumerate(nodes):
         config = parse_config_args([args[args.index("--node-config") + 1]])
         assert config == {"partition-id": pid, "num-partitions": 3,
