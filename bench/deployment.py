@@ -4,17 +4,21 @@
 In one process, on configs/smoke.toml with 2 clients (5 rounds by default):
 
 - simulation (`run_simulation`, Ray);
-- deployment: a SuperLink and 2 SuperNodes on loopback, fedisguise's ClientApp handing each
-  message to the node's warm worker (fedisguise.node_worker);
-- deployment without the worker (`warm-worker=false`: every message trains in the fresh
-  `flwr-clientapp` process Flower starts for it, as before the worker existed);
+- deployment: a SuperLink and 2 SuperNodes on loopback, launched by fedisguise.fast_node
+  (Flower's SuperNode polling every 0.2 s, each message's `flwr-clientapp` forked from a warm
+  process), fedisguise's ClientApp handing each message to the node's warm worker
+  (fedisguise.node_worker);
+- the same with Flower's stock `flower-supernode` (`deployment.fast_nodes = false`);
+- deployment without the worker (`warm-worker=false`, stock SuperNodes: every message trains
+  in the fresh `flwr-clientapp` process Flower starts for it, as before either existed);
 - Flower's floor: the same federation running bench/flower_floor, a ClientApp that replies
-  without working, with the same model bytes and the same FedAvg train + evaluate rounds.
+  without working, with the same model bytes and the same FedAvg train + evaluate rounds;
+  with fast and with stock SuperNodes.
 
 s/round is each run's mean `round_seconds` (the start of a round's train phase to the end of
 its evaluate phase) over all rounds, and `steady` the median of rounds 2.. (round 1 also
 starts the workers and prepares the data). Printed: deployment ÷ simulation, and fedisguise's
-overhead above the floor (deployment − floor, s/round).
+overhead above the floor (deployment − floor under the same SuperNodes, s/round).
 
     python bench/deployment.py --json
 """
@@ -47,9 +51,10 @@ def figures(seconds: list[float]) -> dict[str, float]:
             "rounds": len(seconds)}
 
 
-def fedisguise_run(cfg, mode: str, out: Path, worker: bool = True) -> dict[str, float]:
-    cfg = replace(cfg, experiment=replace(cfg.experiment, mode=mode, out=str(out),
-                                          name=f"{mode}{'' if worker else '-no-worker'}"))
+def fedisguise_run(cfg, mode: str, out: Path, name: str, worker: bool = True,
+                   fast: bool = True) -> dict[str, float]:
+    cfg = replace(cfg, experiment=replace(cfg.experiment, mode=mode, out=str(out), name=name),
+                  deployment=replace(cfg.deployment, fast_nodes=fast))
     started = time.perf_counter()
     if mode == "simulation":
         record = run_experiment(cfg, force=True)
@@ -70,12 +75,13 @@ def fedisguise_run(cfg, mode: str, out: Path, worker: bool = True) -> dict[str, 
     return result
 
 
-def floor_run(cfg, out: Path) -> dict[str, float]:
+def floor_run(cfg, out: Path, name: str, fast: bool = True) -> dict[str, float]:
     shapes = {name: list(t.shape) for name, t in build_model(cfg.model.name, 1, 10, 28)
               .state_dict().items()}
-    timings = out / "floor-timings.json"
+    timings = out / f"{name}-timings.json"
     started = time.perf_counter()
-    with LocalFederation(cfg.experiment.clients, out / "floor-logs") as federation:
+    with LocalFederation(cfg.experiment.clients, out / f"{name}-logs",
+                         fast_nodes=fast) as federation:
         submit_app(FLOOR_APP, {"rounds": cfg.experiment.rounds,
                                "clients": cfg.experiment.clients,
                                "timings": str(timings), "shapes": json.dumps(shapes)},
@@ -98,27 +104,37 @@ def main() -> None:
     cfg = load_config(args.config)
     cfg = replace(cfg, experiment=replace(cfg.experiment, clients=args.clients,
                                           rounds=args.rounds))
-    runs = ["simulation", "deployment", "floor"] + ([] if args.skip_no_worker
-                                                     else ["deployment-no-worker"])
+    # name: (kind, worker, fast SuperNodes)
+    runs = {"simulation": ("simulation", True, True),
+            "deployment": ("deployment", True, True),
+            "floor": ("floor", False, True),
+            "deployment-stock-nodes": ("deployment", True, False),
+            "floor-stock-nodes": ("floor", False, False)}
+    if not args.skip_no_worker:
+        runs["deployment-no-worker"] = ("deployment", False, False)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="fedisguise-bench-") as tmp:
         out = Path(tmp)
-        for i, name in enumerate(runs, 1):
+        for i, (name, (kind, worker, fast)) in enumerate(runs.items(), 1):
             print(f"[{i}/{len(runs)}] {name} ...", file=sys.stderr, flush=True)
-            if name == "floor":
-                results[name] = floor_run(cfg, out)
+            if kind == "floor":
+                results[name] = floor_run(cfg, out, name, fast)
             else:
-                results[name] = fedisguise_run(cfg, name.split("-")[0], out,
-                                               worker=not name.endswith("no-worker"))
+                results[name] = fedisguise_run(cfg, kind, out, name, worker, fast)
             print(f"    {results[name]['s_per_round']:.2f} s/round "
                   f"(steady {results[name]['steady_s_per_round']:.2f})", file=sys.stderr)
     sim, dep, floor = results["simulation"], results["deployment"], results["floor"]
+    stock, stock_floor = results["deployment-stock-nodes"], results["floor-stock-nodes"]
     summary = {}
     for key in ("s_per_round", "steady_s_per_round"):
         summary[key] = {
             "deployment_over_simulation": dep[key] / sim[key],
             "floor_over_simulation": floor[key] / sim[key],
             "overhead_above_floor_s": dep[key] - floor[key],
+            "stock_nodes_over_simulation": stock[key] / sim[key],
+            "stock_floor_over_simulation": stock_floor[key] / sim[key],
+            "stock_overhead_above_stock_floor_s": stock[key] - stock_floor[key],
+            "stock_nodes_over_fast_nodes": stock[key] / dep[key],
         }
         if "deployment-no-worker" in results:
             summary[key]["no_worker_over_deployment"] = (

@@ -184,7 +184,7 @@ class LocalFederation:
                  start_timeout: float = 60.0, tls: bool = False,
                  certificates: str | Path | None = None, supernode_auth: bool = False,
                  key_files: Sequence[str | Path] = (),
-                 node_options: dict[str, str] | None = None) -> None:
+                 node_options: dict[str, str] | None = None, fast_nodes: bool = True) -> None:
         if num_supernodes < 1:
             raise ValueError(f"need at least one SuperNode, got {num_supernodes}")
         if (certificates or supernode_auth) and not tls:
@@ -195,6 +195,7 @@ class LocalFederation:
         self.num_supernodes = num_supernodes
         self.key_files = [Path(k).resolve() for k in key_files]  # SuperNodes run elsewhere
         self.node_options = dict(node_options or {})  # more node-config entries, every node
+        self.fast_nodes = fast_nodes  # SuperNodes through fedisguise.fast_node
         self.log_dir = Path(log_dir)
         self.host = host
         self.start_timeout = start_timeout
@@ -217,7 +218,8 @@ class LocalFederation:
         dep = cfg.deployment
         return cls(cfg.experiment.clients, log_dir, tls=dep.tls,
                    certificates=dep.certificates or None, supernode_auth=dep.supernode_auth,
-                   key_files=node_key_files(cfg), node_options=node_options)
+                   key_files=node_key_files(cfg), node_options=node_options,
+                   fast_nodes=dep.fast_nodes)
 
     @property
     def address(self) -> str:
@@ -308,7 +310,9 @@ class LocalFederation:
         counting the SuperNodes started so far.
         """
         index = len(self.supernodes)
-        args = [flower_command("flower-supernode"), "--superlink", self.address,
+        launcher = ([sys.executable, "-m", "fedisguise.fast_node", "supernode"]
+                    if self.fast_nodes else [flower_command("flower-supernode")])
+        args = [*launcher, "--superlink", self.address,
                 "--port", str(free_port(self.host)),
                 "--node-config", self.node_config(partition_id)]
         if self.root_certificates is None:

@@ -264,7 +264,8 @@ def _parent(pid: int) -> int:
 
 def supernode_pid() -> int:
     """The `flower-supernode` this process serves (an ancestor: SuperNode -> SuperExec ->
-    flwr-clientapp), else this process's parent; 0 where /proc cannot tell."""
+    flwr-clientapp, or SuperNode -> zygote -> its fork under fedisguise.fast_node), else
+    this process's parent; 0 where /proc cannot tell."""
     pid = os.getppid()
     first = pid
     while pid > 1:
@@ -272,7 +273,7 @@ def supernode_pid() -> int:
             cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
         except OSError:
             break
-        if b"flower-supernode" in cmdline:
+        if b"flower-supernode" in cmdline or b"fedisguise.fast_node\x00supernode" in cmdline:
             return pid
         pid = _parent(pid)
     return first if Path("/proc").is_dir() else 0

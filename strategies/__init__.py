@@ -23,7 +23,7 @@ from strategies.observed import (
     UpdateLedger,
     UpdateObserver,
 )
-from strategies.polling import PromptGrid
+from strategies.polling import POLL_INTERVAL, PromptGrid
 
 
 def _sampling(strategy_config) -> dict:
@@ -96,6 +96,7 @@ __all__ = [
     "LedgerEntry",
     "NodeGuard",
     "ObservedStrategy",
+    "POLL_INTERVAL",
     "PromptGrid",
     "ReceivedUpdate",
     "RunFailed",

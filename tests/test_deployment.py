@@ -160,6 +160,12 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flw
         "worker-0.log", "worker-1.log"]
     assert not list(workers.glob("*.log"))
     assert not list(workers.glob("*.sock"))  # ended with the federation
+    # each SuperNode ran through fedisguise.fast_node, its zygote listening; stubs removed
+    for node in (0, 1):
+        log = (tmp_path / "dep" / "logs" / f"supernode-{node}.log").read_text()
+        assert "fedisguise.fast_node: SuperNode polls every 0.2 s" in log
+        assert "fedisguise.fast_node: zygote" in log and " ready on clientapp-" in log
+    assert not list(workers.glob("clientapp-*"))
     shutil.rmtree(workers)
 
 

@@ -76,10 +76,11 @@ def test_a_supernodes_own_key_file_wins_over_the_config(tmp_path):
     assert torch.equal(data.train.images, _disguised(DisguiseKey.generate(9), "train", plain))
 
 
-def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast", [True, False])
+def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatch, fast):
     write_key_dir(tmp_path / "keys", 3, seed="t")
     cfg = _cfg(tmp_path, **{"client.key_dir": str(tmp_path / "keys"), "experiment.clients": 3,
-                            "experiment.mode": "deployment"})
+                            "experiment.mode": "deployment", "deployment.fast_nodes": fast})
     spawned = []
 
     class Process:
@@ -97,8 +98,10 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
     monkeypatch.setattr(deployment, "wait_for_port", lambda *a, **k: None)
     monkeypatch.setattr(deployment, "submit_run", lambda *a, **k: None)
     deployment.run_deployment(cfg)
-    nodes = [a for a in spawned if Path(a[0]).name == "flower-supernode"]
-    assert len(nodes) == 3
+    launched = [a for a in spawned if a[1:4] == ["-m", "fedisguise.fast_node", "supernode"]]
+    stock = [a for a in spawned if Path(a[0]).name == "flower-supernode"]
+    nodes = launched if fast else stock  # deployment.fast_nodes picks the launcher
+    assert len(nodes) == 3 and len(launched + stock) == 3
     workers = [a for a in spawned if a[1:3] == ["-m", "fedisguise.node_worker"]]
     assert len(workers) == 3  # each node's warm worker starts beside its SuperNode
     for pid, args in enumerate(nodes):

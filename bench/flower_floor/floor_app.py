@@ -59,7 +59,11 @@ server = ServerApp()
 
 @server.main()
 def main(grid: Grid, context: Context) -> None:
-    from strategies import PromptGrid  # fedisguise's reply polling, installed beside it
+    # fedisguise's reply polling and object-pull retries, installed beside it
+    from fedisguise.fast_node import shorten_retries
+    from strategies import POLL_INTERVAL, PromptGrid
+
+    shorten_retries(POLL_INTERVAL)
 
     rounds, clients = int(context.run_config["rounds"]), int(context.run_config["clients"])
     rng = np.random.default_rng(0)
