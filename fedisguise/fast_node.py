@@ -117,17 +117,25 @@ def shorten_polls(cap: float) -> bool:
     return True
 
 
-def shorten_retries(first: float) -> None:
+def shorten_retries(first: float) -> bool:
     """Retry a pull of a message's objects after `first` s instead of Flower's 1 s (doubling
     up to its cap as before). A SuperNode records a message before it has pulled the
     message's objects, so a ClientApp that starts at once finds them missing: one 1 s backoff
-    per message, which the 2.5 s start of a stock flwr-clientapp used to hide."""
+    per message, which the 2.5 s start of a stock flwr-clientapp used to hide (the SuperLink
+    and the ServerApp's pulls of replies alike). False, and nothing changed, on a Flower
+    whose pulls were not read for this."""
+    import flwr
     from flwr.supercore.inflatable import inflatable_utils
 
-    for function in (inflatable_utils.pull_objects,
-                     inflatable_utils.pull_and_inflate_object_from_tree):
+    functions = (inflatable_utils.pull_objects,
+                 inflatable_utils.pull_and_inflate_object_from_tree)
+    if not supported(flwr.__version__) or not all(
+            "initial_backoff" in (f.__kwdefaults__ or {}) for f in functions):
+        return False
+    for function in functions:
         function.__kwdefaults__["initial_backoff"] = min(
             first, function.__kwdefaults__["initial_backoff"])
+    return True
 
 
 # ---- the launcher -----------------------------------------------------------------------

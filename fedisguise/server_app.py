@@ -22,10 +22,10 @@ from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
 from fedisguise.config import Config
 from fedisguise.data import server_test_set
+from fedisguise.fast_node import shorten_retries
 from fedisguise.models import build_model
 from fedisguise.results import new_record, write_run
 from fedisguise.training import evaluate, resolve_device
-from fedisguise.fast_node import shorten_retries
 from strategies import (
     POLL_INTERVAL,
     NodeGuard,

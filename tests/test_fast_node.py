@@ -56,6 +56,10 @@ def test_another_flower_release_runs_the_stock_supernode(monkeypatch):
     assert not fast_node.supported("1.99.0") and fast_node.supported("1.41.0")
     assert not fast_node.shorten_polls(0.01)
     assert loop.time is time
+    from flwr.supercore.inflatable import inflatable_utils
+
+    assert not fast_node.shorten_retries(0.01)  # the ServerApp's call changes nothing either
+    assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] == 1
 
 
 @pytest.fixture
