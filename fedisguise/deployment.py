@@ -271,6 +271,10 @@ class LocalFederation:
                           f"{len(ended)} helper process(es)", file=sys.stderr)
 
     def __enter__(self) -> Self:
+        if self.fast_nodes:  # a bad $FEDISGUISE_SUPERNODE_POLL, refused before anything starts
+            from fedisguise.fast_node import poll_interval
+
+            poll_interval()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_reaper()
@@ -480,6 +484,13 @@ def check_security(cfg: Config, superlink: str | None = None) -> None:
         if certificates.key.stat().st_mode & 0o077:
             raise ConfigError(f"deployment.certificates: {certificates.key} is readable by "
                               f"others; `chmod 600` it")
+    if dep.fast_nodes:
+        from fedisguise.fast_node import poll_interval
+
+        try:
+            poll_interval()
+        except ValueError as err:
+            raise ConfigError(f"deployment.fast_nodes: {err}") from None
 
 
 def submit_run(cfg: Config, flwr_home: Path, env: dict[str, str]) -> None:

@@ -112,6 +112,13 @@ def test_the_stub_runs_flowers_clientapp_in_a_forked_child_with_its_output_and_e
     fallback = subprocess.run([str(stub), "--help"], capture_output=True, text=True,
                               timeout=60)
     assert fallback.returncode == 0 and fallback.stdout.strip() == "REAL"
+    # a zygote killed outright leaves its socket behind: the stub falls back all the same
+    zygote = _start_zygote(sock)
+    zygote.kill()
+    zygote.wait(timeout=30)
+    assert sock.exists()
+    stale = subprocess.run([str(stub), "--help"], capture_output=True, text=True, timeout=60)
+    assert stale.returncode == 0 and stale.stdout.strip() == "REAL"
 
 
 def test_the_zygote_ends_when_the_process_it_serves_is_gone(zygote_dir):
@@ -127,3 +134,26 @@ def test_the_launcher_refuses_a_bad_command_line():
     process = subprocess.run([sys.executable, "-m", "fedisguise.fast_node", "zygote", "x"],
                              capture_output=True, text=True, cwd=str(ROOT), timeout=60)
     assert process.returncode == 1 and "usage:" in process.stderr
+
+
+def test_a_bad_poll_interval_stops_the_federation_before_any_process_starts(
+        tmp_path, monkeypatch):
+    from fedisguise.deployment import LocalFederation
+
+    monkeypatch.setenv(fast_node.POLL_ENV, "0")
+    federation = LocalFederation(1, tmp_path / "logs")
+    with pytest.raises(ValueError, match=fast_node.POLL_ENV):
+        federation.__enter__()
+    assert federation.processes == []
+
+
+def test_run_py_exits_2_on_a_bad_poll_interval_before_flower_starts(tmp_path):
+    env = {**os.environ, fast_node.POLL_ENV: "-1"}
+    process = subprocess.run(
+        [sys.executable, "run.py", "--config", "configs/smoke.toml", "--mode", "deployment",
+         "--clients", "2", "--rounds", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=120)
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "error: deployment.fast_nodes: $FEDISGUISE_SUPERNODE_POLL must be a positive" in (
+        process.stderr)
+    assert not (tmp_path / "smoke").exists()  # nothing ran, nothing written
