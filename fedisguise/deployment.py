@@ -73,7 +73,7 @@ def child_env(flwr_home: Path) -> dict[str, str]:
     SuperLink and SuperNodes start their helpers (`flower-superexec`, `flwr-serverapp`,
     `flwr-clientapp`) by name from PATH: this interpreter's bin/ goes first so that they
     come from the same environment as `flower_command`'s executables. Their SuperExecs poll
-    for tasks every SUPEREXEC_POLL s.
+    for tasks every SUPEREXEC_POLL s (a local SuperLink's keeps Flower's 1 s: `_spawn`).
     """
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return {**os.environ, "PATH": path.rstrip(os.pathsep), "FLWR_HOME": str(flwr_home),

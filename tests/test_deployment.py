@@ -72,6 +72,28 @@ def test_flower_commands_resolve_next_to_the_interpreter_without_path(monkeypatc
     assert child_env(tmp_path)["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
 
 
+def test_only_the_supernodes_superexecs_poll_fast(tmp_path, monkeypatch):
+    import fedisguise.deployment as deployment
+
+    monkeypatch.delenv(deployment.SUPEREXEC_POLL_ENV, raising=False)
+    seen = {}
+
+    class Popen:
+        def __init__(self, args, env, **kwargs):
+            seen[env[deployment.NODE_ENV]] = env.get(deployment.SUPEREXEC_POLL_ENV)
+
+    monkeypatch.setattr(deployment.subprocess, "Popen", Popen)
+    federation = LocalFederation(1, tmp_path)
+    federation._spawn(["x"], "superlink.log", "superlink")
+    federation._spawn(["x"], "supernode-0.log", "supernode-0")
+    # the SuperLink's SuperExec starts one ServerApp a run: Flower's own 1 s beat
+    assert seen == {"superlink": None, "supernode-0": deployment.SUPEREXEC_POLL}
+    monkeypatch.setenv(deployment.SUPEREXEC_POLL_ENV, "0.5")  # the user's setting, everywhere
+    federation._spawn(["x"], "superlink.log", "superlink")
+    federation._spawn(["x"], "supernode-0.log", "supernode-0")
+    assert seen == {"superlink": "0.5", "supernode-0": "0.5"}
+
+
 def test_a_missing_flower_command_names_what_was_looked_for(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"`flower-nonesuch` is neither in .* nor on PATH"):
