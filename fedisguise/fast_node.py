@@ -201,6 +201,8 @@ def serve_zygote(path: Path, watch: int) -> None:
     request's command line and descriptors, until process `watch` is gone or SIGTERM."""
     from flwr.supernode.cli import flwr_clientapp  # the import each message used to pay
 
+    from fedisguise.node_worker import _peer_uid, _unlink_own  # the worker's socket rules
+
     for name in WARM_IMPORTS:  # imported lazily by every flwr-clientapp run
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -232,12 +234,13 @@ def serve_zygote(path: Path, watch: int) -> None:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
+            if _peer_uid(conn) != os.getuid():
+                conn.close()  # only the node's own user
+                continue
             _fork_child(conn, server, flwr_clientapp)
     finally:
         server.close()
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_ino == inode:
-                path.unlink()
+        _unlink_own(path, inode)
         stubs = path.with_suffix("")  # the launcher's stub folder, gone with its zygote
         with contextlib.suppress(OSError):
             (stubs / STUB_NAME).unlink()
@@ -247,9 +250,6 @@ def serve_zygote(path: Path, watch: int) -> None:
 def _fork_child(conn: socket.socket, server: socket.socket, entry) -> None:
     with conn:
         conn.setblocking(True)
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        if struct.unpack("3i", creds)[1] != os.getuid():
-            return  # only the node's own user
         try:
             data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST + 4, 3)
             (length,) = struct.unpack(">I", data[:4])
