@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -80,23 +81,53 @@ def child_env(flwr_home: Path) -> dict[str, str]:
             SUPEREXEC_POLL_ENV: os.environ.get(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL)}
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave to processes started from here
+_HANDED_OUT_LOCK = threading.Lock()
+# Flower 1.41's flower-supernode binds its runtime API (`--port`) before anything else and
+# exits with this line when the port is taken (flwr/supernode/cli/flower_supernode.py).
+RUNTIME_PORT_TAKEN = "SuperNode Runtime HTTP API failed to start"
+PORT_TRIES = 3
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, and not one this process handed out already.
+
+    The port is released before the child binds it, so another bind can still take it in
+    between (start_supernode retries that case); handing each out once at least keeps two
+    of our own children from being given the same one.
+    """
+    with _HANDED_OUT_LOCK:
+        for _ in range(64):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise RuntimeError(f"no port on {host} that this process has not handed out already")
+
+
+def listening(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def await_listen(host: str, port: int, timeout: float, process: subprocess.Popen) -> bool:
+    """True once something listens on host:port, False if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if listening(host, port):
+            return True
+        if process.poll() is not None:
+            return listening(host, port)
+        time.sleep(0.1)
+    raise TimeoutError(f"{process.args[0]} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{process.args[0]} did not listen on {host}:{port} within {timeout:.0f} s")
+    if not await_listen(host, port, timeout, process):
+        raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -302,8 +333,9 @@ class LocalFederation:
             )
             wait_for_port(self.host, self.port, self.start_timeout, superlink)
             write_connection(self.flwr_home, self.address, self.tls, self.root_certificates)
-            for pid in range(self.num_supernodes):
-                self.start_supernode(pid)
+            launches = [self._launch_supernode(pid) for pid in range(self.num_supernodes)]
+            for launch in launches:  # all start at once; each is then awaited
+                self._until_listening(launch)
             threading.Thread(target=self._watch, name="supernode-watch", daemon=True).start()
         except BaseException:
             self.stop()
@@ -312,31 +344,57 @@ class LocalFederation:
 
     def start_supernode(self, partition_id: int,
                         private_key: Path | None = None) -> subprocess.Popen:
-        """Start one more SuperNode for partition `partition_id` (of `num_supernodes`).
+        """Start one more SuperNode for partition `partition_id` (of `num_supernodes`) and
+        return once its runtime API listens (or it has exited on its own: `_watch` says so).
 
         With SuperNode authentication it signs with `private_key`, or, when None, with a fresh
         key pair whose public key is registered first. Its log is supernode-<n>.log, n
         counting the SuperNodes started so far.
         """
+        return self._until_listening(self._launch_supernode(partition_id, private_key))
+
+    def _launch_supernode(self, partition_id: int,
+                          private_key: Path | None = None) -> _Launch:
         index = len(self.supernodes)
+        if self.supernode_auth and private_key is None:
+            private_key, public_key = generate_supernode_key(
+                self.flwr_home / "keys", f"supernode-{index}")
+            self.register(public_key)
+        launch = _Launch(index, partition_id, private_key)
+        self.supernodes.append(self._spawn_supernode(launch))
+        return launch
+
+    def _spawn_supernode(self, launch: _Launch) -> subprocess.Popen:
         launcher = ([sys.executable, "-m", "fedisguise.fast_node", "supernode"]
                     if self.fast_nodes else [flower_command("flower-supernode")])
-        args = [*launcher, "--superlink", self.address,
-                "--port", str(free_port(self.host)),
-                "--node-config", self.node_config(partition_id)]
+        launch.port = free_port(self.host)
+        args = [*launcher, "--superlink", self.address, "--port", str(launch.port),
+                "--node-config", self.node_config(launch.partition_id)]
         if self.root_certificates is None:
             args.append("--insecure")
         else:
             args += ["--root-certificates", str(self.root_certificates)]
-        if self.supernode_auth:
-            if private_key is None:
-                private_key, public_key = generate_supernode_key(
-                    self.flwr_home / "keys", f"supernode-{index}")
-                self.register(public_key)
-            args += ["--auth-supernode-private-key", str(private_key)]
-        process = self._spawn(args, f"supernode-{index}.log", f"supernode-{index}")
-        self.supernodes.append(process)
-        self._prestart_worker(process, index, partition_id)
+        if launch.private_key is not None:
+            args += ["--auth-supernode-private-key", str(launch.private_key)]
+        return self._spawn(args, f"supernode-{launch.index}.log", f"supernode-{launch.index}")
+
+    def _until_listening(self, launch: _Launch) -> subprocess.Popen:
+        """Wait for the SuperNode's runtime API; one that lost its port to another process
+        between free_port and its bind is started again on a fresh port (PORT_TRIES in
+        all), its log kept as supernode-<n>.port-taken-<try>.log. Then its worker starts."""
+        log = self.log_dir / f"supernode-{launch.index}.log"
+        for attempt in range(1, PORT_TRIES + 1):
+            process = self.supernodes[launch.index]
+            if await_listen(self.host, launch.port, self.start_timeout, process):
+                break
+            if attempt == PORT_TRIES or RUNTIME_PORT_TAKEN not in log.read_text(errors="replace"):
+                break  # it ended for a reason of its own, or kept losing its port: _watch says
+            log.rename(log.with_name(f"supernode-{launch.index}.port-taken-{attempt}.log"))
+            print(f"SuperNode {launch.index}: port {launch.port} was taken before it bound it; "
+                  f"starting it again on a fresh port", file=sys.stderr)
+            self.processes.remove(process)
+            self.supernodes[launch.index] = self._spawn_supernode(launch)
+        self._prestart_worker(process, launch.index, launch.partition_id)
         return process
 
     def _prestart_worker(self, supernode: subprocess.Popen, index: int,
@@ -415,6 +473,16 @@ class LocalFederation:
 
         return sorted(set(marked(self.marker))
                       | {pid for p in self.processes for pid in (p.pid, *_descendants(p.pid))})
+
+
+@dataclass
+class _Launch:
+    """What a SuperNode is started with, kept to start it again on a fresh port."""
+
+    index: int
+    partition_id: int
+    private_key: Path | None
+    port: int = 0
 
 
 def _node_config_string(value: str) -> str:

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,34 @@ def test_federation_ends_its_processes_when_the_body_fails(tmp_path, flwr_tmp):
         raise RuntimeError("boom")
     assert federation_processes(flwr_tmp) == []
     assert not federation.flwr_home.exists()
+
+
+@pytest.mark.slow
+def test_a_supernode_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh_one(
+        tmp_path, flwr_tmp, monkeypatch):
+    from fedisguise import deployment
+
+    with socket.socket() as taken, LocalFederation(1, log_dir=tmp_path) as federation:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: as an outbound connection's port
+        port = taken.getsockname()[1]
+        handed = iter([port])
+        real = deployment.free_port
+        monkeypatch.setattr(deployment, "free_port", lambda host: next(handed, None) or real(host))
+        node = federation.start_supernode(0)
+        lost = tmp_path / "supernode-1.port-taken-1.log"
+        assert deployment.RUNTIME_PORT_TAKEN in lost.read_text()
+        assert node.poll() is None and federation.supernodes[1] is node
+        fresh = int(node.args[node.args.index("--port") + 1])
+        assert fresh != port and deployment.listening("127.0.0.1", fresh)
+        assert sum(p.poll() is None for p in federation.supernodes) == 2
+    assert federation_processes(flwr_tmp) == []
+
+
+def test_free_port_never_hands_out_a_port_twice():
+    from fedisguise.deployment import free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200
 
 
 def start_run(tmp_path, name: str, *extra: str) -> subprocess.Popen:
