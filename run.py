@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "run under OUT/<compare.name>/, finished cells skipped, then "
                              "table.md, table.csv and plots; --set, --mode, --clients, "
                              "--rounds apply to every cell")
+    parser.add_argument("--only", metavar="LABEL[,LABEL...]",
+                        help="with --compare: run only these defences' cells (and tuning "
+                             "runs); the table still holds every finished cell of the grid "
+                             "and lists the others as missing")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override one config value, typed by its key (repeatable), "
@@ -77,7 +81,7 @@ def cell_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from fedisguise.compare import load_grid, run_grid
+    from fedisguise.compare import load_grid, run_grid, selected_defences
     from fedisguise.config import ConfigError
 
     try:
@@ -85,11 +89,13 @@ def run_compare(args: argparse.Namespace) -> int:
             raise ConfigError("--compare takes the base config from the compare file; drop "
                               "--config/--superlink/--root-certificates")
         grid = load_grid(args.compare, cell_overrides(args), out=args.out)
+        only = None if args.only is None else args.only.split(",")
+        chosen = selected_defences(grid, only)
         from fedisguise.deployment import check_security
         from fedisguise.preflight import preflight
 
         # cheap after the first cell: the data are loaded once
-        for cell in [*grid.tune_cells, *grid.cells]:
+        for cell in (c for c in [*grid.tune_cells, *grid.cells] if c.defence in chosen):
             try:
                 preflight(cell.config)
                 if cell.config.experiment.mode == "deployment":
@@ -105,7 +111,7 @@ def run_compare(args: argparse.Namespace) -> int:
         return 2
     install_signal_handlers()
     try:
-        outcome = run_grid(grid)
+        outcome = run_grid(grid, only=only)
     except KeyboardInterrupt as why:
         print(f"\n{grid.name}: {interrupt_name(why)}; finished cells are kept, the cell that "
               "was running is marked interrupted; run the same command to resume",
@@ -149,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.root_certificates and not args.superlink:
             raise ConfigError("--root-certificates is for --superlink; the local federation "
                               "takes deployment.certificates")
+        if args.only is not None:
+            raise ConfigError("--only picks defences of a comparison grid; it needs --compare "
+                              "(or a config with a [compare] table)")
         if cfg.experiment.mode == "deployment":
             from fedisguise.deployment import check_security
 

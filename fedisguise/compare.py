@@ -415,28 +415,47 @@ def cell_done(cell: Cell) -> bool:
         return False
 
 
-def run_grid(grid: Grid, progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished cell, then write table.md, table.csv, cells.csv and the plots.
+def selected_defences(grid: Grid, only: Iterable[str] | None) -> set[str]:
+    """The defences whose cells a run covers: all of them, or the labels in `only` (each one
+    the grid's own, else a ConfigError naming the grid's labels)."""
+    labels = [d.label for d in grid.defences]
+    if only is None:
+        return set(labels)
+    chosen = [label.strip() for label in only if label.strip()]
+    unknown = [label for label in chosen if label not in labels]
+    if unknown or not chosen:
+        raise ConfigError(f"{grid.source}: --only {unknown or list(only)}: not a defence of "
+                          f"grid {grid.name}; its defences: {', '.join(labels)}")
+    return set(chosen)
+
+
+def run_grid(grid: Grid, progress: bool = True,
+             only: Iterable[str] | None = None) -> dict[str, Any]:
+    """Run every unfinished cell (of the defences in `only`, when given: selected_defences),
+    then write table.md, table.csv, cells.csv and the plots from every finished cell of the
+    grid; the cells not run yet are listed as missing, never dropped.
 
     A cell that fails is reported (and left unfinished for the next run) while the others go
     on; the return value lists it under `failed`.
     """
     from fedisguise.experiment import run_experiment
 
+    chosen = selected_defences(grid, only)
     grid.out.mkdir(parents=True, exist_ok=True)
     skipped, ran, failed = [], [], {}
-    bar = tqdm(total=len(grid.tune_cells) + len(grid.cells), desc=f"compare {grid.name}",
-               unit="cell", disable=not progress)
+    bar = tqdm(total=sum(c.defence in chosen for c in (*grid.tune_cells, *grid.cells)),
+               desc=f"compare {grid.name}", unit="cell", disable=not progress)
     for phase in ("tuning", "cells"):
         if phase == "tuning":
-            cells = list(grid.tune_cells)
+            cells = [c for c in grid.tune_cells if c.defence in chosen]
         else:  # the tuned values are known now
             grid, choices = resolve_tuning(grid)
             untuned = {d for d, c in choices.items() if c["chosen"] is None}
-            for cell in (c for c in grid.cells if c.defence in untuned):
+            cells = [c for c in grid.cells if c.defence in chosen]
+            for cell in (c for c in cells if c.defence in untuned):
                 failed[cell.name] = "its defence's tuning runs did not all finish"
                 bar.update(1)
-            cells = [c for c in grid.cells if c.defence not in untuned]
+            cells = [c for c in cells if c.defence not in untuned]
         _run_cells(cells, bar, run_experiment, skipped, ran, failed)
     bar.close()
     table = write_table(grid)

@@ -535,6 +535,45 @@ def test_each_defence_is_tuned_on_validation_data_and_its_choice_goes_into_its_c
                         progress=False)["ran"] and ran == []
 
 
+def test_only_runs_the_named_defences_and_the_table_keeps_the_rest_as_missing(
+        tmp_path, monkeypatch, capsys):
+    import fedisguise.experiment as experiment
+    import run
+
+    ran = []
+
+    def fake_run(cfg, force=False):
+        ran.append(cfg.experiment.name)
+        record = fake_record(0.5, [1.0, 1.0])
+        record["final"]["validation_accuracy"] = cfg.train.lr  # the largest lr wins
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(record))
+        return {"status": "finished"}
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    path = grid_file(tmp_path, TUNED)
+    outcome = run_grid(load_grid(path, out=str(tmp_path)), progress=False, only=["vm"])
+    assert ran and all(name.startswith("vm--") for name in ran)
+    assert len(ran) == 3 + 4  # vm's three tuning runs, then its 2 attacks x 2 seeds
+    assert sorted(outcome["missing"]) == sorted(f"none--{a}--seed{s}" for a in ("mia", "gi")
+                                                for s in (0, 1))
+    rows = {r["defence"]: r for r in outcome["rows"]}
+    assert rows["vm"]["cells"] == 4 and rows["none"]["cells"] == 0
+    # The rest later, through the CLI: vm's cells are finished and stay as they are.
+    ran.clear()
+    assert run.main(["--compare", str(path), "--out", str(tmp_path), "--only", "none"]) == 0
+    assert ran and all(name.startswith("none--") for name in ran)
+    assert "6 cells run, 0 already finished, 0 failed" in capsys.readouterr().out  # 2 tuning
+    assert not json.loads((tmp_path / "g" / "compare.json").read_text())["missing"]
+    # A label the grid lacks, or --only without a grid, is refused before anything runs.
+    ran.clear()
+    assert run.main(["--compare", str(path), "--out", str(tmp_path), "--only", "vm,nope"]) == 2
+    assert "not a defence of grid g; its defences: none, vm" in capsys.readouterr().err
+    assert run.main(["--config", str(REPO / "configs" / "fedavg.toml"), "--only", "vm"]) == 2
+    assert "--only picks defences of a comparison grid" in capsys.readouterr().err
+    assert ran == []
+
+
 @pytest.mark.parametrize("body, match", [
     ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1]\n", "at least two distinct"),
     ("[compare.tune]\nkey = 'train.nope'\nvalues = [0.1, 0.2]\n", "numeric training setting"),
