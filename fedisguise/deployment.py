@@ -240,6 +240,7 @@ class LocalFederation:
         self.port = 0
         self.marker = uuid.uuid4().hex  # in the environment of every process started here
         self.dead: dict[int, int] = {}  # SuperNode index -> exit code, for those that died
+        self._starting: set[int] = set()  # SuperNodes not up yet: _watch leaves them be
         self._reaper: subprocess.Popen | None = None
         self._watching = threading.Event()
 
@@ -295,7 +296,8 @@ class LocalFederation:
         re-parented: end them, and say so (the server records the node's failed replies)."""
         while not self._watching.wait(1.0):
             for pid, process in enumerate(list(self.supernodes)):
-                if pid not in self.dead and process.poll() is not None:
+                if pid not in self.dead and pid not in self._starting \
+                        and process.poll() is not None:
                     self.dead[pid] = process.returncode
                     ended = end_marked(self.marker, f"supernode-{pid}", grace=2.0)
                     print(f"SuperNode {pid} died (exit code {process.returncode}); ended its "
@@ -361,7 +363,13 @@ class LocalFederation:
                 self.flwr_home / "keys", f"supernode-{index}")
             self.register(public_key)
         launch = _Launch(index, partition_id, private_key)
-        self.supernodes.append(self._spawn_supernode(launch))
+        self._starting.add(index)  # until _until_listening: a restart is not a death
+        process = self._spawn_supernode(launch)
+        self.supernodes.append(process)
+        # now, so that its imports overlap the SuperNode's start; a SuperNode started again
+        # (a taken port, rare) leaves this worker to end with the first pid, and its
+        # ClientApp starts a worker of its own on the first message
+        self._prestart_worker(process, index, partition_id)
         return launch
 
     def _spawn_supernode(self, launch: _Launch) -> subprocess.Popen:
@@ -381,20 +389,23 @@ class LocalFederation:
     def _until_listening(self, launch: _Launch) -> subprocess.Popen:
         """Wait for the SuperNode's runtime API; one that lost its port to another process
         between free_port and its bind is started again on a fresh port (PORT_TRIES in
-        all), its log kept as supernode-<n>.port-taken-<try>.log. Then its worker starts."""
+        all), its log kept as supernode-<n>.port-taken-<try>.log."""
         log = self.log_dir / f"supernode-{launch.index}.log"
-        for attempt in range(1, PORT_TRIES + 1):
-            process = self.supernodes[launch.index]
-            if await_listen(self.host, launch.port, self.start_timeout, process):
-                break
-            if attempt == PORT_TRIES or RUNTIME_PORT_TAKEN not in log.read_text(errors="replace"):
-                break  # it ended for a reason of its own, or kept losing its port: _watch says
-            log.rename(log.with_name(f"supernode-{launch.index}.port-taken-{attempt}.log"))
-            print(f"SuperNode {launch.index}: port {launch.port} was taken before it bound it; "
-                  f"starting it again on a fresh port", file=sys.stderr)
-            self.processes.remove(process)
-            self.supernodes[launch.index] = self._spawn_supernode(launch)
-        self._prestart_worker(process, launch.index, launch.partition_id)
+        try:
+            for attempt in range(1, PORT_TRIES + 1):
+                process = self.supernodes[launch.index]
+                if await_listen(self.host, launch.port, self.start_timeout, process):
+                    break
+                if attempt == PORT_TRIES or RUNTIME_PORT_TAKEN not in log.read_text(
+                        errors="replace"):
+                    break  # it ended for a reason of its own, or kept losing its port
+                log.rename(log.with_name(f"supernode-{launch.index}.port-taken-{attempt}.log"))
+                print(f"SuperNode {launch.index}: port {launch.port} was taken before it bound "
+                      f"it; starting it again on a fresh port", file=sys.stderr)
+                self.processes.remove(process)
+                self.supernodes[launch.index] = self._spawn_supernode(launch)
+        finally:
+            self._starting.discard(launch.index)  # from now on _watch reports its death
         return process
 
     def _prestart_worker(self, supernode: subprocess.Popen, index: int,

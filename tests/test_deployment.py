@@ -218,6 +218,8 @@ def test_a_supernode_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh
         lost = tmp_path / "supernode-1.port-taken-1.log"
         assert deployment.RUNTIME_PORT_TAKEN in lost.read_text()
         assert node.poll() is None and federation.supernodes[1] is node
+        time.sleep(1.5)  # a beat of the watcher: a restarted SuperNode is no dead one
+        assert federation.dead == {} and node.poll() is None
         fresh = int(node.args[node.args.index("--port") + 1])
         assert fresh != port and deployment.listening("127.0.0.1", fresh)
         assert sum(p.poll() is None for p in federation.supernodes) == 2
