@@ -33,6 +33,7 @@ from typing import Self
 
 from fedisguise.config import Config, ConfigError
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
+from fedisguise.fast_node import remove_leftovers
 from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked, terminate
 from fedisguise.tls import (
     ServerCertificates,
@@ -241,6 +242,7 @@ class LocalFederation:
         self.marker = uuid.uuid4().hex  # in the environment of every process started here
         self.dead: dict[int, int] = {}  # SuperNode index -> exit code, for those that died
         self._starting: set[int] = set()  # SuperNodes not up yet: _watch leaves them be
+        self._fast_pids: list[int] = []  # every fast SuperNode started, restarted ones too
         self._reaper: subprocess.Popen | None = None
         self._watching = threading.Event()
 
@@ -384,7 +386,10 @@ class LocalFederation:
             args += ["--root-certificates", str(self.root_certificates)]
         if launch.private_key is not None:
             args += ["--auth-supernode-private-key", str(launch.private_key)]
-        return self._spawn(args, f"supernode-{launch.index}.log", f"supernode-{launch.index}")
+        process = self._spawn(args, f"supernode-{launch.index}.log", f"supernode-{launch.index}")
+        if self.fast_nodes:
+            self._fast_pids.append(process.pid)
+        return process
 
     def _until_listening(self, launch: _Launch) -> subprocess.Popen:
         """Wait for the SuperNode's runtime API; one that lost its port to another process
@@ -472,6 +477,8 @@ class LocalFederation:
                 process.wait(timeout=5)
         end_marked(self.marker, grace=1.0)
         self.processes.clear()
+        for pid in self._fast_pids:  # what a SuperNode killed outright left in the worker dir
+            remove_leftovers(pid)
         if self._reaper is not None:
             self._reaper.stdin.close()  # EOF: the reaper looks once more, finds none, exits
             self._reaper.wait(timeout=10)

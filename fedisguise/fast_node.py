@@ -147,6 +147,30 @@ def zygote_paths(pid: int) -> tuple[Path, Path]:
     return folder / f"clientapp-{pid}.sock", folder / f"clientapp-{pid}"
 
 
+def _remove_stubs(folder: Path) -> None:
+    """Remove a stub folder; each step on its own, since the SuperNode's exit and its
+    zygote's both remove it and either may have gone first."""
+    with contextlib.suppress(OSError):
+        (folder / STUB_NAME).unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def remove_leftovers(pid: int) -> bool:
+    """Remove the socket and stub folder of the fast SuperNode that ran as `pid`, once it is
+    gone: a SuperNode and zygote ended by SIGKILL (a stop's grace ran out, Flower's own
+    5 s force-exit) clean up nothing. False, and nothing removed, while `pid` runs."""
+    from fedisguise.deployment import alive
+
+    if alive(pid):
+        return False
+    sock, folder = zygote_paths(pid)
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    _remove_stubs(folder)
+    return True
+
+
 def write_stub(folder: Path, sock: Path, real: str) -> Path:
     """The `flwr-clientapp` stub in `folder` (0700), for the zygote on `sock`."""
     folder.mkdir(mode=0o700, exist_ok=True)
@@ -241,10 +265,7 @@ def serve_zygote(path: Path, watch: int) -> None:
     finally:
         server.close()
         _unlink_own(path, inode)
-        stubs = path.with_suffix("")  # the launcher's stub folder, gone with its zygote
-        with contextlib.suppress(OSError):
-            (stubs / STUB_NAME).unlink()
-            stubs.rmdir()
+        _remove_stubs(path.with_suffix(""))  # the launcher's stub folder, gone with its zygote
 
 
 def _fork_child(conn: socket.socket, server: socket.socket, entry) -> None:

@@ -130,6 +130,44 @@ def test_the_zygote_ends_when_the_process_it_serves_is_gone(zygote_dir):
     assert not sock.exists()
 
 
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_supernode_killed_outright_leaves_files_that_its_federation_removes(zygote_dir):
+    # SIGKILL (a stop's grace ran out, Flower's 5 s force-exit) runs neither the SuperNode's
+    # atexit nor its zygote's cleanup: the socket and the stub folder stay behind
+    from fedisguise.deployment import LocalFederation
+
+    dead = _dead_pid()
+    sock, folder = fast_node.zygote_paths(dead)
+    fast_node.write_stub(folder, sock, "/bin/true")
+    sock.write_text("")
+    live_sock, live_folder = fast_node.zygote_paths(os.getpid())
+    fast_node.write_stub(live_folder, live_sock, "/bin/true")
+    assert not fast_node.remove_leftovers(os.getpid())  # a running SuperNode's are kept
+    assert (live_folder / fast_node.STUB_NAME).exists()
+    federation = LocalFederation(1, zygote_dir / "logs")
+    federation._fast_pids += [dead, os.getpid()]
+    federation.stop()
+    assert not sock.exists() and not folder.exists()
+    assert (live_folder / fast_node.STUB_NAME).exists()
+    assert fast_node.remove_leftovers(dead)  # again: nothing left, no error
+
+
+def test_the_zygote_removes_its_stub_folder_when_the_stub_is_gone_already(zygote_dir):
+    # the SuperNode's exit may remove the stub first; the zygote's rmdir must still happen
+    sock = zygote_dir / "z.sock"
+    folder = sock.with_suffix("")
+    folder.mkdir()
+    process = subprocess.run([sys.executable, "-m", "fedisguise.fast_node", "zygote",
+                              str(sock), "--watch", "1"], cwd=str(ROOT), timeout=120)
+    assert process.returncode == 0
+    assert not folder.exists()
+
+
 def test_the_launcher_refuses_a_bad_command_line():
     process = subprocess.run([sys.executable, "-m", "fedisguise.fast_node", "zygote", "x"],
                              capture_output=True, text=True, cwd=str(ROOT), timeout=60)
