@@ -477,13 +477,13 @@ class LocalFederation:
                 process.wait(timeout=5)
         end_marked(self.marker, grace=1.0)
         self.processes.clear()
-        for pid in self._fast_pids:  # what a SuperNode killed outright left in the worker dir
-            remove_leftovers(pid)
         if self._reaper is not None:
             self._reaper.stdin.close()  # EOF: the reaper looks once more, finds none, exits
             self._reaper.wait(timeout=10)
             self._reaper = None
         shutil.rmtree(self.flwr_home, ignore_errors=True)
+        for pid in self._fast_pids:  # last: what a SuperNode killed outright left behind
+            remove_leftovers(pid)
 
     def pids(self) -> list[int]:
         """Every live process of this federation, re-parented helpers included."""
