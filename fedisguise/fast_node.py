@@ -35,7 +35,6 @@ import contextlib
 import importlib
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -207,7 +206,7 @@ def run_supernode(args: list[str]) -> None:
         def _cleanup() -> None:
             with contextlib.suppress(OSError):
                 zygote.terminate()
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove_stubs(folder)
 
         atexit.register(_cleanup)
         os.environ["PATH"] = os.pathsep.join([str(folder), os.environ.get("PATH", "")])
