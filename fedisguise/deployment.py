@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -87,6 +87,9 @@ _HANDED_OUT_LOCK = threading.Lock()
 # Flower 1.41's flower-supernode binds its runtime API (`--port`) before anything else and
 # exits with this line when the port is taken (flwr/supernode/cli/flower_supernode.py).
 RUNTIME_PORT_TAKEN = "SuperNode Runtime HTTP API failed to start"
+# flower-superlink serves its APIs on `--port` through uvicorn, which logs this line and the
+# SuperLink exits 1 when the port is taken (measured with Flower 1.41).
+SUPERLINK_PORT_TAKEN = "error while attempting to bind on address"
 PORT_TRIES = 3
 
 
@@ -94,7 +97,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now, and not one this process handed out already.
 
     The port is released before the child binds it, so another bind can still take it in
-    between (start_supernode retries that case); handing each out once at least keeps two
+    between (start_on_free_port retries that case); handing each out once at least keeps two
     of our own children from being given the same one.
     """
     with _HANDED_OUT_LOCK:
@@ -126,9 +129,29 @@ def await_listen(host: str, port: int, timeout: float, process: subprocess.Popen
     raise TimeoutError(f"{process.args[0]} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
-def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen) -> None:
-    if not await_listen(host, port, timeout, process):
-        raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
+def start_on_free_port(start: Callable[[], tuple[subprocess.Popen, int]], log: Path,
+                       taken: str, what: str, host: str, timeout: float,
+                       forget: Callable[[subprocess.Popen], None]) -> subprocess.Popen:
+    """Start a process on a port from free_port and wait until it listens there.
+
+    free_port releases the port before the child binds it, so another bind (an outbound
+    connection's port, say) can take it in between. A child that exits with the `taken` line
+    in its `log` is started again on a fresh port, PORT_TRIES times in all, each lost log
+    kept as <log>.port-taken-<try>.log and the lost process handed to `forget`. Returns the
+    last process: listening, or exited for a reason of its own (the caller says so).
+    """
+    process, port = start()
+    for attempt in range(1, PORT_TRIES + 1):
+        if await_listen(host, port, timeout, process):
+            break
+        if attempt == PORT_TRIES or taken not in log.read_text(errors="replace"):
+            break  # it ended for a reason of its own, or kept losing its port
+        log.rename(log.with_name(f"{log.stem}.port-taken-{attempt}.log"))
+        print(f"{what}: port {port} was taken before it bound it; starting it again on a "
+              f"fresh port", file=sys.stderr)
+        forget(process)
+        process, port = start()
+    return process
 
 
 def _descendants(pid: int) -> list[int]:
@@ -327,15 +350,22 @@ class LocalFederation:
                             "--ssl-keyfile", str(self.certificates.key)]
                 if self.supernode_auth:
                     security.append("--enable-supernode-auth")
-            self.port = free_port(self.host)
-            superlink = self._spawn(
-                [flower_command("flower-superlink"), *security,
-                 "--host", self.host, "--port", str(self.port),
-                 # Offline machines cannot `uv sync`; the environment already has the deps.
-                 "--disable-runtime-dependency-installation"],
-                "superlink.log", "superlink",
-            )
-            wait_for_port(self.host, self.port, self.start_timeout, superlink)
+            def spawn_superlink() -> tuple[subprocess.Popen, int]:
+                self.port = free_port(self.host)
+                return self._spawn(
+                    [flower_command("flower-superlink"), *security,
+                     "--host", self.host, "--port", str(self.port),
+                     # Offline machines cannot `uv sync`; the environment has the deps.
+                     "--disable-runtime-dependency-installation"],
+                    "superlink.log", "superlink",
+                ), self.port
+
+            superlink = start_on_free_port(spawn_superlink, self.log_dir / "superlink.log",
+                                           SUPERLINK_PORT_TAKEN, "SuperLink", self.host,
+                                           self.start_timeout, self.processes.remove)
+            if superlink.poll() is not None:
+                raise RuntimeError(f"{superlink.args[0]} exited with code "
+                                   f"{superlink.returncode} (log: {self.log_dir}/superlink.log)")
             write_connection(self.flwr_home, self.address, self.tls, self.root_certificates)
             launches = [self._launch_supernode(pid) for pid in range(self.num_supernodes)]
             for launch in launches:  # all start at once; each is then awaited
@@ -393,25 +423,23 @@ class LocalFederation:
 
     def _until_listening(self, launch: _Launch) -> subprocess.Popen:
         """Wait for the SuperNode's runtime API; one that lost its port to another process
-        between free_port and its bind is started again on a fresh port (PORT_TRIES in
-        all), its log kept as supernode-<n>.port-taken-<try>.log."""
-        log = self.log_dir / f"supernode-{launch.index}.log"
-        try:
-            for attempt in range(1, PORT_TRIES + 1):
-                process = self.supernodes[launch.index]
-                if await_listen(self.host, launch.port, self.start_timeout, process):
-                    break
-                if attempt == PORT_TRIES or RUNTIME_PORT_TAKEN not in log.read_text(
-                        errors="replace"):
-                    break  # it ended for a reason of its own, or kept losing its port
-                log.rename(log.with_name(f"supernode-{launch.index}.port-taken-{attempt}.log"))
-                print(f"SuperNode {launch.index}: port {launch.port} was taken before it bound "
-                      f"it; starting it again on a fresh port", file=sys.stderr)
-                self.processes.remove(process)
+        between free_port and its bind is started again on a fresh port (start_on_free_port),
+        its log kept as supernode-<n>.port-taken-<try>.log."""
+        first = True
+
+        def spawn() -> tuple[subprocess.Popen, int]:
+            nonlocal first
+            if not first:
                 self.supernodes[launch.index] = self._spawn_supernode(launch)
+            first = False
+            return self.supernodes[launch.index], launch.port
+
+        try:
+            return start_on_free_port(spawn, self.log_dir / f"supernode-{launch.index}.log",
+                                      RUNTIME_PORT_TAKEN, f"SuperNode {launch.index}",
+                                      self.host, self.start_timeout, self.processes.remove)
         finally:
             self._starting.discard(launch.index)  # from now on _watch reports its death
-        return process
 
     def _prestart_worker(self, supernode: subprocess.Popen, index: int,
                          partition_id: int) -> None:

@@ -226,6 +226,49 @@ def test_a_supernode_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh
     assert federation_processes(flwr_tmp) == []
 
 
+@pytest.mark.slow
+def test_a_superlink_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh_one(
+        tmp_path, flwr_tmp, monkeypatch):
+    from fedisguise import deployment
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: as an outbound connection's port
+        port = taken.getsockname()[1]
+        handed = iter([port])
+        real = deployment.free_port
+        monkeypatch.setattr(deployment, "free_port", lambda host: next(handed, None) or real(host))
+        with LocalFederation(1, log_dir=tmp_path) as federation:
+            lost = tmp_path / "superlink.port-taken-1.log"
+            assert deployment.SUPERLINK_PORT_TAKEN in lost.read_text()
+            assert federation.port != port and deployment.listening("127.0.0.1", federation.port)
+            superlinks = [p for p in federation.processes if "flower-superlink" in p.args[0]]
+            assert len(superlinks) == 1 and superlinks[0].poll() is None  # the lost one forgotten
+            assert f"--superlink 127.0.0.1:{federation.port}" in " ".join(
+                map(str, federation.supernodes[0].args))
+            assert federation.supernodes[0].poll() is None
+    assert federation_processes(flwr_tmp) == []
+
+
+def test_a_superlink_that_fails_for_another_reason_is_reported_not_retried(tmp_path, monkeypatch):
+    from fedisguise import deployment
+
+    starts = []
+
+    def spawn(self, args, log_name, node):  # a SuperLink that exits at once, not for its port
+        starts.append(args)
+        (tmp_path / log_name).write_text("ERROR: something else went wrong\n")
+        process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        process.wait()
+        self.processes.append(process)
+        return process
+
+    monkeypatch.setattr(deployment.LocalFederation, "_spawn", spawn)
+    monkeypatch.setattr(deployment.LocalFederation, "_start_reaper", lambda self: None)
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        LocalFederation(1, log_dir=tmp_path).__enter__()
+    assert len(starts) == 1 and not list(tmp_path.glob("*.port-taken-*"))
+
+
 def test_free_port_never_hands_out_a_port_twice():
     from fedisguise.deployment import free_port
 

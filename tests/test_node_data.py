@@ -95,7 +95,6 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
         return Process()
 
     monkeypatch.setattr(deployment.LocalFederation, "_spawn", spawn)
-    monkeypatch.setattr(deployment, "wait_for_port", lambda *a, **k: None)
     monkeypatch.setattr(deployment, "await_listen", lambda *a, **k: True)
     monkeypatch.setattr(deployment, "submit_run", lambda *a, **k: None)
     deployment.run_deployment(cfg)
