@@ -214,19 +214,34 @@ class Interrupted(KeyboardInterrupt):
 def install_signal_handlers() -> None:
     """Ctrl-C and SIGTERM both unwind as KeyboardInterrupt, so results are marked and child
     processes stopped on either."""
+    from fedisguise import interrupts
+
     def on_term(signum: int, frame: object) -> None:
+        interrupts.record("SIGTERM")
         raise Interrupted("SIGTERM")
 
+    def on_int(signum: int, frame: object) -> None:
+        interrupts.record("SIGINT")
+        raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, on_int)
+
+
+def _terminated(why: BaseException) -> bool:
+    """SIGTERM: raised as Interrupted, or the first signal recorded (fedisguise.interrupts)
+    where a clean-up error stood in for it."""
+    from fedisguise import interrupts
+
+    return isinstance(why, Interrupted) or interrupts.received() == "SIGTERM"
 
 
 def interrupt_name(why: BaseException) -> str:
-    return "terminated (SIGTERM)" if isinstance(why, Interrupted) else "interrupted (Ctrl-C)"
+    return "terminated (SIGTERM)" if _terminated(why) else "interrupted (Ctrl-C)"
 
 
 def interrupt_code(why: BaseException) -> int:
-    return 128 + (signal.SIGTERM if isinstance(why, Interrupted) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if _terminated(why) else signal.SIGINT)
 
 
 def hard_exit(code: int) -> None:

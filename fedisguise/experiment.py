@@ -60,6 +60,7 @@ def run_experiment(cfg: Config, superlink: str | None = None, force: bool = Fals
     claim_run_dir(cfg, force)
     metrics_path = cfg.run_dir / "metrics.json"
     from fedisguise import transform
+    from fedisguise.interrupts import as_interrupt
     from fedisguise.results import mark_interrupted, rewrite_record
 
     try:
@@ -74,6 +75,10 @@ def run_experiment(cfg: Config, superlink: str | None = None, force: bool = Fals
         mark_interrupted(cfg.run_dir, cfg.to_dict(), str(why) or "interrupted (Ctrl-C)")
         raise
     except Exception as err:
+        interrupt = as_interrupt(err)  # a clean-up error raised while a signal unwound
+        if interrupt is not None:
+            mark_interrupted(cfg.run_dir, cfg.to_dict(), str(interrupt))
+            raise interrupt from err
         _mark_failed(metrics_path, f"{type(err).__name__}: {err}")
         raise
     if not metrics_path.is_file():
@@ -103,12 +108,17 @@ def run_experiment(cfg: Config, superlink: str | None = None, force: bool = Fals
             from fedisguise.attacks.suite import run_attacks
 
             record["attacks"] = run_attacks(cfg, cfg.run_dir)
-    except KeyboardInterrupt as why:  # the figures done so far are kept
+    except (KeyboardInterrupt, Exception) as why:  # the figures done so far are kept
+        interrupt = why if isinstance(why, KeyboardInterrupt) else as_interrupt(why)
+        if interrupt is None:
+            raise
         record["status"] = "interrupted"
-        record["error"] = f"{why or 'interrupted (Ctrl-C)'} after training, during the " \
-                          "privacy figures or attacks"
+        record["error"] = f"{interrupt or 'interrupted (Ctrl-C)'} after training, during " \
+                          "the privacy figures or attacks"
         rewrite_record(cfg.run_dir, record)
-        raise
+        if interrupt is why:
+            raise
+        raise interrupt from why
     return rewrite_record(cfg.run_dir, record)
 
 
