@@ -103,39 +103,91 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
         (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
+UNROLLED_OPTIMIZERS = ("sgd", "adam", "st-adam")  # the client optimizers unrolled below
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # fedisguise.training's Adam and ST-Adam (torch defaults)
+# The attack's soft sign (see _simulated_delta), measured with bench/adam_inversion.py on
+# one-image ST-Adam updates: 0.003 / 0.01 / 0.03 / 0.1 / 0.3 gave 10.5 / 11.1 / 11.6 / 10.7 /
+# 9.6 dB, the effective gradient 4.5 dB.
+DEFAULT_SOFTNESS = 0.03
+# An Adam-family update holds signs only, so the image prior weighs more: TV 0.001 / 0.01 /
+# 0.05 / 0.15 / 0.5 gave 9.4 / 11.6 / 13.3 / 13.9 / 12.3 dB on the same updates.
+DEFAULT_ADAM_TV_WEIGHT = 0.15
+
+
 def _simulated_delta(model: nn.Module, params: dict[str, torch.Tensor], images: torch.Tensor,
                      labels: torch.Tensor, lr: float, steps: int | Sequence[int],
-                     momentum: float = 0.0, create_graph: bool = True
+                     momentum: float = 0.0, create_graph: bool = True, optimizer: str = "sgd",
+                     weight_decay: float = 0.0, softness: float = 0.0
                      ) -> dict[str, torch.Tensor]:
-    """θ0 − θ_end after the client's SGD steps on the dummy batch (Geiping et al. §5).
+    """θ0 − θ_end after the client's local steps on the dummy batch (Geiping et al. §5).
 
     `steps` is a count (equal consecutive slices) or the size of every step, as the server
     knows them from num_examples, batch size and local steps (`ServerView.step_sizes`); the
     dummies are taken in order and reused from the start once an epoch is used up (the
-    client's reshuffle between epochs is unknown to the server). `momentum` is the client
-    optimizer's heavy-ball term (torch.optim.SGD's convention)."""
+    client's reshuffle between epochs is unknown to the server).
+
+    `optimizer` is the client's, with fedisguise.training's settings and a fresh state each
+    round: "sgd" (`momentum` its heavy-ball term), "adam" (β1 = `momentum` or 0.9) or
+    "st-adam" (fedisguise.optim: Adam without bias corrections, `momentum` its added term);
+    `weight_decay` is L2 added to the gradient, as torch does. An Adam step is
+    m/(√v + ε): its first one is ±lr per weight, the gradient's sign, whose derivative is
+    zero almost everywhere, so an inversion through it learns nothing. `softness` > 0 is the
+    attack's remedy, a soft sign: ε becomes softness·RMS(√v) per tensor, so entries well
+    above that RMS keep their sign and small ones stay linear and differentiable. 0 replays
+    the client exactly.
+    """
+    if optimizer not in UNROLLED_OPTIMIZERS:
+        raise ValueError(f"cannot unroll optimizer {optimizer!r}; valid: {UNROLLED_OPTIMIZERS}")
+    if softness < 0:
+        raise ValueError(f"softness must be >= 0, got {softness}")
     if isinstance(steps, int):
         slices = [len(c) for c in images.chunk(steps)]
     else:
         slices = list(steps)
     n, start = len(images), 0
-    current, velocity = dict(params), None
-    for size in slices:
+    beta1 = (momentum or 0.9) if optimizer == "adam" else 0.9
+    current, first, second, velocity = dict(params), None, None, None
+    for t, size in enumerate(slices, start=1):
         idx = (torch.arange(start, start + size, device=images.device) % n)
         start = (start + size) % n
         loss = F.cross_entropy(functional_call(model, current, (images[idx],)), labels[idx])
-        grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
-        if momentum:
-            velocity = list(grads) if velocity is None else [
-                momentum * v + g for v, g in zip(velocity, grads, strict=True)]
-            grads = velocity
+        grads = list(torch.autograd.grad(loss, list(current.values()),
+                                         create_graph=create_graph))
+        if weight_decay:
+            grads = [g + weight_decay * p for g, p in zip(grads, current.values(), strict=True)]
+        if optimizer == "sgd":
+            if momentum:
+                velocity = grads if velocity is None else [
+                    momentum * v + g for v, g in zip(velocity, grads, strict=True)]
+                grads = velocity
+        else:
+            first = [(1 - beta1) * g for g in grads] if first is None else [
+                beta1 * m + (1 - beta1) * g for m, g in zip(first, grads, strict=True)]
+            second = [(1 - ADAM_BETA2) * g * g for g in grads] if second is None else [
+                ADAM_BETA2 * v + (1 - ADAM_BETA2) * g * g
+                for v, g in zip(second, grads, strict=True)]
+            m_hat, v_hat = first, second
+            if optimizer == "adam":  # torch's bias corrections; ST-Adam keeps the raw moments
+                m_hat = [m / (1 - beta1 ** t) for m in first]
+                v_hat = [v / (1 - ADAM_BETA2 ** t) for v in second]
+            grads = []
+            for m, v in zip(m_hat, v_hat, strict=True):
+                root = (v + 1e-30).sqrt() if create_graph else v.sqrt()  # √0's gradient is inf
+                eps = ADAM_EPS + softness * (v.mean() + 1e-30).sqrt() if softness else ADAM_EPS
+                grads.append(m / (root + eps))
+            if optimizer == "st-adam" and momentum:
+                velocity = grads if velocity is None else [
+                    momentum * u + g for u, g in zip(velocity, grads, strict=True)]
+                grads = velocity
         current = {n_: p - lr * g for (n_, p), g in zip(current.items(), grads, strict=True)}
     return {n_: params[n_] - current[n_] for n_ in params}
 
 
 def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: int,
            image_shape: tuple[int, int, int], lr: float, steps: int | Sequence[int] = 1,
-           momentum: float = 0.0, labels: torch.Tensor | None = None, method: str = "ig",
+           momentum: float = 0.0, optimizer: str = "sgd", weight_decay: float = 0.0,
+           softness: float = DEFAULT_SOFTNESS, labels: torch.Tensor | None = None,
+           method: str = "ig",
            delta_mode: str = "effective-gradient", iterations: int = 2000,
            step_size: float | None = None, tv_weight: float = 1e-4, restarts: int = 1,
            signed: bool = True, init: str = "uniform", seed: int = 0,
@@ -147,6 +199,9 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
     learning rate for IG (default 0.1) and L-BFGS's for DLG (default 1, the step the
     strong-Wolfe line search starts from). `box` bounds the images' values: [0, 1] for
     plain images; a disguise's output range where the attacker knows its algorithm.
+    `optimizer`, `momentum` and `weight_decay` are the client's, used where delta_mode is
+    "unrolled" (_simulated_delta; the effective gradient reads every update as SGD's), and
+    `softness` is the soft sign an Adam-family unrolling matches with.
     """
     if method not in METHODS:
         raise ValueError(f"unknown gradient inversion method {method!r}; valid: {METHODS}")
@@ -182,7 +237,9 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
 
     def observed(x: torch.Tensor) -> dict[str, torch.Tensor]:
         if delta_mode == "unrolled":
-            return _simulated_delta(model, params, x, labels, lr, steps, momentum)
+            return _simulated_delta(model, params, x, labels, lr, steps, momentum,
+                                    optimizer=optimizer, weight_decay=weight_decay,
+                                    softness=softness)
         loss = F.cross_entropy(functional_call(model, params, (x,)), labels)
         return dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names],
                                                    create_graph=True), strict=True))
@@ -283,9 +340,12 @@ def output_range(knowledge: Knowledge, seed: int, sample: int = 256) -> tuple[fl
 class GradientInversion(Attack):
     """Inverts one captured update. The number of images, their shape and the client's
     steps come from the server's view: num_examples, batch size, local steps and epochs,
-    learning rate and momentum are what the server itself configured. `delta_mode = "auto"`
-    unrolls the client's SGD steps when the update holds more than one, and matches the
-    effective gradient otherwise (identical for one step)."""
+    learning rate, optimizer, momentum and weight decay are what the server itself
+    configured. `delta_mode = "auto"` unrolls the client's steps when the update holds more
+    than one SGD step or any Adam / ST-Adam step (whose update is a sign, no gradient), and
+    matches the effective gradient otherwise (identical for one SGD step). `tv_weight`
+    weighs the image prior against an SGD update, `adam_tv_weight` against an Adam / ST-Adam
+    one; figures record the one used."""
 
     name = "gradient_inversion"
     evidence = "update"
@@ -299,7 +359,9 @@ class GradientInversion(Attack):
 
     def __init__(self, method: str = "ig", delta_mode: str = "auto", iterations: int = 1000,
                  step_size: float | None = None, tv_weight: float = 0.01, restarts: int = 1,
-                 max_batch: int = 256, init: str = "uniform") -> None:
+                 max_batch: int = 256, init: str = "uniform",
+                 softness: float = DEFAULT_SOFTNESS,
+                 adam_tv_weight: float = DEFAULT_ADAM_TV_WEIGHT) -> None:
         if method not in METHODS or delta_mode not in (*DELTA_MODES, "auto"):
             raise ValueError(f"method must be one of {METHODS} and delta_mode one of "
                              f"{(*DELTA_MODES, 'auto')}, got {method!r}, {delta_mode!r}")
@@ -312,6 +374,12 @@ class GradientInversion(Attack):
                              f"dlg), got {step_size!r}")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid: {INITS}")
+        for name, value in (("softness", softness), ("tv_weight", tv_weight),
+                            ("adam_tv_weight", adam_tv_weight)):
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        self.softness, self.adam_tv_weight = float(softness), float(adam_tv_weight)
         self.method, self.delta_mode, self.iterations = method, delta_mode, iterations
         self.step_size, self.tv_weight, self.restarts = step_size, tv_weight, restarts
         self.max_batch, self.init = max_batch, init
@@ -328,23 +396,26 @@ class GradientInversion(Attack):
                 **settings, "status": "not applicable",
                 "reason": f"the update covers {count} images (> max_batch {self.max_batch})"})
         unrolled = (self.delta_mode == "unrolled" or (
-            self.delta_mode == "auto" and len(sizes) > 1 and view.optimizer == "sgd"))
+            self.delta_mode == "auto" and (len(sizes) > 1 or view.optimizer != "sgd")))
         c, h, _ = view.image_shape
         model = build_model(view.model_name, c, view.num_classes, h).to(runtime.device)
         model.load_state_dict(view.global_state)
         delta = update_delta(model, view.global_state, view.client_state)
         box = output_range(knowledge, runtime.seed)
+        tv_weight = self.tv_weight if view.optimizer == "sgd" else self.adam_tv_weight
         out = invert(model, delta, batch_size=count, image_shape=view.image_shape, lr=view.lr,
                      steps=sizes, momentum=view.momentum if unrolled else 0.0,
-                     method=self.method,
+                     optimizer=view.optimizer, weight_decay=view.weight_decay,
+                     softness=self.softness, method=self.method,
                      delta_mode="unrolled" if unrolled else "effective-gradient",
                      iterations=self.iterations, step_size=self.step_size,
-                     tv_weight=self.tv_weight, restarts=self.restarts, init=self.init,
+                     tv_weight=tv_weight, restarts=self.restarts, init=self.init,
                      seed=runtime.seed, box=box, progress=runtime.progress)
         return Reconstruction(images=out["images"], labels=out["labels"], space="disguised",
                               figures={**settings, "status": "ok", "box": list(box),
                                        "delta_mode": "unrolled" if unrolled
                                        else "effective-gradient",
+                                       "optimizer": view.optimizer, "tv_weight": tv_weight,
                                        "iterations": out["iterations"],
                                        "seconds": out["seconds"], "final_loss": out["loss"],
                                        "iterations_per_s": out["iterations"] / out["seconds"]})
