@@ -155,12 +155,7 @@ def _simulated_delta(model: nn.Module, params: dict[str, torch.Tensor], images: 
                                          create_graph=create_graph))
         if weight_decay:
             grads = [g + weight_decay * p for g, p in zip(grads, current.values(), strict=True)]
-        if optimizer == "sgd":
-            if momentum:
-                velocity = grads if velocity is None else [
-                    momentum * v + g for v, g in zip(velocity, grads, strict=True)]
-                grads = velocity
-        else:
+        if optimizer != "sgd":
             first = [(1 - beta1) * g for g in grads] if first is None else [
                 beta1 * m + (1 - beta1) * g for m, g in zip(first, grads, strict=True)]
             second = [(1 - ADAM_BETA2) * g * g for g in grads] if second is None else [
@@ -175,10 +170,10 @@ def _simulated_delta(model: nn.Module, params: dict[str, torch.Tensor], images: 
                 root = (v + 1e-30).sqrt() if create_graph else v.sqrt()  # √0's gradient is inf
                 eps = ADAM_EPS + softness * (v.mean() + 1e-30).sqrt() if softness else ADAM_EPS
                 grads.append(m / (root + eps))
-            if optimizer == "st-adam" and momentum:
-                velocity = grads if velocity is None else [
-                    momentum * u + g for u, g in zip(velocity, grads, strict=True)]
-                grads = velocity
+        if momentum and optimizer != "adam":  # SGD: heavy ball; ST-Adam: its added term
+            velocity = grads if velocity is None else [
+                momentum * u + g for u, g in zip(velocity, grads, strict=True)]
+            grads = velocity
         current = {n_: p - lr * g for (n_, p), g in zip(current.items(), grads, strict=True)}
     return {n_: params[n_] - current[n_] for n_ in params}
 
