@@ -117,14 +117,57 @@ def listening(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _listening_sockets(port: int) -> set[str] | None:
+    """The 'socket:[inode]' names of every TCP socket listening on `port`, from /proc/net;
+    None where the kernel gives no /proc/net (not Linux)."""
+    names: set[str] = set()
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()  # sl local_address rem_address st ... uid timeout inode
+            if (len(fields) > 9 and fields[3] == "0A"
+                    and int(fields[1].rsplit(":", 1)[1], 16) == port):
+                names.add(f"socket:[{fields[9]}]")
+    return names if found else None
+
+
+def listens(process: subprocess.Popen, host: str, port: int) -> bool:
+    """True if `process` or one of its descendants listens on host:port.
+
+    Another process listening there (one that took the port between free_port and the
+    child's bind) does not count: its child will exit with the port-taken line, and
+    start_on_free_port starts it again. Without /proc/net, anything listening counts.
+    """
+    sockets = _listening_sockets(port)
+    if sockets is None:
+        return listening(host, port)
+    for pid in [process.pid, *_descendants(process.pid)]:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in sockets:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def await_listen(host: str, port: int, timeout: float, process: subprocess.Popen) -> bool:
-    """True once something listens on host:port, False if `process` exits first."""
+    """True once `process` (or a descendant) listens on host:port, False if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if listening(host, port):
+        if listens(process, host, port):
             return True
         if process.poll() is not None:
-            return listening(host, port)
+            return False
         time.sleep(0.1)
     raise TimeoutError(f"{process.args[0]} did not listen on {host}:{port} within {timeout:.0f} s")
 

@@ -269,6 +269,73 @@ def test_a_superlink_that_fails_for_another_reason_is_reported_not_retried(tmp_p
     assert len(starts) == 1 and not list(tmp_path.glob("*.port-taken-*"))
 
 
+LISTEN_AND_WAIT = """
+import socket, sys, time
+with socket.socket() as server:
+    try:
+        server.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError as error:
+        open(sys.argv[2], "a").write(f"ERROR: [Errno 98] error while attempting to bind on address: {error}\\n")
+        raise SystemExit(1)
+    server.listen()
+    time.sleep(60)
+"""
+
+
+def test_a_port_another_process_listens_on_is_not_mistaken_for_the_childs(tmp_path):
+    """free_port's port taken by a foreign *listener*: the child is not 'up' because something
+    answers there; it exits with the port-taken line and starts again on a fresh port."""
+    from fedisguise import deployment
+
+    log = tmp_path / "superlink.log"
+    started, forgotten = [], []
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        taken = foreign.getsockname()[1]
+        fresh = deployment.free_port()
+        ports = iter([taken, fresh])
+
+        def start() -> tuple[subprocess.Popen, int]:
+            port = next(ports)
+            log.write_text("")
+            started.append(subprocess.Popen([sys.executable, "-c", LISTEN_AND_WAIT, str(port),
+                                             str(log)]))
+            return started[-1], port
+
+        try:
+            process = deployment.start_on_free_port(start, log, deployment.SUPERLINK_PORT_TAKEN,
+                                                    "SuperLink", "127.0.0.1", 30,
+                                                    forgotten.append)
+            assert process is started[1] and forgotten == [started[0]]
+            assert started[0].returncode == 1 and process.poll() is None
+            assert deployment.listens(process, "127.0.0.1", fresh)
+            assert not deployment.listens(process, "127.0.0.1", taken)
+            assert deployment.listening("127.0.0.1", taken)  # what the old check looked at
+            lost = tmp_path / "superlink.port-taken-1.log"
+            assert deployment.SUPERLINK_PORT_TAKEN in lost.read_text()
+        finally:
+            for child in started:
+                child.kill()
+                child.wait()
+
+
+def test_a_listener_in_a_grandchild_counts_as_the_childs(tmp_path):
+    from fedisguise import deployment
+
+    port = deployment.free_port()
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               "sys.argv[1], sys.argv[2], sys.argv[3]])",
+                               LISTEN_AND_WAIT, str(port), str(tmp_path / "log")],
+                              start_new_session=True)
+    try:
+        assert deployment.await_listen("127.0.0.1", port, 30, parent)
+    finally:
+        deployment._signal_tree(parent, signal.SIGKILL)
+        parent.wait()
+
+
 def test_free_port_never_hands_out_a_port_twice():
     from fedisguise.deployment import free_port
 
