@@ -28,6 +28,27 @@ def test_epsilon_grows_with_steps_shrinks_with_noise_and_meets_its_target():
     assert steps_per_round(1000, 32, 2, 0) == 64 and steps_per_round(1000, 32, 2, 5) == 5
 
 
+def test_the_noise_search_runs_once_per_question_not_once_per_client_and_round(monkeypatch):
+    """Opacus's bisection costs about 8 client rounds of training (bench/dp_round.py); every
+    client asks it the same question each round, so it is answered once."""
+    import fedisguise.dp as dp
+
+    searches = []
+    real = dp.get_noise_multiplier
+
+    def counted(**kwargs):
+        searches.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(dp, "get_noise_multiplier", counted)
+    dp.planned_noise.cache_clear()
+    sigmas = {planned_noise(8.0, 1e-5, 32 / 250, 160) for _ in range(20 * 3)}
+    assert len(searches) == 1 and len(sigmas) == 1
+    assert planned_noise(4.0, 1e-5, 32 / 250, 160) > sigmas.pop()  # a new target is searched
+    assert len(searches) == 2
+    dp.planned_noise.cache_clear()
+
+
 def test_batchnorm_models_and_soft_labels_are_rejected_with_the_reason():
     with pytest.raises(ValueError, match="BatchNorm"):
         check_model(build_model("resnet20", 3, 10, 32), "resnet20")
