@@ -100,3 +100,34 @@ def test_the_table_flags_dominated_settings_and_draws_both_frontiers(tmp_path, m
     assert csv_text.splitlines()[0].endswith(",dominated_by")
     assert any(line.startswith("vfe-2,visualmixer,") and line.endswith(",vfe-1")
                for line in csv_text.splitlines())
+
+
+def _merge_module():
+    """docs/merge_frontiers.py, the results page's joiner, loaded from its path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "merge_frontiers.py"
+    spec = importlib.util.spec_from_file_location("merge_frontiers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_results_page_joins_a_runs_rows_with_earlier_ones_and_judges_them_together():
+    merge = _merge_module()
+    run = {"rows": [
+        {"defence": "none", "accuracy": 0.66, "best.psnr_vs_original": 17.0},
+        {"defence": "shuffle", "accuracy": None, "best.psnr_vs_original": None},
+        {"defence": "dp", "accuracy": 0.40, "best.psnr_vs_original": 6.0},
+    ]}
+    earlier = {"rows": [
+        {"defence": "shuffle", "accuracy": 0.70, "best.psnr_vs_original": 12.0},
+        {"defence": "dp", "accuracy": 0.99, "best.psnr_vs_original": 1.0},  # the run's wins
+    ]}
+    rows = merge.merged_rows(run, earlier)
+    assert [(r["defence"], r["accuracy"]) for r in rows] == [
+        ("none", 0.66), ("shuffle", 0.70), ("dp", 0.40)]
+    assert [r["dominated_by"] for r in rows] == [["shuffle"], [], []]
+    with pytest.raises(SystemExit, match="not in the run's grid: ghost"):
+        merge.merged_rows(run, {"rows": [{"defence": "ghost", "accuracy": 0.5}]})
