@@ -101,7 +101,8 @@ def write_frontiers(out: Path, title: str, rows: Sequence[Mapping[str, Any]]) ->
                                 key=lambda r: r["accuracy"])
                 if not points:
                     continue
-                colour = f"C{i % 10}"
+                # more curves than the default cycle's 10 colours would repeat one
+                colour = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")(i % 20)
                 xs, ys = [r["accuracy"] for r in points], [r[key] for r in points]
                 panel.plot(xs, ys, "-", color=colour, alpha=0.6, label=curve)
                 for r, x, y in zip(points, xs, ys, strict=True):
