@@ -57,7 +57,18 @@ PY
     --implementation cp --abi cp312 --abi abi3 --abi none "${platforms[@]}" --platform any \
     -d "$wheels" -r /tmp/fedisguise-closure.txt
   rm -rf "$stage" && mkdir -p "$stage"
-  for w in "$wheels"/*.whl; do python -m zipfile -e "$w" "$stage"; done
+  python - "$stage" "$wheels"/*.whl <<'PY'
+import os
+import sys
+import zipfile
+
+for wheel in sys.argv[2:]:  # as pip would: keep the executable bits (Ray's raylet, gcs_server)
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            path = archive.extract(info, sys.argv[1])
+            if info.external_attr >> 16:
+                os.chmod(path, (info.external_attr >> 16) & 0o777)
+PY
   # Never imported here: Ray's Java jars, dashboard front-end and libraries; the image's own
   # PyYAML, Pygments and uvloop serve.
   rm -rf "$stage"/ray/{jars,dashboard/client,rllib,data,serve,tune,train,llm} \
@@ -72,7 +83,10 @@ PY
   done
   cp "$data"/*labels-idx1-ubyte.gz .dev/fmnist/
   du -sh .dev/site312.tar.xz .dev/fmnist
-  echo "the call carries $(du -sm --exclude=.git . | cut -f1) MB of at most 64 MiB"
+  # what travels: tracked and untracked-not-ignored files, plus the carried .dev
+  local tree
+  tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)
+  echo "the call carries $(( (tree + $(du -sb .dev | cut -f1)) / 1048576 )) MiB of at most 64"
 }
 
 run_there() {
