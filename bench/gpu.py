@@ -139,7 +139,8 @@ def stage_rounds(bench: Bench) -> None:
     runs = bench.report.setdefault("rounds", {})
     rounds = bench.args.rounds
     settings = [("cpu", ["resources.num_gpus=0", "resources.device=cpu"])]
-    settings += [(f"gpu-{f:g}", [f"resources.num_gpus={f}", f"resources.device={bench.args.device}"])
+    device = f"resources.device={bench.args.device}"
+    settings += [(f"gpu-{f:g}", [f"resources.num_gpus={f}", device])
                  for f in bench.args.fractions]
     for name, overrides in settings:
         out = bench.run(f"rounds-{name}", utility, [f"experiment.rounds={rounds}", *overrides],
@@ -177,7 +178,8 @@ def stage_cells(bench: Bench) -> None:
             bench.report["failed"][name] = "no such cell in the full grid"
             continue
         try:
-            overrides = [f"resources.device={bench.args.device}"] + ([f"train.lr={lr}"] if lr else [])
+            overrides = [f"resources.device={bench.args.device}",
+                         *([f"train.lr={lr}"] if lr else [])]
             out = bench.run(name, configs[name], overrides, need=90)
         except OutOfBudget as why:
             bench.report["skipped"].append(str(why))
