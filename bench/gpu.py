@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,15 +103,21 @@ class Bench:
         record["_client_devices"] = sorted({str(u.get("client_device")) for u in updates})
         return {"record": record, "wall_s": wall}
 
+    def attempt(self, label: str, body: Any) -> Any:
+        """body()'s value; None where it ran out of budget (listed under `skipped`) or
+        failed (under `failed`): one broken stage or cell must not lose the others."""
+        try:
+            return body()
+        except OutOfBudget as why:
+            self.report["skipped"].append(str(why))
+        except Exception as err:  # noqa: BLE001
+            self.report["failed"][label] = f"{type(err).__name__}: {err}"
+        return None
+
     def stage(self, label: str, body: Any) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {label} ({self.left():.0f} s left)",
               file=sys.stderr, flush=True)
-        try:
-            body()
-        except OutOfBudget as why:
-            self.report["skipped"].append(str(why))
-        except Exception as err:  # noqa: BLE001 - one broken stage must not lose the others
-            self.report["failed"][label] = f"{type(err).__name__}: {err}"
+        self.attempt(label, body)
         self.save()
 
 
@@ -177,19 +182,13 @@ def stage_cells(bench: Bench) -> None:
         if name not in configs:
             bench.report["failed"][name] = "no such cell in the full grid"
             continue
-        try:
-            overrides = [f"resources.device={bench.args.device}",
-                         *([f"train.lr={lr}"] if lr else [])]
-            out = bench.run(name, configs[name], overrides, need=90)
-        except OutOfBudget as why:
-            bench.report["skipped"].append(str(why))
-            continue
-        except Exception as err:  # noqa: BLE001
-            bench.report["failed"][name] = f"{type(err).__name__}: {err}"
-            continue
-        runs[name] = {**summary(out), "lr": configs[name].with_overrides(
-            [f"train.lr={lr}"] if lr else []).train.lr}
-        bench.save()
+        overrides = [f"resources.device={bench.args.device}",
+                     *([f"train.lr={lr}"] if lr else [])]
+        out = bench.attempt(name, lambda n=name, o=overrides: bench.run(n, configs[n], o,
+                                                                        need=90))
+        if out is not None:
+            runs[name] = {**summary(out), "lr": out["record"]["config"]["train"]["lr"]}
+            bench.save()
 
 
 def main() -> None:
