@@ -337,6 +337,28 @@ def test_every_shipped_config_builds(path):
         assert small.train.optimizer == big.train.optimizer
 
 
+def test_the_cpu_grid_holds_every_setting_of_the_full_grid():
+    """docs/results-fmnist.md reads the CPU grid's rows as the full grid's settings at a
+    smaller size: each of the full grid's defences is there, with the same disguise,
+    optimizer, partitioner, key scope and DP (transform-net's h_θ budget is cut down too)."""
+    def settings(name):
+        grid = load_grid(REPO / "configs" / name)
+        first = {}
+        for cell in grid.cells:
+            c = cell.config
+            disguise = c.to_dict()["disguise"]
+            if isinstance(disguise, dict) and c.disguise_name == "transform-net":
+                disguise = {k: v for k, v in disguise.items() if k in ("name", "alpha")}
+            first.setdefault(cell.defence, (c.disguise_name, disguise, c.train.optimizer,
+                                            c.data.partitioner, c.client.key_scope,
+                                            c.client.redisguise_each_round, c.dp))
+        return first
+    full, cpu = settings("compare-fmnist-full.toml"), settings("compare-fmnist-cpu.toml")
+    assert len(full) == 32 and list(cpu) == list(full)
+    for label, setting in full.items():
+        assert cpu[label] == setting, label
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST), reason="needs Debian's Fashion-MNIST")
 def test_compare_smoke_grid_end_to_end(tmp_path):
