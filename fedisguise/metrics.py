@@ -2,7 +2,10 @@
 
 - `psnr`, `ssim`: reconstruction quality (Wang et al. 2004 SSIM, 11×11 Gaussian window,
   σ = 1.5, K1 = 0.01, K2 = 0.03, valid filtering);
-- `vfe`: visual feature entropy as the VisualMixer authors' code computes it (DESIGN.md);
+- `vfe`, `region_vfe`: visual feature entropy as the VisualMixer authors' code computes it
+  (`Edison9419/ndss`, VisualMixer.py `vfe`/`partial_derivative`: every region zero-padded on
+  its own right and bottom before the differences); `pixel_gradient` is the one other
+  gradient field, padded at the image border only, which our `visualmixer` plans with;
 - `visual_privacy` (DisguisedNets §4): 1 − accuracy of a DNN examiner trained on plain images,
   tested on disguised ones; `misusability`: accuracy of a disguise-trained model on plain images.
 """
@@ -59,7 +62,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int 
 
 
 def pixel_gradient(images: torch.Tensor) -> torch.Tensor:
-    """(I[x+1,y] − I[x,y])² + (I[x,y+1] − I[x,y])² per pixel, zero padding past the border.
+    """(I[x+1,y] − I[x,y])² + (I[x,y+1] − I[x,y])² per pixel, zero padding past the *image*
+    border only: the gradient field our `visualmixer` plans its windows with (§IV-D density).
+    It is not the authors' VFE, which pads every region (`region_vfe`): a region's last row
+    and column here take differences with the next region's pixels instead of with zero.
 
     Written into preallocated outputs: a padded copy and temporaries cost 4× the time.
     """
@@ -92,19 +98,32 @@ def block_sums(x: torch.Tensor, b: int) -> torch.Tensor:
     return out.view(*lead, h // b, w // b)
 
 
-def region_vfe(images: torch.Tensor, region: int) -> torch.Tensor:
-    """VFE of every region: the gradient summed over region×region cells -> N×C×H/r×W/r."""
-    if images.ndim != 4:
-        raise ValueError(f"images must be N×C×H×W, got {tuple(images.shape)}")
+def region_vfe(images: torch.Tensor, region: int, stride: int = 0) -> torch.Tensor:
+    """The authors' VFE of every region -> N×C×rows×cols: the crops of region×region pixels
+    `stride` apart (0 = `region`: a tiling), each zero-padded on its right and bottom, the
+    squared forward differences summed over the crop. As in the authors' code, crops that
+    would pass the image's edge are not taken (a remainder narrower than a crop is left out).
+    """
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be a float N×C×H×W tensor, got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf")
+    stride = stride or region
     h, w = images.shape[-2:]
-    if region < 1 or h % region or w % region:
-        raise ValueError(f"image size {h}×{w} is not divisible by region {region}")
-    return block_sums(pixel_gradient(images), region)
+    if region < 1 or stride < 1 or region > min(h, w):
+        raise ValueError(f"region {region} (stride {stride}) does not fit a {h}×{w} image")
+    crops = images.unfold(2, region, stride).unfold(3, region, stride)  # N×C×r×c×R×R views
+    # zero padding: the last row and column differ from 0, i.e. contribute pixel²
+    down = F.pad(crops[..., 1:, :], (0, 0, 0, 1)) - crops
+    right = F.pad(crops[..., :, 1:], (0, 1)) - crops
+    return (down.square_() + right.square_()).sum((-1, -2))
 
 
-def vfe(images: torch.Tensor, region: int = 4) -> torch.Tensor:
-    """Image VFE: region VFE averaged over regions and channels, one value per image."""
-    return region_vfe(images, region).flatten(1).mean(1)
+def vfe(images: torch.Tensor, region: int = 4, stride: int = 0) -> torch.Tensor:
+    """Image VFE as the authors compute it: `region_vfe` averaged over regions and channels,
+    one value per image."""
+    return region_vfe(images, region, stride).flatten(1).mean(1)
 
 
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedisguise.metrics import misusability, pixel_gradient, psnr, region_vfe, ssim, \
-    visual_privacy, vfe
+from fedisguise.metrics import block_sums, misusability, pixel_gradient, psnr, region_vfe, \
+    ssim, visual_privacy, vfe
 
 
 def test_psnr_matches_its_definition_per_image():
@@ -45,18 +45,62 @@ def test_ssim_matches_a_direct_reference_and_orders_degradations():
     assert ssim(x, z) < ssim(x, y) < 1
 
 
-def test_vfe_follows_the_authors_gradient_and_region_sums():
-    img = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])
-    # (0,0): down 0, right 1 -> 1.  (0,1) = 1: down 0 -> 1, right is zero padding -> 1.
-    # (1,0) and (1,1): all neighbours 0 -> 0.
-    grad = pixel_gradient(img)
-    assert grad[0, 0].tolist() == [[1.0, 2.0], [0.0, 0.0]]
-    assert region_vfe(img, 2).item() == pytest.approx(3.0)
-    assert vfe(img, 1).item() == pytest.approx(0.75)
+def _vfe_by_loops(image: torch.Tensor, size: int, stride: int) -> float:
+    """The authors' VFE written out pixel by pixel (VisualMixer.py `vfe`, `partial_derivative`):
+    every crop padded with one zero row and column, squared forward differences summed over
+    the crop, the sums averaged over all crops of all channels."""
+    c, h, w = image.shape
+    total, crops = 0.0, 0
+    for ch in range(c):
+        for top in range(0, h - size + 1, stride):
+            for left in range(0, w - size + 1, stride):
+                crop = image[ch, top:top + size, left:left + size].tolist()
+                def px(i, j):
+                    return crop[i][j] if i < size and j < size else 0.0
+                for i in range(size):
+                    for j in range(size):
+                        total += (px(i, j + 1) - px(i, j)) ** 2 + (px(i + 1, j) - px(i, j)) ** 2
+                crops += 1
+    return total / crops
+
+
+def test_vfe_pads_every_region_as_the_authors_do():
+    img = torch.tensor([[[[1.0, 0.0, 0.0, 0.0],
+                          [0.0, 0.0, 1.0, 1.0],
+                          [0.0, 1.0, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, 2.0]]]])
+    # Worked by hand, each 2×2 region padded with zeros on its right and bottom:
+    # top-left [[1,0],[0,0]]: (0,0) 1+1, the rest 0 -> 2; top-right [[0,0],[1,1]]:
+    # 1, 1, 1, 1+1 -> 5; bottom-left [[0,1],[0,0]]: 1, 1+1, 0, 0 -> 3;
+    # bottom-right [[0,0],[0,2]]: 0, 4, 4, 4+4 -> 16.
+    assert region_vfe(img, 2)[0, 0].tolist() == [[2.0, 5.0], [3.0, 16.0]]
+    assert vfe(img, 2).item() == pytest.approx(26 / 4)
+    # One region per pixel: each pixel is padded on both sides, 2·pixel².
+    assert vfe(img, 1).item() == pytest.approx(2 * (1 + 1 + 1 + 1 + 4) / 16)
+    # The image-border-only field (our visualmixer's plan) differs inside the image: the
+    # top-left region's (1,1) differs from its right and lower neighbours.
+    assert block_sums(pixel_gradient(img), 2)[0, 0, 0, 0].item() == pytest.approx(4.0)
     flat, busy = torch.full((1, 1, 8, 8), 0.5), torch.rand(1, 1, 8, 8)
     assert vfe(busy, 4) > vfe(flat, 4)
-    with pytest.raises(ValueError, match="not divisible by region 3"):
-        vfe(busy, 3)
+
+
+@pytest.mark.parametrize("shape, size, stride", [((2, 3, 8, 12), 4, 4), ((1, 1, 28, 28), 4, 4),
+                                                 ((2, 2, 11, 13), 5, 3), ((1, 3, 16, 16), 14, 14)])
+def test_vfe_equals_a_loop_transcription_of_the_authors(shape, size, stride):
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    expected = [_vfe_by_loops(image, size, stride) for image in images]
+    assert vfe(images, size, stride).tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_vfe_rejects_what_it_cannot_measure():
+    with pytest.raises(ValueError, match="does not fit"):
+        vfe(torch.rand(1, 1, 4, 4), 5)
+    with pytest.raises(ValueError, match="float N×C×H×W"):
+        vfe(torch.ones(1, 4, 4), 2)
+    with pytest.raises(ValueError, match="float N×C×H×W"):
+        vfe(torch.ones(1, 1, 4, 4, dtype=torch.uint8), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        vfe(torch.full((1, 1, 4, 4), float("nan")), 2)
 
 
 def test_visual_privacy_and_misusability_are_accuracy_based():
@@ -78,8 +122,6 @@ def test_visual_privacy_and_misusability_are_accuracy_based():
 
 @pytest.mark.parametrize("b", [1, 2, 4, 7])
 def test_block_sums_match_average_pooling(b):
-    from fedisguise.metrics import block_sums
-
     x = torch.rand(3, 2, 28, 56, generator=torch.Generator().manual_seed(b))
     expected = torch.nn.functional.avg_pool2d(x, b) * (b * b)
     assert block_sums(x, b).shape == (3, 2, 28 // b, 56 // b)
