@@ -1,8 +1,12 @@
+import os
+
 import pytest
 import torch
 
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.blocks import from_blocks, to_blocks
+from fedisguise.disguise.disguisednets import random_matrices
+from tests.conftest import DEBIAN_FMNIST
 
 KEY = DisguiseKey.generate(11)
 
@@ -31,6 +35,38 @@ def test_orthogonal_rmt_preserves_row_norms_and_projection_does_not():
     assert torch.allclose(ortho.norm(dim=-1), x.norm(dim=-1), atol=1e-4)
     proj, _ = build({"name": "rmt", "noise_level": 0.0, "matrix": "projection"}, KEY).apply(x)
     assert not torch.allclose(proj.norm(dim=-1), x.norm(dim=-1), atol=1e-2)
+
+
+def test_matrices_are_drawn_as_the_authors_draw_them():
+    gen = torch.Generator().manual_seed(3)
+    rot = random_matrices(gen, 200, 7, "orthogonal").double()
+    assert torch.allclose(rot @ rot.mT, torch.eye(7, dtype=torch.float64).expand(200, 7, 7),
+                          atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(200, dtype=torch.float64),
+                          atol=1e-5)  # rotations only (the authors' Householder product)
+    proj = random_matrices(gen, 200, 7, "projection")
+    assert proj.min() >= 0 and proj.max() < 1  # uniform [0, 1) entries
+    assert abs(proj.mean().item() - 0.5) < 0.01 and abs(proj.var().item() - 1 / 12) < 0.005
+    assert (torch.linalg.matrix_rank(proj.double()) == 7).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST), reason="dataset-fashion-mnist not installed")
+def test_the_authors_projection_keeps_each_blocks_mean_brightness_on_fashion_mnist():
+    from fedisguise.data import load_dataset
+
+    images = load_dataset("fashion-mnist", "test").images[:100]
+    means = torch.nn.functional.avg_pool2d(images, 7).flatten()
+
+    def block_mean_correlation(matrix: str) -> float:
+        spec = {"name": "block-rmt", "block_size": 7, "noise_level": 100.0, "matrix": matrix}
+        out = torch.nn.functional.avg_pool2d(build(spec, KEY).apply(images)[0], 7).flatten()
+        return torch.corrcoef(torch.stack([out, means]))[0, 1].item()
+
+    # Uniform [0, 1) entries: each disguised block's mean is ~0.5·b times the original's,
+    # plus the noise's mean; a rotation mixes signs and keeps no such picture.
+    assert block_mean_correlation("projection") > 0.95
+    assert abs(block_mean_correlation("orthogonal")) < 0.5
 
 
 def test_block_rmt_uses_one_matrix_per_block_and_is_invertible_with_the_key():

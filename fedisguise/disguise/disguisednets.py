@@ -2,7 +2,8 @@
 
 - block permutation (§3.1): cut the image into b×b blocks and move them by one keyed
   pseudorandom permutation π, the same for every image of the key;
-- RMT (§3.2): X·R + Δ with R a keyed random orthogonal or projection matrix and Δ ~ U[0, N]
+- RMT (§3.2): X·R + Δ with R a keyed random rotation (orthogonal, determinant +1) or
+  projection matrix (entries uniform on [0, 1), as the authors draw it) and Δ ~ U[0, N]
   drawn fresh for every image on the 0–255 pixel scale (N = `noise_level`);
 - block-wise RMT: one R_j per block position j;
 - disguisednets: block-wise RMT followed by block permutation (the paper's MNIST setting:
@@ -25,13 +26,27 @@ MATRICES = ("orthogonal", "projection")
 
 
 def random_matrices(gen: torch.Generator, count: int, size: int, kind: str) -> torch.Tensor:
-    """`count` keyed size×size matrices: Haar-orthogonal (QR with sign fix) or Gaussian
-    random projections with entries N(0, 1/size) (norms preserved in expectation)."""
-    g = torch.randn(count, size, size, generator=gen, dtype=torch.float64)
+    """`count` keyed size×size matrices, drawn as the authors draw them (DisguisedNets
+    `Perturb/perturb_class.py`):
+    - `orthogonal`: Haar-distributed rotations, determinant +1 (the authors' Householder
+      product; here QR with the sign fix gives Haar O(n), and negating the first column of
+      those with determinant −1 gives Haar SO(n));
+    - `projection`: entries uniform on [0, 1), redrawn until full rank. A positive matrix
+      keeps each block's mean brightness up to a scale (X·R ≈ 0.5·b·mean(X) per pixel), which
+      is why the authors' projected images keep their block-mean picture."""
     if kind == "projection":
-        return (g / size ** 0.5).float()
+        r = torch.rand(count, size, size, generator=gen, dtype=torch.float64)
+        while True:  # singular draws have probability 0; the authors check the rank anyway
+            singular = torch.linalg.matrix_rank(r) < size
+            if not singular.any():
+                return r.float()
+            r[singular] = torch.rand(int(singular.sum()), size, size, generator=gen,
+                                     dtype=torch.float64)
+    g = torch.randn(count, size, size, generator=gen, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
-    return (q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)).float()
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    q[..., :, 0] *= torch.sign(torch.linalg.det(q)).unsqueeze(-1)
+    return q.float()
 
 
 class _DisguisedNetsBase(Disguise):
