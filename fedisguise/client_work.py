@@ -26,7 +26,7 @@ from flwr.app import (
 from fedisguise import messages as m
 from fedisguise.config import Config
 from fedisguise.data import ClientData, ImageDataset, dataset_fingerprint
-from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint
+from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint, node_secret
 from fedisguise.models import build_model
 from fedisguise.node_data import node_data
 from fedisguise.training import (
@@ -70,20 +70,21 @@ def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientDat
     partition_id, num_partitions = node_partition(context, cfg)
     node_key_file = str(context.node_config.get(NODE_KEY_FILE, ""))
     d, c = cfg.data, cfg.client
-    # Everything that changes the prepared data: the settings, the dataset's files and the
-    # key itself (a fingerprint, so a key file rewritten in place is a new entry; the cache
-    # holds disguised tensors only, never the key).
+    # Everything that changes the prepared data: the settings, the dataset's files, the key
+    # and the node's draws secret (fingerprints, so a file rewritten in place is a new entry;
+    # the cache holds disguised tensors only, never a key).
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
                  dataset_fingerprint(d.dataset, d.data_dir), d.partitioner, d.alpha,
                  d.train_per_client, d.test_samples, d.validation, repr(cfg.disguise),
                  key_fingerprint(cfg, partition_id, node_key_file),
+                 node_secret(cfg, partition_id, node_key_file, create=True).fingerprint(),
                  server_round if c.redisguise_each_round else 0)
     if cache_key in _PREPARED:
         _PREPARED.move_to_end(cache_key)
         return _PREPARED[cache_key]
     if c.redisguise_each_round:
         _PREPARED.clear()  # only the current round's draw is needed
-    data = node_data(cfg, partition_id, server_round, node_key_file)
+    data = node_data(cfg, partition_id, server_round, node_key_file, is_node=True)
     _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
                                       validation=data.validation)
     while len(_PREPARED) > PREPARED_MAX:

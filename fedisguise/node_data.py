@@ -1,9 +1,10 @@
 """What one node trains and evaluates on: its partition, disguised under the key it used.
 
-One rule, partition -> key -> disguise -> reseed(stream) -> apply, for every place that needs
-a node's disguised data: the ClientApp (inside the node), the attack suite's ground truth and
-the privacy figures (the experimenter, after the run). The key comes from `node_key`, so the
-experimenter's copies are made under exactly the key the node used, never a look-alike.
+One rule, partition -> key and secret -> disguise -> reseed(stream, secret) -> apply, for every
+place that needs a node's disguised data: the ClientApp (inside the node), the attack suite's
+ground truth and the privacy figures (the experimenter of a local run, after it). The key
+comes from `node_key` and the draws from the node's own `node_secret`, so the experimenter's
+copies are made exactly as the node made them, never a look-alike.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fedisguise.config import Config
 from fedisguise.data import ClientData, ImageDataset, client_data
 from fedisguise.disguise import Disguise
 from fedisguise.disguise import build as build_disguise
-from fedisguise.disguise.keys import DisguiseKey, node_key
+from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class NodeData:
     test: ImageDataset | None  # its test shard as it evaluates on it, when asked for
     key: DisguiseKey
     validation: ImageDataset | None = None  # its validation split, disguised as its test shard
+    secret: DisguiseKey | None = None  # the node's own draws secret (`node_secret`)
 
 
 def train_stream(cfg: Config, server_round: int) -> str:
@@ -32,36 +34,47 @@ def train_stream(cfg: Config, server_round: int) -> str:
     return f"train:round-{server_round}" if cfg.client.redisguise_each_round else "train"
 
 
-def node_disguise(cfg: Config, partition_id: int, stream: str, node_key_file: str = ""
-                  ) -> tuple[Disguise, DisguiseKey]:
-    """Node `partition_id`'s disguise under its key, its random draws on `stream`."""
+def _node_parts(cfg: Config, partition_id: int, node_key_file: str, is_node: bool
+                ) -> tuple[Disguise, DisguiseKey, DisguiseKey]:
+    """Node `partition_id`'s disguise, key and draws secret; `is_node`: the node itself,
+    which makes its secret file on first use (the experimenter only reads it)."""
     key = node_key(cfg, partition_id, node_key_file)
-    disguise = build_disguise(cfg.disguise, key)
-    disguise.reseed(stream)
+    secret = node_secret(cfg, partition_id, node_key_file, create=is_node)
+    return build_disguise(cfg.disguise, key), key, secret
+
+
+def node_disguise(cfg: Config, partition_id: int, stream: str, node_key_file: str = "",
+                  is_node: bool = False) -> tuple[Disguise, DisguiseKey]:
+    """Node `partition_id`'s disguise under its key, its random draws on `stream` of its
+    secret."""
+    disguise, key, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
+    disguise.reseed(stream, secret)
     return disguise, key
 
 
 def node_data(cfg: Config, partition_id: int, server_round: int, node_key_file: str = "",
-              test: bool = True) -> NodeData:
+              test: bool = True, is_node: bool = False) -> NodeData:
     """Node `partition_id`'s data in round `server_round`, plain and disguised; its test shard
-    disguised too (on the `test` stream, as clients evaluate) unless `test` is False."""
+    disguised too (on the `test` stream, as clients evaluate) unless `test` is False.
+    `is_node`: called by the node itself (see `_node_parts`)."""
     d = cfg.data
     plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
                         partition_id, cfg.experiment.clients, d.train_per_client,
                         d.test_samples, d.validation)
-    disguise, key = node_disguise(cfg, partition_id, train_stream(cfg, server_round),
-                                  node_key_file)
+    disguise, key, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
+    disguise.reseed(train_stream(cfg, server_round), secret)
     images, labels = disguise.apply(plain.train.images, plain.train.labels)
     disguised_test = None
     if test:
-        disguise.reseed("test")
+        disguise.reseed("test", secret)
         test_images, test_labels = disguise.apply_eval(plain.test.images, plain.test.labels)
         disguised_test = ImageDataset(test_images, test_labels, plain.test.num_classes)
     disguised_validation = None
     if test and plain.validation is not None:
-        disguise.reseed("validation")
+        disguise.reseed("validation", secret)
         disguised_validation = ImageDataset(
             *disguise.apply_eval(plain.validation.images, plain.validation.labels),
             plain.validation.num_classes)
     return NodeData(plain=plain, train=ImageDataset(images, labels, plain.train.num_classes),
-                    test=disguised_test, key=key, validation=disguised_validation)
+                    test=disguised_test, key=key, validation=disguised_validation,
+                    secret=secret)

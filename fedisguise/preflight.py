@@ -17,7 +17,7 @@ from fedisguise.data import ImageDataset, load_dataset, server_test_set
 from fedisguise.disguise import DISGUISES, DisguiseKey
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.base import spec_params
-from fedisguise.disguise.keys import key_path
+from fedisguise.disguise.keys import KEY_MAGIC, SECRET_MAGIC, key_path, node_secret_file
 
 PROBE_IMAGES = 4  # real images the disguise is tried on: enough for InstaHide's mixing
 KEYGEN = "python -m fedisguise.disguise.keygen --out DIR --clients N"
@@ -36,10 +36,12 @@ def preflight(cfg: Config, remote: bool = False) -> None:
 
 
 def keys_known(cfg: Config, remote: bool) -> bool:
-    """Whether the experimenter can rebuild the nodes' disguised data: always for a keyless
-    disguise; for a keyed one only when the nodes are local, since remote SuperNodes may
-    bring their own `disguise-key-file` (and another key is not the node's disguise)."""
-    return not remote or not DISGUISES[cfg.disguise_name].keyed
+    """Whether the experimenter can rebuild the nodes' disguised data: always for a disguise
+    with neither a key nor random draws; otherwise only when the nodes are local, since
+    remote SuperNodes may bring their own `disguise-key-file` and keep their draws secret
+    beside it (and another key or secret is not the node's disguise)."""
+    cls = DISGUISES[cfg.disguise_name]
+    return not remote or not (cls.keyed or cls.draws)
 
 
 def check_remote(cfg: Config) -> None:
@@ -91,7 +93,9 @@ def check_validation(cfg: Config) -> None:
 
 def check_keys(cfg: Config) -> None:
     """Read every key file the nodes will read, as they will read it (a keyless disguise has
-    none: Config.validate refuses them)."""
+    none: Config.validate refuses them), and each node's draws secret beside it: one that is
+    there already is read as the node will read it; where there is none yet, its folder must
+    let the node write it."""
     c = cfg.client
     if c.key_file:
         _load("client.key_file", c.key_file)
@@ -101,11 +105,23 @@ def check_keys(cfg: Config) -> None:
                               f"folder; make one with `{KEYGEN}`")
         for i in range(cfg.experiment.clients):
             _load("client.key_dir", key_path(c.key_dir, i), f" (node {i}'s key)")
+    config_key = "client.key_dir" if c.key_dir else "client.key_file"
+    for i in range(cfg.experiment.clients):
+        secret = node_secret_file(cfg, i)
+        if secret is None:
+            break
+        if secret.exists():
+            _load(config_key, secret, f" (node {i}'s draws secret)", SECRET_MAGIC)
+        elif not os.access(secret.parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{config_key}: node {i} writes its draws secret {secret} "
+                              f"beside its key on first use, but {secret.parent} is not "
+                              f"writable")
 
 
-def _load(config_key: str, path: str | Path, what: str = "") -> None:
+def _load(config_key: str, path: str | Path, what: str = "", header: str = KEY_MAGIC
+          ) -> None:
     try:
-        DisguiseKey.load(path)
+        DisguiseKey.load(path, header)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{config_key}{what}: {err}") from None
 

@@ -57,7 +57,9 @@ def privacy_figures(cfg: Config, record: dict[str, Any], run_dir: Path) -> dict[
     device = resolve_device(cfg.resources.device)
     test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
                            cfg.experiment.seed)
-    disguise, _ = node_disguise(cfg, 0, "privacy")  # the key node 0 used
+    # the key and draws secret node 0 used (in a local run the experimenter's machine is the
+    # node's: a node 0 that never disguised gets its secret here)
+    disguise, _ = node_disguise(cfg, 0, "privacy", is_node=True)
     disguised, _ = disguise.apply(test.images, test.labels)
     examiner = train_examiner(cfg, device)
     _, examiner_plain_acc = evaluate(examiner, test, device=device)

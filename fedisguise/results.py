@@ -170,7 +170,8 @@ def summary_markdown(record: dict[str, Any], run_dir: Path | None = None) -> str
             f"{_fmt(final.get('plain_test_accuracy'))}"
             f", initially {_fmt(initial.get('plain_test_accuracy'))}) after "
             f"{len(record['rounds'])} rounds in {record['wall_seconds']:.1f} s. "
-            f"Keys: {keys.get('scope', '–')}, {keys.get('source', '–')}.",
+            f"Keys: {keys.get('scope', '–')}, {keys.get('source', '–')}; random draws: "
+            f"{keys.get('draws', '–')}.",
             "",
         ]
     lines += [

@@ -76,7 +76,8 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     record = new_record(cfg.to_dict(), mode)
     record.update({
         "device": None,
-        "keys": {"scope": cfg.client.key_scope, "source": key_source(cfg)},
+        "keys": {"scope": cfg.client.key_scope, "source": key_source(cfg),
+                 "draws": draws_source(cfg)},
         "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp.mode != "none" else None,
         "privacy": {}, "attacks": {},
     })
@@ -157,6 +158,13 @@ def key_source(cfg: Config) -> str:
     if cfg.client.key_dir:
         return "per-node files in client.key_dir"
     return "derived from experiment.seed"
+
+
+def draws_source(cfg: Config) -> str:
+    """Where the nodes' random draws come from, in words (never a secret)."""
+    if cfg.client.key_file or cfg.client.key_dir:
+        return "a secret per node, written beside its key file"
+    return "derived from experiment.seed and the node"
 
 
 FINAL_KEYS = ("test_accuracy", "test_loss", "train_loss", "plain_test_accuracy",

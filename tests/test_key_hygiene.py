@@ -7,6 +7,7 @@ from flwr.common.serde import recorddict_to_proto
 
 import fedisguise.server_app as server_app
 from fedisguise.disguise import DisguiseKey
+from fedisguise.disguise.keys import SECRET_MAGIC
 from fedisguise.experiment import run_experiment
 from tests.conftest import synthetic_config
 
@@ -48,8 +49,14 @@ def test_no_key_material_in_messages_logs_or_results(tmp_path, monkeypatch, capf
         "disguise": '{"name": "disguisednets", "block_size": 7, "noise_level": 25}',
     })
     record = run_experiment(cfg)
-    assert record["keys"] == {"scope": "per-client", "source": "file"}
+    assert record["keys"] == {"scope": "per-client", "source": "file",
+                              "draws": "a secret per node, written beside its key file"}
     assert len(sent) == 4  # two train replies and two evaluate replies
+    node_secrets = [DisguiseKey.load(p, SECRET_MAGIC)
+                    for p in sorted((tmp_path / "keys").glob("federation.node-*.secret"))]
+    assert len(node_secrets) == 2  # each node wrote its own, beside the key
+    needles += [k._material for k in node_secrets] + [k._material.hex().encode()
+                                                      for k in node_secrets]
 
     logs = capfd.readouterr()
     haystacks = sent + [logs.out.encode(), logs.err.encode()]

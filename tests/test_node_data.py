@@ -16,8 +16,16 @@ from fedisguise.client_work import _PREPARED, prepared_data
 from fedisguise.data import server_test_set
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.keygen import main as keygen
-from fedisguise.disguise.keys import NODE_KEY_FILE, key_path, node_key, write_key_dir
+from fedisguise.disguise.keys import (
+    NODE_KEY_FILE,
+    key_path,
+    node_key,
+    node_secret,
+    secret_path,
+    write_key_dir,
+)
 from fedisguise.models import build_model
+from fedisguise.node_data import node_data
 from tests.conftest import synthetic_config
 
 SPEC = {"name": "disguisednets", "block_size": 7, "noise_level": 25}
@@ -34,9 +42,10 @@ def _context(pid: int, clients: int = 2, **node) -> Context:
                    node_config={"partition-id": pid, "num-partitions": clients, **node})
 
 
-def _disguised(key: DisguiseKey, stream: str, images: torch.Tensor) -> torch.Tensor:
+def _disguised(key: DisguiseKey, secret: DisguiseKey, stream: str, images: torch.Tensor
+               ) -> torch.Tensor:
     disguise = build(SPEC, key)
-    disguise.reseed(stream)
+    disguise.reseed(stream, secret)
     return disguise.apply(images)[0]
 
 
@@ -49,11 +58,15 @@ def test_key_dir_client_app_ground_truth_and_privacy_use_the_nodes_key(tmp_path,
 
     _PREPARED.clear()
     trained = prepared_data(cfg, _context(1), server_round=1).train.images
+    secret = node_secret(cfg, 1)  # the node wrote it beside its key file
+    assert secret_path(keys[1], 1).is_file()
     truth = ground_truth(cfg, 1, 1)
-    assert truth.disguise_key == own[1]
+    assert truth.disguise_key == own[1] and truth.disguise_secret == secret
     assert torch.equal(truth.train_disguised, trained)
-    assert torch.equal(trained, _disguised(own[1], "train", truth.train_plain.images))
-    assert not torch.equal(trained, _disguised(derived, "train", truth.train_plain.images))
+    plain = truth.train_plain.images
+    assert torch.equal(trained, _disguised(own[1], secret, "train", plain))
+    assert not torch.equal(trained, _disguised(derived, secret, "train", plain))
+    assert not torch.equal(trained, _disguised(own[1], own[1], "train", plain))
 
     shown = {}
     monkeypatch.setattr(privacy, "train_examiner",
@@ -62,7 +75,8 @@ def test_key_dir_client_app_ground_truth_and_privacy_use_the_nodes_key(tmp_path,
                         lambda cfg, plain, disguised, run_dir: shown.setdefault("d", disguised))
     privacy.privacy_figures(cfg, {"final": {"plain_test_accuracy": 0.5}}, tmp_path)
     test = server_test_set("synthetic", "", 40, 0)
-    assert torch.equal(shown["d"], _disguised(own[0], "privacy", test.images))
+    assert torch.equal(shown["d"], _disguised(own[0], node_secret(cfg, 0), "privacy",
+                                              test.images))
 
 
 def test_a_supernodes_own_key_file_wins_over_the_config(tmp_path):
@@ -72,8 +86,13 @@ def test_a_supernodes_own_key_file_wins_over_the_config(tmp_path):
     _PREPARED.clear()
     data = prepared_data(cfg, _context(0, **{NODE_KEY_FILE: str(own)}), server_round=1)
     assert node_key(cfg, 0, str(own)) == DisguiseKey.generate(9)
-    plain = ground_truth(cfg, 1, 0).train_plain.images
-    assert torch.equal(data.train.images, _disguised(DisguiseKey.generate(9), "train", plain))
+    with pytest.raises(FileNotFoundError, match="client-0.node-0.secret does not exist"):
+        ground_truth(cfg, 1, 0)  # node 0 never drew from a secret beside the config's key
+    plain = node_data(cfg, 0, 1, str(own)).plain.train.images
+    secret = node_secret(cfg, 0, str(own))  # written beside the node's own key file
+    assert secret_path(own, 0).is_file() and secret != node_secret(_cfg(tmp_path), 0)
+    assert torch.equal(data.train.images, _disguised(DisguiseKey.generate(9), secret, "train",
+                                                     plain))
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -11,7 +11,7 @@ import run
 from fedisguise import experiment
 from fedisguise.config import Config, ConfigError
 from fedisguise.disguise import DisguiseKey
-from fedisguise.disguise.keys import key_path, write_key_dir
+from fedisguise.disguise.keys import SECRET_MAGIC, key_path, secret_path, write_key_dir
 from fedisguise.preflight import preflight
 from tests.conftest import DEBIAN_FMNIST, FEDAVG, synthetic_config
 
@@ -84,6 +84,30 @@ def test_an_unreadable_key_file_exits_2(capsys, tmp_path):
     code, err = cli(capsys, tmp_path, DISGUISED,
                     f"client.key_file={_key(tmp_path, mode=0o000)}")
     assert code == 2 and "client.key_file" in err and "cannot read" in err
+
+
+def test_a_nodes_damaged_or_exposed_draws_secret_exits_2(capsys, tmp_path):
+    write_key_dir(tmp_path / "keys", 2, seed="t")
+    secret = secret_path(key_path(tmp_path / "keys", 1), 1)
+    DisguiseKey.generate().save(secret)  # a disguise key where node 1's secret should be
+    code, err = cli(capsys, tmp_path, DISGUISED, f"client.key_dir={tmp_path / 'keys'}")
+    assert code == 2 and "client.key_dir (node 1's draws secret)" in err
+    assert "not a fedisguise node secret file" in err
+    DisguiseKey.generate().save(secret, SECRET_MAGIC)
+    secret.chmod(0o640)
+    code, err = cli(capsys, tmp_path, DISGUISED, f"client.key_dir={tmp_path / 'keys'}")
+    assert code == 2 and "too open" in err and f"chmod 600 {secret}" in err
+
+
+def test_a_key_folder_a_node_cannot_write_its_secret_into_exits_2(capsys, tmp_path,
+                                                                   monkeypatch):
+    key = _key(tmp_path / "ro")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == key.parent
+                        else real(path, mode))
+    code, err = cli(capsys, tmp_path, DISGUISED, f"client.key_file={key}")
+    assert code == 2 and err.startswith("error: client.key_file: node 0 writes its draws")
+    assert "is not writable" in err
 
 
 def test_a_key_file_with_trailing_blank_lines_passes(tmp_path):

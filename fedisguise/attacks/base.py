@@ -191,6 +191,7 @@ class GroundTruth:
     train_disguised: torch.Tensor
     disguise_spec: Any
     disguise_key: Any  # the victim's DisguiseKey; makes Level-2 pairs, never logged
+    disguise_secret: Any = None  # the victim's own draws secret (DisguiseKey), never logged
     batch_index: torch.Tensor | None = None  # partition indices behind the update
     observed_plain: torch.Tensor | None = None  # originals behind Evidence.images
     observed_disguised: torch.Tensor | None = None

@@ -81,7 +81,7 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
     return GroundTruth(batch_plain=plain.images[idx], batch_disguised=disguised[idx],
                        batch_labels=plain.labels[idx], train_plain=plain,
                        train_disguised=disguised, disguise_spec=cfg.disguise,
-                       disguise_key=key, batch_index=idx)
+                       disguise_key=key, disguise_secret=data.secret, batch_index=idx)
 
 
 def save_grid(path: Path, rows: tuple[torch.Tensor, ...]) -> None:
@@ -140,7 +140,7 @@ def evidence_for(attack: Attack, view: ServerView, truth: GroundTruth, paired: t
     if getattr(attack, "target_set", "client") == "test":
         plain, labels = holdout.images[:count], holdout.labels[:count]
         victim = build_disguise(truth.disguise_spec, truth.disguise_key)
-        victim.reseed("attack-targets")
+        victim.reseed("attack-targets", truth.disguise_secret)
         disguised = victim.apply(plain, labels)[0]
     else:  # the client's own images that are not among a Level-2 attacker's pairs
         free = torch.ones(len(truth.train_plain), dtype=torch.bool)

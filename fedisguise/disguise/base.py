@@ -44,10 +44,12 @@ def check_labels(labels: torch.Tensor | None, n: int) -> None:
 
 
 class Disguise:
-    """Base class: validates, then calls `_apply`. Subclasses set `keyed`."""
+    """Base class: validates, then calls `_apply`. Subclasses set `keyed` (a transform fixed by
+    the key) and `draws` (random numbers drawn per image or batch, from the node's secret)."""
 
     name: ClassVar[str] = ""
     keyed: ClassVar[bool] = True
+    draws: ClassVar[bool] = False
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -56,9 +58,24 @@ class Disguise:
         self._check_shape(tuple(images.shape[1:]))
         return self._apply(images, labels)
 
-    def reseed(self, stream: str) -> None:
-        """Restart the disguise's random draws (noise, masks) on the key's named `stream`;
-        keyed transforms (permutations, matrices) do not change. Keyless: nothing to do."""
+    def reseed(self, stream: str, secret: DisguiseKey | None = None) -> None:
+        """Restart the disguise's random draws (noise, mixing, masks, per-image shuffles) on
+        the named `stream` of `secret`: a node passes its own secret
+        (`fedisguise.disguise.keys.node_secret`), which no other node holds, so a federation
+        key never makes two nodes draw alike. Without one the draws come from the key (a
+        disguise on its own: an attacker's copy under its own key, a bench). The keyed
+        transform (permutations, matrices) never changes. No draws: nothing to do."""
+        if not self.draws:
+            return
+        source = secret if secret is not None else getattr(self, "key", None)
+        if not isinstance(source, DisguiseKey):
+            raise ValueError(f"disguise {self.name!r} draws random numbers: pass the node's "
+                             f"secret (a DisguiseKey), got {source!r}")
+        self._draw_from(source, stream)
+
+    def _draw_from(self, source: DisguiseKey, stream: str) -> None:
+        """Set up the draws' generators on `stream` of `source` (defences with `draws`)."""
+        raise NotImplementedError
 
     def apply_eval(self, images: torch.Tensor, labels: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -53,6 +53,7 @@ class _DisguisedNetsBase(Disguise):
     """Shared parameters and the fresh-per-image noise stream."""
 
     permutes_blocks: ClassVar[bool] = False
+    draws = True  # Δ, where noise_level > 0
 
     def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 0.0,
                  matrix: str = "orthogonal") -> None:
@@ -67,9 +68,9 @@ class _DisguisedNetsBase(Disguise):
         self._tables: dict[tuple, torch.Tensor] = {}
         self.reseed("default")
 
-    def reseed(self, stream: str) -> None:
-        # Δ is fresh for every image but reproducible for the same key, stream and calls.
-        self._noise = self.key.numpy_rng(f"{self.name}:noise:{stream}")
+    def _draw_from(self, source: DisguiseKey, stream: str) -> None:
+        # Δ is fresh for every image but reproducible for the same secret, stream and calls.
+        self._noise = source.numpy_rng(f"{self.name}:noise:{stream}")
 
     def _check_shape(self, chw):
         check_block_size(chw, self.block_size)

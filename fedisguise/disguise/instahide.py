@@ -5,7 +5,8 @@ public images for `cross`), mixing weights λ (|N(0,1)| normalised, resampled un
 λ_j <= `upper`, as the authors' code does), then
     x̃ = σ ∘ Σ_j λ_j·(2·x_j − 1),     σ ∈ {−1, +1}^{C×H×W} drawn fresh per image,
 so the output lies in [−1, 1]. Labels become Σ λ_j·onehot(y_j) over the private images
-(renormalised to sum to 1 when public partners carry no label). All draws come from the key.
+(renormalised to sum to 1 when public partners carry no label). Every one of these is a draw,
+from the node's secret (`Disguise.reseed`): the key fixes nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ MODES = ("inside", "cross")
 @register
 class InstaHide(Disguise):
     name = "instahide"
+    draws = True  # weights, partners and masks: all of it; the key fixes nothing
 
     def __init__(self, key: DisguiseKey, k: int = 4, mode: str = "inside", upper: float = 0.65,
                  num_classes: int = 10, public_dataset: str = "",
@@ -65,8 +67,8 @@ class InstaHide(Disguise):
                 raise ValueError(f"unknown public_dataset {public_dataset!r}; valid choices: "
                                  f"{sorted(DATASETS)}")
 
-    def reseed(self, stream: str) -> None:
-        self._rng = self.key.numpy_rng(f"instahide:{stream}")
+    def _draw_from(self, source: DisguiseKey, stream: str) -> None:
+        self._rng = source.numpy_rng(f"instahide:{stream}")
 
     def apply_eval(self, images, labels=None):
         """Inference sees single images on the training scale, unmixed and unmasked, as in the

@@ -1,8 +1,11 @@
-"""Secret keys for keyed disguises.
+"""Secret keys for keyed disguises, and each node's own secret for its random draws.
 
-A `DisguiseKey` is 32 random bytes. Every random choice a keyed disguise makes (a permutation,
-a matrix, an AES key, a mask) is drawn from a sub-key derived with HMAC-SHA256 under a purpose
-label, so one key fixes the whole disguise and different purposes never share randomness.
+A `DisguiseKey` is 32 random bytes. A disguise's keyed transform (a permutation, a matrix, an
+AES key) is drawn from a sub-key derived with HMAC-SHA256 under a purpose label, so one key
+fixes the transform and different purposes never share randomness. Under a federation key
+every node holds that key, so nothing a node must keep from the others comes from it: its
+random draws (noise, mixing weights and partners, sign masks, per-image shuffles) come from
+its node secret (`node_secret`), which no other node and not the server can recompute.
 Key material never appears in repr, logs or results; files are written 0600.
 """
 
@@ -23,7 +26,8 @@ import torch
 if TYPE_CHECKING:
     from fedisguise.config import Config
 
-_MAGIC = "fedisguise-key v1"
+KEY_MAGIC = "fedisguise-key v1"
+SECRET_MAGIC = "fedisguise-node-secret v1"  # a node's draws secret: never a disguise key
 _KEY_BYTES = 32
 
 
@@ -43,20 +47,21 @@ class DisguiseKey:
             return cls(secrets.token_bytes(_KEY_BYTES))
         return cls(hashlib.sha256(f"fedisguise-key-seed:{seed}".encode()).digest())
 
-    def save(self, path: str | Path) -> Path:
-        """Write the key to `path`, readable by its owner only (mode 0600)."""
+    def save(self, path: str | Path, header: str = KEY_MAGIC) -> Path:
+        """Write the key to `path`, readable by its owner only (mode 0600); `header` names
+        what it is (a disguise key, or with SECRET_MAGIC a node's draws secret)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)  # also when the file already existed with wider rights
-            os.write(fd, f"{_MAGIC}\n{self._material.hex()}\n".encode())
+            os.write(fd, f"{header}\n{self._material.hex()}\n".encode())
         finally:
             os.close(fd)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> DisguiseKey:
+    def load(cls, path: str | Path, header: str = KEY_MAGIC) -> DisguiseKey:
         """Read a key file as ssh reads a private key: a missing file is FileNotFoundError,
         one that others may read or write (or this process cannot read) PermissionError,
         a damaged one ValueError; each message names the file and what to do."""
@@ -75,20 +80,22 @@ class DisguiseKey:
         except OSError as err:
             raise PermissionError(f"{path}: cannot read the key file "
                                   f"({err.strerror or err})") from None
-        return cls._parse(text, path)
+        return cls._parse(text, path, header)
 
     @classmethod
-    def _parse(cls, text: str, path: Path) -> DisguiseKey:
+    def _parse(cls, text: str, path: Path, header: str = KEY_MAGIC) -> DisguiseKey:
         lines = text.splitlines()
         while lines and not lines[-1].strip():  # an editor's trailing newlines are harmless
             lines.pop()
-        if not lines or lines[0].rstrip() != _MAGIC:
-            raise ValueError(f"{path}: not a fedisguise key file (expected '{_MAGIC}' header)")
+        what = "node secret" if header == SECRET_MAGIC else "key"
+        if not lines or lines[0].rstrip() != header:
+            raise ValueError(f"{path}: not a fedisguise {what} file (expected '{header}' "
+                             f"header)")
         if len(lines) < 2:
-            raise ValueError(f"{path}: truncated key file (no key after the header)")
+            raise ValueError(f"{path}: truncated {what} file (nothing after the header)")
         if len(lines) > 2:  # never echo the line: it may be key material pasted twice
-            raise ValueError(f"{path}: unexpected content on line 3 (a key file holds the "
-                             f"'{_MAGIC}' header and one line of {2 * _KEY_BYTES} hex digits)")
+            raise ValueError(f"{path}: unexpected content on line 3 (a {what} file holds the "
+                             f"'{header}' header and one line of {2 * _KEY_BYTES} hex digits)")
         body = lines[1].strip()
         if len(body) != 2 * _KEY_BYTES:
             raise ValueError(f"{path}: truncated or malformed key ({len(body)} hex digits, "
@@ -203,3 +210,66 @@ def node_key(cfg: Config, partition_id: int, node_key_file: str = "") -> Disguis
 def key_fingerprint(cfg: Config, partition_id: int, node_key_file: str = "") -> str:
     """The fingerprint of the key node `partition_id` disguises with (see `node_key`)."""
     return node_key(cfg, partition_id, node_key_file).fingerprint()
+
+
+def secret_path(key_file: str | Path, partition_id: int) -> Path:
+    """Where node `partition_id` keeps its draws secret: beside the key file it reads, named
+    for the node (nodes of one machine may share a federation key file)."""
+    key_file = Path(key_file)
+    return key_file.with_name(f"{key_file.stem}.node-{int(partition_id)}.secret")
+
+
+def node_secret_file(cfg: Config, partition_id: int, node_key_file: str = "") -> Path | None:
+    """The file of node `partition_id`'s draws secret, beside the key file `node_key` reads;
+    None where the key is derived from the experiment seed (then so is the secret)."""
+    c = cfg.client
+    key_file = node_key_file or (key_path(c.key_dir, partition_id) if c.key_dir else
+                                 c.key_file)
+    return secret_path(key_file, partition_id) if key_file else None
+
+
+def node_secret(cfg: Config, partition_id: int, node_key_file: str = "",
+                create: bool = False) -> DisguiseKey:
+    """The secret node `partition_id` draws its random numbers from: the RMT noise, InstaHide's
+    weights, partners and masks, every per-image or per-batch shuffle. The one rule for the
+    node (`create`: the node itself, which makes it on first use) and for the experimenter
+    of a local run (attack ground truth, privacy figures), so both draw the same numbers.
+
+    - A derived-key experiment (no key file): derived from the experiment seed and the node,
+      so runs reproduce; like the derived key, for experiments only.
+    - With a key file: 32 bytes of OS entropy that the node writes once, 0600, beside its
+      key (`secret_path`) and never sends. Nobody else, not the server and not another node
+      holding the federation key, can recompute it. Without `create` a missing file is an
+      error: only the node makes its secret.
+    """
+    path = node_secret_file(cfg, partition_id, node_key_file)
+    if path is None:
+        return DisguiseKey.generate(
+            seed=f"experiment:{cfg.experiment.seed}:node-secret:{int(partition_id)}")
+    if create:
+        return load_or_create_secret(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"node {partition_id}'s draws secret {path} does not exist: a node writes it beside "
+            f"its key file the first time it disguises, so this node never disguised here")
+    return DisguiseKey.load(path, SECRET_MAGIC)
+
+
+def load_or_create_secret(path: str | Path) -> DisguiseKey:
+    """The node secret at `path`, made from OS entropy (0600) if there is none yet. The new
+    file appears whole or not at all (written aside, then hard-linked into place), so two
+    processes of one node never read a half-written secret or replace each other's."""
+    path = Path(path)
+    if not path.exists():
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write the node secret {path}: its folder "
+                                  f"{path.parent} is not writable by this user")
+        aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        DisguiseKey.generate().save(aside, SECRET_MAGIC)
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass  # another process of this node made it first: use theirs
+        finally:
+            aside.unlink()
+    return DisguiseKey.load(path, SECRET_MAGIC)

@@ -324,12 +324,14 @@ def _lower_median(rows: torch.Tensor) -> torch.Tensor:
 
 
 class _Shuffler(Disguise):
+    draws = True  # every image's shuffle is a draw; the key fixes nothing
+
     def __init__(self, key: DisguiseKey) -> None:
         self.key = key
         self.reseed("default")
 
-    def reseed(self, stream: str) -> None:
-        self._rng = self.key.numpy_rng(f"{self.name}:{stream}")
+    def _draw_from(self, source: DisguiseKey, stream: str) -> None:
+        self._rng = source.numpy_rng(f"{self.name}:{stream}")
 
 
 @register
