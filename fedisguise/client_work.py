@@ -28,8 +28,9 @@ from fedisguise.config import Config
 from fedisguise.data import ClientData, ImageDataset, dataset_fingerprint
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint, node_secret
 from fedisguise.models import build_model
-from fedisguise.node_data import node_data
+from fedisguise.node_data import BatchDraws, node_batch_draws, node_data
 from fedisguise.training import (
+    BatchTransform,
     evaluate,
     resolve_device,
     train_local,
@@ -40,8 +41,9 @@ DP_STATE = "dp-accounting"  # this node's DP-SGD step count, across rounds
 
 # Per-process cache of disguised data: Ray actors and a node's warm worker live across rounds,
 # so each partition is loaded and disguised once, not once per round (unless
-# client.redisguise_each_round). Bounded: an actor serving many simulated clients keeps the
-# most recent ones only, so its memory does not grow with the federation.
+# client.redisguise = "round"; with "batch" it holds the plain data, and every batch is
+# disguised as it is drawn). Bounded: an actor serving many simulated clients keeps the most
+# recent ones only, so its memory does not grow with the federation.
 _PREPARED: OrderedDict[tuple, ClientData] = OrderedDict()
 PREPARED_MAX = 8
 
@@ -78,11 +80,11 @@ def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientDat
                  d.train_per_client, d.test_samples, d.validation, repr(cfg.disguise),
                  key_fingerprint(cfg, partition_id, node_key_file),
                  node_secret(cfg, partition_id, node_key_file, create=True).fingerprint(),
-                 server_round if c.redisguise_each_round else 0)
+                 c.redisguise, server_round if c.redisguise == "round" else 0)
     if cache_key in _PREPARED:
         _PREPARED.move_to_end(cache_key)
         return _PREPARED[cache_key]
-    if c.redisguise_each_round:
+    if c.redisguise == "round":
         _PREPARED.clear()  # only the current round's draw is needed
     data = node_data(cfg, partition_id, server_round, node_key_file, is_node=True)
     _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
@@ -107,12 +109,24 @@ def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     return Message(content=evaluate_reply(msg.content, context, cfg), reply_to=msg)
 
 
+def batch_draws(cfg: Config, context: Context) -> BatchDraws | None:
+    """This node's per-batch disguise where client.redisguise = "batch" (built per message,
+    so that the cache never holds a key), else None: the prepared data is disguised."""
+    if cfg.client.redisguise != "batch":
+        return None
+    partition_id, _ = node_partition(context, cfg)
+    return node_batch_draws(cfg, partition_id, str(context.node_config.get(NODE_KEY_FILE, "")),
+                            is_node=True)
+
+
 def train_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDict:
     """Train the received model on this node's disguised partition; the reply's content."""
     partition_id, _ = node_partition(context, cfg)
     torch.set_num_threads(max(1, int(cfg.resources.num_cpus)))
     server_round = int(content["config"]["server-round"])
     data = prepared_data(cfg, context, server_round).train
+    draws = batch_draws(cfg, context)
+    transform = draws.training(server_round) if draws else None
     model = _model_from(content, cfg, data)
     # One seed fixes the training order of every client in every round.
     order_seed = training_order_seed(cfg.experiment.seed, server_round, partition_id)
@@ -120,14 +134,15 @@ def train_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDic
     device = resolve_device(cfg.resources.device)
     extra: dict[str, float] = {}
     if cfg.dp.mode == "dp-sgd":
-        loss, extra = _train_dp_round(model, data, cfg, context, order_seed, device)
+        loss, extra = _train_dp_round(model, data, cfg, context, order_seed, device,
+                                      transform)
     else:
         loss = train_local(
             model, data, epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer,
             lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
             proximal_mu=float(content["config"].get("proximal-mu", 0.0)),
             device=device, generator=torch.Generator().manual_seed(order_seed),
-            max_steps=t.local_steps,
+            max_steps=t.local_steps, batch_transform=transform,
         )
     arrays = ArrayRecord(model.cpu().state_dict())
     return RecordDict({
@@ -140,7 +155,8 @@ def train_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDic
 
 
 def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, context: Context,
-                    seed: int, device: torch.device) -> tuple[float, dict[str, float]]:
+                    seed: int, device: torch.device, transform: BatchTransform | None
+                    ) -> tuple[float, dict[str, float]]:
     """One DP-SGD round; ε for this round and over every round this node trained, with the
     node's step count kept in its persistent `context.state`."""
     # Opacus takes ~2 s to import: only DP-SGD runs pay for it.
@@ -155,7 +171,7 @@ def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, con
                            optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
                            weight_decay=t.weight_decay, noise_multiplier=sigma,
                            max_grad_norm=dp.max_grad_norm, device=device, seed=seed,
-                           max_steps=t.local_steps)
+                           max_steps=t.local_steps, batch_transform=transform)
     before = int(context.state[DP_STATE]["steps"]) if DP_STATE in context.state else 0
     context.state[DP_STATE] = MetricRecord({"steps": before + steps})
     return loss, {
@@ -168,12 +184,20 @@ def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, con
 def evaluate_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDict:
     """Accuracy of the global model on this client's test shard, disguised as clients use it,
     and on its validation split where it holds one out; the reply's content."""
-    prepared = prepared_data(cfg, context, int(content["config"]["server-round"]))
+    server_round = int(content["config"]["server-round"])
+    prepared = prepared_data(cfg, context, server_round)
     data, device = prepared.test, resolve_device(cfg.resources.device)
     model = _model_from(content, cfg, data)
-    loss, acc = evaluate(model, data, device=device)
+    draws = batch_draws(cfg, context)
+    # Freshly disguised test batches of the training batch size, as the authors evaluate
+    # (the batch is what VisualMixer's attention averages over); else the prepared shard.
+    def fresh(split: str) -> dict:
+        return {} if draws is None else {"batch_size": cfg.train.batch_size,
+                                         "batch_transform": draws.evaluation(split, server_round)}
+
+    loss, acc = evaluate(model, data, device=device, **fresh("test"))
     metrics = {"test_loss": loss, "test_accuracy": acc, m.NUM_EXAMPLES: len(data)}
     if prepared.validation is not None:
         metrics["validation_loss"], metrics["validation_accuracy"] = evaluate(
-            model, prepared.validation, device=device)
+            model, prepared.validation, device=device, **fresh("validation"))
     return RecordDict({m.METRICS: MetricRecord(metrics)})

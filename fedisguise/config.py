@@ -15,6 +15,7 @@ import json
 import math
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -22,6 +23,9 @@ from typing import Any, get_type_hints
 MODES = ("simulation", "deployment")
 DEVICES = ("auto", "cpu", "cuda")
 KEY_SCOPES = ("per-client", "federation")
+# When a node draws its disguise's randomness afresh: once for the run, every round, or every
+# batch it trains or evaluates on (the VisualMixer and InstaHide authors' code redraws per batch).
+REDISGUISE = ("once", "round", "batch")
 # Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
 STRUCTURED_KEYS = ("disguise", "attacks")
 
@@ -97,7 +101,10 @@ class ClientConfig:
     # a folder of per-node key files: node i uses <key_dir>/client-<i>.key (make one with
     # `python -m fedisguise.disguise.keygen --out DIR --clients N`); excludes key_file
     key_dir: str = ""
-    redisguise_each_round: bool = False  # draw fresh disguise noise every round, not once
+    # once | round | batch: when the disguise's random draws (noise, mixing, masks, shuffles)
+    # are made afresh; the keyed transform never changes (fedisguise.node_data)
+    redisguise: str = "once"
+    redisguise_each_round: bool = False  # deprecated: redisguise = "round"
 
 
 @dataclass
@@ -199,6 +206,7 @@ class Config:
             if not isinstance(table, dict):
                 raise ConfigError(f"[{name}] must be a table, got {type(table).__name__}")
             sections[name] = _build_section(name, section_cls, table)
+        _resolve_deprecated(sections["client"])
         cfg = cls(
             **sections,
             disguise=copy.deepcopy(raw.get("disguise", "none")),
@@ -316,6 +324,7 @@ class Config:
         _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
         _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
         _choice("client.key_scope", self.client.key_scope, KEY_SCOPES)
+        _choice("client.redisguise", self.client.redisguise, REDISGUISE)
         self._validate_keys()
         p = self.privacy
         _check(p.examiner_epochs >= 1, "privacy.examiner_epochs", p.examiner_epochs, ">= 1")
@@ -413,6 +422,13 @@ class Config:
             for key, value in (("client.key_file", c.key_file), ("client.key_dir", c.key_dir)):
                 if value:
                     raise ConfigError(f"disguise {name!r} takes no key; remove {key}")
+        if name in DISGUISES and c.redisguise != "once":
+            from fedisguise.disguise.base import spec_params
+
+            if not DISGUISES[name].redraws(spec_params(self.disguise)[1]):
+                raise ConfigError(f"client.redisguise = {c.redisguise!r} has nothing to draw "
+                                  f"afresh: disguise {name!r} makes no random draws with "
+                                  f"these parameters; use 'once'")
 
     @property
     def disguise_name(self) -> str:
@@ -445,6 +461,20 @@ def load_config(path: str | Path) -> Config:
 
 
 # ---- helpers ----------------------------------------------------------------------------
+def _resolve_deprecated(client: ClientConfig) -> None:
+    """`client.redisguise_each_round = true` still means `client.redisguise = "round"`, said
+    once, with the key to use instead; together with another mode it is an error."""
+    if not client.redisguise_each_round:
+        return
+    if client.redisguise not in ("once", "round"):
+        raise ConfigError(f"client.redisguise_each_round = true (deprecated: it means "
+                          f"redisguise = 'round') contradicts client.redisguise = "
+                          f"{client.redisguise!r}; remove redisguise_each_round")
+    warnings.warn("client.redisguise_each_round is deprecated and will be removed: write "
+                  "client.redisguise = \"round\" instead", FutureWarning, stacklevel=4)
+    client.redisguise, client.redisguise_each_round = "round", False
+
+
 def _build_section(name: str, section_cls: type, table: dict[str, Any]) -> Any:
     hints = get_type_hints(section_cls)
     unknown = sorted(set(table) - set(hints))

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedisguise.data import ImageDataset
-from fedisguise.training import OPTIMIZERS
+from fedisguise.training import OPTIMIZERS, BatchTransform
 
 
 def check_model(model: nn.Module, name: str) -> None:
@@ -86,8 +86,10 @@ def poisson_batches(num_examples: int, batch_size: int, epochs: int, seed: int,
 def train_dp(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: int,
              optimizer: str, lr: float, momentum: float, weight_decay: float,
              noise_multiplier: float, max_grad_norm: float, device: torch.device,
-             seed: int, max_steps: int = 0) -> tuple[float, int]:
-    """Train in place with DP-SGD; returns (mean loss, steps taken)."""
+             seed: int, max_steps: int = 0,
+             batch_transform: BatchTransform | None = None) -> tuple[float, int]:
+    """Train in place with DP-SGD; returns (mean loss, steps taken). `batch_transform`
+    disguises each Poisson batch (with the step's index) before the model sees it."""
     if noise_multiplier <= 0 or max_grad_norm <= 0:
         raise ValueError("DP-SGD needs noise_multiplier > 0 and max_grad_norm > 0")
     if data.labels.ndim != 1:
@@ -111,8 +113,14 @@ def train_dp(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: i
                 break
             if len(y) == 0:  # Poisson sampling may draw an empty batch: nothing is released
                 continue
+            x, y = x.to(device), y.to(device)
+            if batch_transform is not None:
+                x, y = batch_transform(x, y, steps)
+                if y.ndim != 1:
+                    raise ValueError("DP-SGD needs hard labels (InstaHide's mixed labels are "
+                                     "not supported with DP-SGD)")
             dp_opt.zero_grad(set_to_none=True)
-            loss = loss_fn(private(x.to(device)), y.to(device))
+            loss = loss_fn(private(x), y)
             loss.backward()
             dp_opt.step()
             total += loss.item()

@@ -11,27 +11,57 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from fedisguise.config import Config
 from fedisguise.data import ClientData, ImageDataset, client_data
 from fedisguise.disguise import Disguise
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
+from fedisguise.training import BatchTransform
+
+
+@dataclass(frozen=True)
+class BatchDraws:
+    """A node's disguise drawn afresh for every batch (client.redisguise = "batch"), as the
+    VisualMixer and InstaHide authors' code does. Each batch draws from its own stream of the
+    node's secret, named by what the batch is (a round's training step, a split's evaluation
+    batch), so the experimenter of a local run replays any batch exactly."""
+
+    disguise: Disguise
+    secret: DisguiseKey
+
+    def training(self, server_round: int, purpose: str = "train") -> BatchTransform:
+        def apply(images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple:
+            self.disguise.reseed(f"{purpose}:round-{server_round}:step-{step}", self.secret)
+            return self.disguise.apply(images, labels)
+        return apply
+
+    def evaluation(self, split: str, server_round: int) -> BatchTransform:
+        def apply(images: torch.Tensor, labels: torch.Tensor, batch: int) -> tuple:
+            self.disguise.reseed(f"{split}:round-{server_round}:batch-{batch}", self.secret)
+            return self.disguise.apply_eval(images, labels)
+        return apply
 
 
 @dataclass(frozen=True)
 class NodeData:
     plain: ClientData  # the node's partition and test shard as they are on disk
-    train: ImageDataset  # its training images as it trains on them (disguised)
+    # its training images as it trains on them: disguised, or plain where `batches` disguises
+    # every batch afresh (client.redisguise = "batch")
+    train: ImageDataset
     test: ImageDataset | None  # its test shard as it evaluates on it, when asked for
     key: DisguiseKey
     validation: ImageDataset | None = None  # its validation split, disguised as its test shard
     secret: DisguiseKey | None = None  # the node's own draws secret (`node_secret`)
+    batches: BatchDraws | None = None  # per-batch draws (client.redisguise = "batch")
 
 
 def train_stream(cfg: Config, server_round: int) -> str:
-    """The key stream of the training disguise's random draws (noise, mixing, masks): the
-    same every round unless fresh draws are asked for; the keyed transform itself is fixed."""
-    return f"train:round-{server_round}" if cfg.client.redisguise_each_round else "train"
+    """The secret's stream of the training disguise's random draws (noise, mixing, masks):
+    the same every round (`once`) or new every round (`round`); `batch` draws per batch
+    (`BatchDraws`). The keyed transform itself never changes."""
+    return f"train:round-{server_round}" if cfg.client.redisguise == "round" else "train"
 
 
 def _node_parts(cfg: Config, partition_id: int, node_key_file: str, is_node: bool
@@ -41,6 +71,13 @@ def _node_parts(cfg: Config, partition_id: int, node_key_file: str, is_node: boo
     key = node_key(cfg, partition_id, node_key_file)
     secret = node_secret(cfg, partition_id, node_key_file, create=is_node)
     return build_disguise(cfg.disguise, key), key, secret
+
+
+def node_batch_draws(cfg: Config, partition_id: int, node_key_file: str = "",
+                     is_node: bool = False) -> BatchDraws:
+    """Node `partition_id`'s per-batch disguise (client.redisguise = "batch")."""
+    disguise, _, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
+    return BatchDraws(disguise, secret)
 
 
 def node_disguise(cfg: Config, partition_id: int, stream: str, node_key_file: str = "",
@@ -62,6 +99,10 @@ def node_data(cfg: Config, partition_id: int, server_round: int, node_key_file: 
                         partition_id, cfg.experiment.clients, d.train_per_client,
                         d.test_samples, d.validation)
     disguise, key, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
+    if cfg.client.redisguise == "batch":  # nothing is disguised ahead: every batch afresh
+        return NodeData(plain=plain, train=plain.train, test=plain.test if test else None,
+                        key=key, validation=plain.validation if test else None,
+                        secret=secret, batches=BatchDraws(disguise, secret))
     disguise.reseed(train_stream(cfg, server_round), secret)
     images, labels = disguise.apply(plain.train.images, plain.train.labels)
     disguised_test = None

@@ -16,6 +16,10 @@ from fedisguise.data import ImageDataset
 from fedisguise.optim import STAdam
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float, float], torch.optim.Optimizer]
+# (images, labels, the batch's index) -> the batch as the model sees it: a disguise drawn
+# afresh for every batch (fedisguise.node_data.BatchDraws)
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, int],
+                          tuple[torch.Tensor, torch.Tensor | None]]
 
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "sgd": lambda params, lr, momentum, wd: torch.optim.SGD(
@@ -69,9 +73,11 @@ def resolve_device(preference: str = "auto") -> torch.device:
 def train_local(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: int,
                 optimizer: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                 proximal_mu: float = 0.0, device: torch.device | str = "cpu",
-                generator: torch.Generator | None = None, max_steps: int = 0) -> float:
+                generator: torch.Generator | None = None, max_steps: int = 0,
+                batch_transform: BatchTransform | None = None) -> float:
     """Train in place for `epochs` passes, or stop after `max_steps` batches when > 0 (one
-    step = FedSGD); returns the mean cross-entropy over all batches.
+    step = FedSGD); returns the mean cross-entropy over all batches. `batch_transform`
+    disguises each batch (with the step's index) before the model sees it.
 
     `proximal_mu > 0` adds FedProx's (mu/2)·||w − w_global||² (Li et al. 2020, eq. 2) with
     w_global the weights the model held on entry.
@@ -87,10 +93,14 @@ def train_local(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size
     images, labels = data.images.to(device), data.labels.to(device)
     loss_fn = nn.CrossEntropyLoss()
     total, batches = 0.0, 0
-    for idx in batch_order(len(labels), batch_size, epochs, generator, max_steps):
+    for step, idx in enumerate(batch_order(len(labels), batch_size, epochs, generator,
+                                           max_steps)):
         idx = idx.to(device)
+        x, y = images[idx], labels[idx]
+        if batch_transform is not None:
+            x, y = batch_transform(x, y, step)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images[idx]), labels[idx])
+        loss = loss_fn(model(x), y)
         if proximal_mu:
             prox = sum((p - g).pow(2).sum() for p, g in zip(model.parameters(), global_params))
             loss = loss + 0.5 * proximal_mu * prox
@@ -103,8 +113,10 @@ def train_local(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
-             device: torch.device | str = "cpu") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on `data`."""
+             device: torch.device | str = "cpu",
+             batch_transform: BatchTransform | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on `data`; `batch_transform` disguises each
+    batch (with its index) first."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     device = torch.device(device)
@@ -113,6 +125,8 @@ def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
     for start in range(0, len(data), batch_size):
         x = data.images[start:start + batch_size].to(device)
         y = data.labels[start:start + batch_size].to(device)
+        if batch_transform is not None:
+            x, y = batch_transform(x, y, start // batch_size)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()

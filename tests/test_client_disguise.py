@@ -1,13 +1,21 @@
-"""Clients disguise once per run (or per round when asked), under their own key."""
+"""Clients disguise once per run, per round or per batch (client.redisguise), under their own
+key and their own secret's draws."""
+
+import json
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fedisguise.client_work import _PREPARED, prepared_data
+from fedisguise import client_work
+from fedisguise.attacks.suite import ground_truth, trained_batches
+from fedisguise.client_work import _PREPARED, evaluate_reply, prepared_data, train_reply
+from fedisguise.config import ConfigError
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.keys import node_key
-from fedisguise.node_data import node_data
+from fedisguise.models import build_model
+from fedisguise.node_data import node_batch_draws, node_data
+from fedisguise.training import training_order_seed
 from tests.conftest import synthetic_config
 
 
@@ -32,7 +40,7 @@ def test_disguised_once_and_reused_across_rounds(tmp_path):
 
 def test_fresh_noise_each_round_only_when_asked(tmp_path):
     _PREPARED.clear()
-    cfg = _cfg(tmp_path, **{"client.redisguise_each_round": True})
+    cfg = _cfg(tmp_path, **{"client.redisguise": "round"})
     r1 = prepared_data(cfg, _context(0), server_round=1)
     r2 = prepared_data(cfg, _context(0), server_round=2)
     assert not torch.equal(r1.train.images, r2.train.images)
@@ -115,3 +123,109 @@ def test_the_cache_notices_a_replaced_dataset_file(tmp_path):
     _write_fmnist(folder, seed=2)  # new pixels, same file names
     after = prepared_data(cfg, _context(0), server_round=2)
     assert not torch.equal(after.train.images, before.train.images)
+
+
+def test_redisguise_each_round_is_a_deprecated_alias_of_round(tmp_path):
+    with pytest.warns(FutureWarning, match='client.redisguise = "round"'):
+        cfg = _cfg(tmp_path, **{"client.redisguise_each_round": True})
+    assert (cfg.client.redisguise, cfg.client.redisguise_each_round) == ("round", False)
+    with pytest.raises(ConfigError, match="contradicts client.redisguise = 'batch'"):
+        _cfg(tmp_path, **{"client.redisguise_each_round": True, "client.redisguise": "batch"})
+    with pytest.raises(ConfigError, match="unknown client.redisguise 'epoch'"):
+        _cfg(tmp_path, **{"client.redisguise": "epoch"})
+    for spec in ('"aes"', '{"name": "block-permutation", "block_size": 4}'):
+        with pytest.raises(ConfigError, match="nothing to draw afresh"):
+            _cfg(tmp_path, **{"client.redisguise": "batch", "disguise": spec})
+
+
+def _message(cfg, server_round: int) -> RecordDict:
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, 1, 10, 28)
+    return RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                       "config": ConfigRecord({"server-round": server_round})})
+
+
+def _recording(monkeypatch, name: str, module=client_work) -> list:
+    """Every batch the client's model sees in `<module>.<name>` (train_local, evaluate,
+    fedisguise.dp.train_dp)."""
+    seen, real = [], getattr(module, name)
+
+    def wrapped(*args, batch_transform=None, **kwargs):
+        def record(images, labels, index):
+            out = batch_transform(images, labels, index)
+            seen.append(out)
+            return out
+        return real(*args, batch_transform=batch_transform and record, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return seen
+
+
+@pytest.mark.parametrize("spec", [{"name": "disguisednets", "block_size": 7, "noise_level": 25},
+                                  {"name": "instahide", "k": 2}])
+def test_batch_mode_draws_every_batch_afresh_and_the_attack_suite_replays_it(
+        tmp_path, monkeypatch, spec):
+    _PREPARED.clear()
+    cfg = _cfg(tmp_path, **{"client.redisguise": "batch", "disguise": json.dumps(spec),
+                            "train.batch_size": 16, "train.local_epochs": 2})
+    assert torch.equal(prepared_data(cfg, _context(0), 1).train.images,
+                       node_data(cfg, 0, 1).plain.train.images)  # nothing disguised ahead
+    seen = _recording(monkeypatch, "train_local")
+    train_reply(_message(cfg, 1), _context(0), cfg)
+    assert len(seen) == 8  # 64 images, batches of 16, two epochs
+    # each epoch holds every image once: epoch two shows them again under other draws
+    first = torch.cat([x for x, _ in seen[:4]])
+    assert not any(torch.equal(a, b) for a in first for b in seen[4][0])
+    truth = ground_truth(cfg, 1, 0)
+    assert torch.equal(truth.batch_index, torch.arange(64))  # two whole epochs
+    # every image as the client first trained on it, exactly
+    batches = trained_batches(cfg, 64, training_order_seed(0, 1, 0))
+    for (x, _), idx in zip(seen[:4], batches[:4]):
+        assert torch.equal(truth.train_disguised[idx], x)
+    # a new round draws anew
+    train_reply(_message(cfg, 2), _context(0), cfg)
+    assert not torch.equal(seen[8][0], seen[0][0])
+
+
+def test_batch_mode_evaluates_on_freshly_disguised_test_batches(tmp_path, monkeypatch):
+    _PREPARED.clear()
+    spec = {"name": "visualmixer-uniform", "window": 4}
+    cfg = _cfg(tmp_path, **{"client.redisguise": "batch", "disguise": json.dumps(spec),
+                            "train.batch_size": 10})
+    seen = _recording(monkeypatch, "evaluate")
+    reply = evaluate_reply(_message(cfg, 1), _context(0), cfg)
+    assert reply["metrics"]["num-examples"] == 50
+    assert [len(x) for x, _ in seen] == [10] * 5  # the training batch size, as the authors
+    plain = node_data(cfg, 0, 1).plain.test.images
+    assert not torch.equal(seen[0][0], plain[:10])
+    replay = node_batch_draws(cfg, 0).evaluation("test", 1)
+    assert torch.equal(replay(plain[:10], None, 0)[0], seen[0][0])  # the node's own draws
+    evaluate_reply(_message(cfg, 2), _context(0), cfg)
+    assert not torch.equal(seen[5][0], seen[0][0])  # another round, other draws
+
+
+@pytest.mark.parametrize("dp", ["none", "dp-sgd"])
+def test_batch_mode_ground_truth_of_a_few_steps_is_the_batches_the_client_drew(
+        tmp_path, monkeypatch, dp):
+    _PREPARED.clear()
+    cfg = _cfg(tmp_path, **{"client.redisguise": "batch", "train.batch_size": 16,
+                            "train.local_steps": 2, "dp.mode": dp, "train.optimizer": "sgd",
+                            "train.lr": 0.01})
+    if dp == "dp-sgd":  # the DP round imports train_dp when it runs: record it at its source
+        from fedisguise import dp as dp_module
+
+        seen = _recording(monkeypatch, "train_dp", dp_module)
+    else:
+        seen = _recording(monkeypatch, "train_local")
+    train_reply(_message(cfg, 3), _context(1), cfg)
+    assert len(seen) == 2
+    truth = ground_truth(cfg, 3, 1)
+    first, second = (x for x, _ in seen)
+    assert torch.equal(truth.batch_disguised, truth.train_disguised[truth.batch_index])
+    rows = {tuple(r.flatten().tolist()) for r in torch.cat([first, second])}
+    assert all(tuple(r.flatten().tolist()) in rows for r in truth.batch_disguised)
+    # the images no step drew are disguised too (Level-2 pairs come from them), not plain
+    rest = torch.ones(64, dtype=torch.bool)
+    rest[truth.batch_index] = False
+    plain = truth.train_plain.images
+    assert rest.any() and not torch.equal(truth.train_disguised[rest], plain[rest])

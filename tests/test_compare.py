@@ -353,7 +353,7 @@ def test_the_cpu_grid_holds_every_setting_of_the_full_grid():
                 disguise = {k: disguise[k] for k in ("name", "alpha")}
             first[cell.defence] = (c.disguise_name, disguise, c.train.optimizer,
                                    c.data.partitioner, c.client.key_scope,
-                                   c.client.redisguise_each_round, c.dp)
+                                   c.client.redisguise, c.dp)
         return first
     full, cpu = settings("compare-fmnist-full.toml"), settings("compare-fmnist-cpu.toml")
     assert len(full) == 32 and list(cpu) == list(full)

@@ -34,9 +34,14 @@ from fedisguise.config import Config
 from fedisguise.data import ImageDataset, load_dataset
 from fedisguise.disguise import build as build_disguise
 from fedisguise.dp import poisson_batches
-from fedisguise.node_data import node_data
+from fedisguise.node_data import NodeData, node_data
 from fedisguise.privacy import display_range
-from fedisguise.training import batch_indices, resolve_device, training_order_seed
+from fedisguise.training import (
+    batch_indices,
+    batch_order,
+    resolve_device,
+    training_order_seed,
+)
 
 HOLDOUT = 5000  # test images [0, 5000) are non-member candidates, the rest public data
 
@@ -63,11 +68,15 @@ def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int,
 
 
 def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
-    """Re-create the target client's data exactly as it trained on it."""
+    """Re-create the target client's data exactly as it trained on it: under its key and
+    its own secret's draws; with client.redisguise = "batch", batch by batch as it drew them."""
     seed = cfg.experiment.seed
     data = node_data(cfg, partition, server_round, test=False)
-    plain, disguised, key = data.plain.train, data.train.images, data.key
+    plain, key = data.plain.train, data.key
     steps, order_seed = cfg.train.local_steps, training_order_seed(seed, server_round, partition)
+    disguised = data.train.images if data.batches is None else replay_batches(
+        data, trained_batches(cfg, len(plain), order_seed), server_round,
+        cfg.train.batch_size)
     if steps and cfg.dp.mode == "dp-sgd":  # Opacus drew Poisson batches from the same seed
         idx = torch.cat(list(poisson_batches(len(plain), cfg.train.batch_size,
                                              cfg.train.local_epochs, order_seed, steps)))
@@ -82,6 +91,45 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
                        batch_labels=plain.labels[idx], train_plain=plain,
                        train_disguised=disguised, disguise_spec=cfg.disguise,
                        disguise_key=key, disguise_secret=data.secret, batch_index=idx)
+
+
+def trained_batches(cfg: Config, num_examples: int, order_seed: int) -> list[torch.Tensor]:
+    """The partition indices of every batch a client trained on in one round, in order: the
+    batches of `train_local`, or Opacus's Poisson batches under DP-SGD."""
+    t = cfg.train
+    if cfg.dp.mode == "dp-sgd":
+        return list(poisson_batches(num_examples, t.batch_size, t.local_epochs, order_seed,
+                                    t.local_steps))
+    return list(batch_order(num_examples, t.batch_size, t.local_epochs,
+                            torch.Generator().manual_seed(order_seed), t.local_steps))
+
+
+def replay_batches(data: NodeData, batches: list[torch.Tensor], server_round: int,
+                   batch_size: int) -> torch.Tensor:
+    """The client's partition as it disguised it batch by batch in `server_round`
+    (client.redisguise = "batch"): each image as it was the first time the client trained on
+    it that round, each batch under that step's draws. Images it did not train on that round
+    (a few local steps) are disguised under draws of their own from the node's secret, so
+    that Level-2 pairs and outsourced evidence still come from the victim's own disguise."""
+    plain = data.plain.train
+    transform = data.batches.training(server_round)
+    out, seen = None, torch.zeros(len(plain), dtype=torch.bool)
+    for step, idx in enumerate(batches):
+        images, _ = transform(plain.images[idx], plain.labels[idx], step)
+        if out is None:
+            out = torch.empty((len(plain), *images.shape[1:]), dtype=images.dtype)
+        first = ~seen[idx]
+        out[idx[first]] = images[first]
+        seen[idx] = True
+    rest = (~seen).nonzero().flatten()
+    if len(rest):
+        extra = data.batches.training(server_round, purpose="untrained")
+        for i, idx in enumerate(rest.split(batch_size)):
+            images, _ = extra(plain.images[idx], plain.labels[idx], i)
+            if out is None:
+                out = torch.empty((len(plain), *images.shape[1:]), dtype=images.dtype)
+            out[idx] = images
+    return out
 
 
 def save_grid(path: Path, rows: tuple[torch.Tensor, ...]) -> None:

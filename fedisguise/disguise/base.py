@@ -93,6 +93,12 @@ class Disguise:
         cls(DisguiseKey.generate(seed="check-spec") if cls.keyed else None, **params)
 
     @classmethod
+    def redraws(cls, params: Mapping[str, Any]) -> bool:
+        """Whether a disguise of these parameters makes random draws, so that drawing them
+        afresh (client.redisguise 'round' or 'batch') changes anything."""
+        return cls.draws
+
+    @classmethod
     def buildable(cls, params: Mapping[str, Any]) -> bool:
         """Whether the spec can be built as it stands; False where the harness makes what it
         needs first (transform-net without `path`: fedisguise.transform.prepare trains it)."""

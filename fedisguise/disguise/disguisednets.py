@@ -13,6 +13,7 @@ Outputs are on the [0, 1] scale of the inputs (X·R + Δ/255), so they may leave
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import numpy as np
@@ -67,6 +68,12 @@ class _DisguisedNetsBase(Disguise):
             key, block_size, float(noise_level), matrix)
         self._tables: dict[tuple, torch.Tensor] = {}
         self.reseed("default")
+
+    @classmethod
+    def redraws(cls, params) -> bool:  # Δ is the only draw
+        noise = params.get("noise_level",
+                           inspect.signature(cls.__init__).parameters["noise_level"].default)
+        return noise > 0
 
     def _draw_from(self, source: DisguiseKey, stream: str) -> None:
         # Δ is fresh for every image but reproducible for the same secret, stream and calls.
