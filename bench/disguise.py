@@ -4,6 +4,10 @@
 For every registered defence: disguise N Fashion-MNIST training images (N = 10 000 by
 default) and report images/s and `epoch_ratio` = disguise time ÷ one local lenet epoch (SGD,
 batch 32) on the same images, timed here on the same device. Goal: epoch_ratio < 0.05.
+For every defence that makes random draws, `batch_epoch_ratio` is the same for
+client.redisguise = "batch": an epoch's batches of 32, each disguised as a batch of its own
+with draws no other batch shares, as `train_local` asks for them
+(fedisguise.node_data.BatchDraws: one call per epoch). Goal: < 0.10.
 
 A shared machine's speed drifts by tens of percent from one minute to the next, and a
 disguise takes a fraction of a second: each defence is timed between two epochs and divided
@@ -34,6 +38,7 @@ from fedisguise.disguise.transform_net import (  # noqa: E402
     train_transform_net,
 )
 from fedisguise.models import build_model  # noqa: E402
+from fedisguise.node_data import BatchDraws  # noqa: E402
 from fedisguise.training import train_local  # noqa: E402
 
 # Parameters as in the issue's utility comparison and the papers' settings.
@@ -100,30 +105,47 @@ def main() -> None:
     results = {"_meta": {"device": str(device), "images": len(data),
                          "lenet_epoch_seconds": min(epochs), "lenet_epoch_samples": epochs,
                          "torch_threads": torch.get_num_threads()}}
-    for i, (name, time_taken) in enumerate(seconds.items()):
+    for i, (name, (time_taken, per_batch)) in enumerate(seconds.items()):
         lenet = min(epochs[i], epochs[i + 1])  # the epochs timed either side of this one
         results[name] = {"images_per_s": len(data) / time_taken, "seconds": time_taken,
                          "epoch_seconds": lenet, "epoch_ratio": time_taken / lenet}
+        if per_batch is not None:
+            results[name].update(batch_seconds=per_batch, batch_epoch_ratio=per_batch / lenet)
         if not args.json:
             print(f"{name:>20}: {len(data) / time_taken:12.0f} images/s, "
-                  f"epoch_ratio {time_taken / lenet:.4f}", file=sys.stderr)
+                  f"epoch_ratio {time_taken / lenet:.4f}" +
+                  ("" if per_batch is None else f", batch_epoch_ratio {per_batch / lenet:.4f}"),
+                  file=sys.stderr)
     print(json.dumps(results, indent=None if args.json else 2))
 
 
 def bench_all(data: ImageDataset, specs: dict, key: DisguiseKey, device: torch.device,
               args: argparse.Namespace, epoch: Callable[[], float]
-              ) -> tuple[dict[str, float], list[float]]:
-    """Seconds to disguise `data` with every registered defence (best of the repeats), and
-    the lenet epochs timed before the first, between each two and after the last."""
+              ) -> tuple[dict[str, tuple[float, float | None]], list[float]]:
+    """Seconds to disguise `data` with every registered defence (best of the repeats), at
+    once and, for a defence that draws, batch by batch; and the lenet epochs timed before
+    the first, between each two and after the last."""
     seconds, epochs = {}, [epoch()]
+    secret = DisguiseKey.generate("node-secret")
+    order = list(torch.randperm(len(data), generator=torch.Generator().manual_seed(0),
+                                device=device).split(32))
     for name in sorted(DISGUISES):
         disguise = build(specs.get(name, name), None if name == "none" else key)
         disguise.apply(data.images[:64], data.labels[:64])  # warm-up: tables, kernels
-        seconds[name] = timed(lambda d=disguise: d.apply(data.images, data.labels),
-                              args.repeats, device)
+        once = timed(lambda d=disguise: d.apply(data.images, data.labels), args.repeats, device)
+        per_batch = None
+        if disguise.draws:
+            draws = BatchDraws(disguise, secret).training(server_round=1)
+
+            def epoch_of_batches(draws=draws) -> None:
+                draws(data.images, data.labels, order, 0)
+
+            per_batch = timed(epoch_of_batches, args.repeats, device)
+        seconds[name] = (once, per_batch)
         epochs.append(epoch())
-        print(f"{name:>20}: {seconds[name]:.4f} s, epoch {epochs[-1]:.2f} s",  # progress
-              file=sys.stderr)
+        print(f"{name:>20}: {once:.4f} s" +  # progress
+              ("" if per_batch is None else f", {per_batch:.4f} s by batch") +
+              f", epoch {epochs[-1]:.2f} s", file=sys.stderr)
     return seconds, epochs
 
 

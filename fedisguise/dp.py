@@ -89,7 +89,7 @@ def train_dp(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: i
              seed: int, max_steps: int = 0,
              batch_transform: BatchTransform | None = None) -> tuple[float, int]:
     """Train in place with DP-SGD; returns (mean loss, steps taken). `batch_transform`
-    disguises each Poisson batch (with the step's index) before the model sees it."""
+    disguises each Poisson batch, on its own, before the model sees it."""
     if noise_multiplier <= 0 or max_grad_norm <= 0:
         raise ValueError("DP-SGD needs noise_multiplier > 0 and max_grad_norm > 0")
     if data.labels.ndim != 1:
@@ -114,8 +114,8 @@ def train_dp(model: nn.Module, data: ImageDataset, *, epochs: int, batch_size: i
             if len(y) == 0:  # Poisson sampling may draw an empty batch: nothing is released
                 continue
             x, y = x.to(device), y.to(device)
-            if batch_transform is not None:
-                x, y = batch_transform(x, y, steps)
+            if batch_transform is not None:  # Poisson batches come one at a time
+                [(x, y)] = batch_transform(x, y, [torch.arange(len(y), device=device)], steps)
                 if y.ndim != 1:
                     raise ValueError("DP-SGD needs hard labels (InstaHide's mixed labels are "
                                      "not supported with DP-SGD)")

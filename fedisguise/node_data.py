@@ -24,23 +24,29 @@ from fedisguise.training import BatchTransform
 @dataclass(frozen=True)
 class BatchDraws:
     """A node's disguise drawn afresh for every batch (client.redisguise = "batch"), as the
-    VisualMixer and InstaHide authors' code does. Each batch draws from its own stream of the
-    node's secret, named by what the batch is (a round's training step, a split's evaluation
-    batch), so the experimenter of a local run replays any batch exactly."""
+    VisualMixer and InstaHide authors' code does: no two batches share a draw, and a
+    batch-wise disguise (InstaHide's mixing, VisualMixer-authors' attention) works within
+    each batch. The batches of one call (an epoch's, or one DP-SGD Poisson batch) draw from
+    one stream of the node's secret named by the call's first step, in one vectorised pass;
+    the experimenter of a local run replays them exactly (fedisguise.attacks.suite)."""
 
     disguise: Disguise
     secret: DisguiseKey
 
     def training(self, server_round: int, purpose: str = "train") -> BatchTransform:
-        def apply(images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple:
-            self.disguise.reseed(f"{purpose}:round-{server_round}:step-{step}", self.secret)
-            return self.disguise.apply(images, labels)
-        return apply
+        return self._transform(f"{purpose}:round-{server_round}:step", evaluation=False)
 
     def evaluation(self, split: str, server_round: int) -> BatchTransform:
-        def apply(images: torch.Tensor, labels: torch.Tensor, batch: int) -> tuple:
-            self.disguise.reseed(f"{split}:round-{server_round}:batch-{batch}", self.secret)
-            return self.disguise.apply_eval(images, labels)
+        return self._transform(f"{split}:round-{server_round}:batch", evaluation=True)
+
+    def _transform(self, stream: str, evaluation: bool) -> BatchTransform:
+        def apply(images: torch.Tensor, labels: torch.Tensor, batches: list[torch.Tensor],
+                  first: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            self.disguise.reseed(f"{stream}-{first}", self.secret)
+            sizes = [len(b) for b in batches]
+            idx = torch.cat(batches)
+            x, y = self.disguise.apply_batches(images[idx], labels[idx], sizes, evaluation)
+            return list(zip(x.split(sizes), y.split(sizes)))
         return apply
 
 

@@ -151,9 +151,9 @@ def _recording(monkeypatch, name: str, module=client_work) -> list:
     seen, real = [], getattr(module, name)
 
     def wrapped(*args, batch_transform=None, **kwargs):
-        def record(images, labels, index):
-            out = batch_transform(images, labels, index)
-            seen.append(out)
+        def record(images, labels, batches, first):
+            out = batch_transform(images, labels, batches, first)
+            seen.extend(out)
             return out
         return real(*args, batch_transform=batch_transform and record, **kwargs)
 
@@ -179,8 +179,9 @@ def test_batch_mode_draws_every_batch_afresh_and_the_attack_suite_replays_it(
     truth = ground_truth(cfg, 1, 0)
     assert torch.equal(truth.batch_index, torch.arange(64))  # two whole epochs
     # every image as the client first trained on it, exactly
-    batches = trained_batches(cfg, 64, training_order_seed(0, 1, 0))
-    for (x, _), idx in zip(seen[:4], batches[:4]):
+    calls = trained_batches(cfg, 64, training_order_seed(0, 1, 0))
+    assert [len(batches) for batches in calls] == [4, 4]  # one call per epoch
+    for (x, _), idx in zip(seen[:4], calls[0]):
         assert torch.equal(truth.train_disguised[idx], x)
     # a new round draws anew
     train_reply(_message(cfg, 2), _context(0), cfg)
@@ -199,7 +200,9 @@ def test_batch_mode_evaluates_on_freshly_disguised_test_batches(tmp_path, monkey
     plain = node_data(cfg, 0, 1).plain.test.images
     assert not torch.equal(seen[0][0], plain[:10])
     replay = node_batch_draws(cfg, 0).evaluation("test", 1)
-    assert torch.equal(replay(plain[:10], None, 0)[0], seen[0][0])  # the node's own draws
+    labels = node_data(cfg, 0, 1).plain.test.labels
+    batches = list(torch.arange(50).split(10))
+    assert torch.equal(replay(plain, labels, batches, 0)[0][0], seen[0][0])  # its own draws
     evaluate_reply(_message(cfg, 2), _context(0), cfg)
     assert not torch.equal(seen[5][0], seen[0][0])  # another round, other draws
 

@@ -47,3 +47,19 @@ def test_bad_labels_are_errors():
         d.apply(torch.rand(2, 1, 8, 8), torch.tensor([0, 10]))
     with pytest.raises(ValueError, match="labels must be a tensor with 2 rows"):
         d.apply(torch.rand(2, 1, 8, 8), torch.tensor([0, 1, 2]))
+
+
+def test_batches_are_mixed_within_themselves_in_one_call():
+    d = build({"name": "instahide", "k": 3}, DisguiseKey.generate(4))
+    x, y = torch.rand(30, 1, 8, 8), torch.arange(30) % 10
+    labels = torch.arange(30)  # one class per image: the soft label names the partners
+    wide = build({"name": "instahide", "k": 3, "num_classes": 30}, DisguiseKey.generate(4))
+    _, soft = wide.apply_batches(x, labels, [12, 18])
+    batch = (torch.arange(30) >= 12).long()
+    for row, members in enumerate(soft > 0):
+        assert (batch[members] == batch[row]).all()  # partners from the row's own batch
+        assert members[row]  # and the row's own image leads it
+    out, _ = d.apply_batches(x, y, [12, 18])
+    assert out.shape == x.shape and out.abs().max() <= 1
+    with pytest.raises(ValueError, match="do not cut 30 images"):
+        d.apply_batches(x, y, [12, 17])

@@ -38,7 +38,7 @@ from fedisguise.node_data import NodeData, node_data
 from fedisguise.privacy import display_range
 from fedisguise.training import (
     batch_indices,
-    batch_order,
+    epoch_batches,
     resolve_device,
     training_order_seed,
 )
@@ -93,42 +93,45 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
                        disguise_key=key, disguise_secret=data.secret, batch_index=idx)
 
 
-def trained_batches(cfg: Config, num_examples: int, order_seed: int) -> list[torch.Tensor]:
-    """The partition indices of every batch a client trained on in one round, in order: the
-    batches of `train_local`, or Opacus's Poisson batches under DP-SGD."""
+def trained_batches(cfg: Config, num_examples: int, order_seed: int
+                    ) -> list[list[torch.Tensor]]:
+    """The partition indices of every batch a client trained on in one round, in order, as
+    its disguise drew them under client.redisguise = "batch": epoch by epoch (`train_local`),
+    or Opacus's Poisson batches one by one under DP-SGD."""
     t = cfg.train
     if cfg.dp.mode == "dp-sgd":
-        return list(poisson_batches(num_examples, t.batch_size, t.local_epochs, order_seed,
-                                    t.local_steps))
-    return list(batch_order(num_examples, t.batch_size, t.local_epochs,
-                            torch.Generator().manual_seed(order_seed), t.local_steps))
+        return [[b] for b in poisson_batches(num_examples, t.batch_size, t.local_epochs,
+                                             order_seed, t.local_steps)]
+    return list(epoch_batches(num_examples, t.batch_size, t.local_epochs,
+                              torch.Generator().manual_seed(order_seed), t.local_steps))
 
 
-def replay_batches(data: NodeData, batches: list[torch.Tensor], server_round: int,
+def replay_batches(data: NodeData, calls: list[list[torch.Tensor]], server_round: int,
                    batch_size: int) -> torch.Tensor:
     """The client's partition as it disguised it batch by batch in `server_round`
-    (client.redisguise = "batch"): each image as it was the first time the client trained on
-    it that round, each batch under that step's draws. Images it did not train on that round
-    (a few local steps) are disguised under draws of their own from the node's secret, so
-    that Level-2 pairs and outsourced evidence still come from the victim's own disguise."""
+    (client.redisguise = "batch"), replaying its calls (`trained_batches`): each image as it
+    was the first time the client trained on it that round. Images it did not train on that
+    round (a few local steps) are disguised under draws of their own from the node's secret,
+    so that Level-2 pairs and outsourced evidence still come from the victim's disguise."""
     plain = data.plain.train
-    transform = data.batches.training(server_round)
     out, seen = None, torch.zeros(len(plain), dtype=torch.bool)
-    for step, idx in enumerate(batches):
-        images, _ = transform(plain.images[idx], plain.labels[idx], step)
-        if out is None:
-            out = torch.empty((len(plain), *images.shape[1:]), dtype=images.dtype)
-        first = ~seen[idx]
-        out[idx[first]] = images[first]
-        seen[idx] = True
-    rest = (~seen).nonzero().flatten()
-    if len(rest):
-        extra = data.batches.training(server_round, purpose="untrained")
-        for i, idx in enumerate(rest.split(batch_size)):
-            images, _ = extra(plain.images[idx], plain.labels[idx], i)
+
+    def keep(transform: Any, batches: list[torch.Tensor], first: int) -> None:
+        nonlocal out
+        for idx, (x, _) in zip(batches, transform(plain.images, plain.labels, batches, first)):
             if out is None:
-                out = torch.empty((len(plain), *images.shape[1:]), dtype=images.dtype)
-            out[idx] = images
+                out = torch.empty((len(plain), *x.shape[1:]), dtype=x.dtype)
+            fresh = ~seen[idx]
+            out[idx[fresh]] = x[fresh]
+            seen[idx] = True
+
+    step, train = 0, data.batches.training(server_round)
+    for batches in calls:
+        keep(train, batches, step)
+        step += len(batches)
+    left = (~seen).nonzero().flatten()
+    if len(left):
+        keep(data.batches.training(server_round, "untrained"), list(left.split(batch_size)), 0)
     return out
 
 

@@ -30,6 +30,7 @@ def _ecb(key: bytes, data: bytes) -> bytes:
 @register
 class AESBlocks(Disguise):
     name = "aes"
+    per_image = True
 
     def __init__(self, key: DisguiseKey, block_size: int = 4) -> None:
         if block_size < 1:

@@ -50,6 +50,10 @@ class Disguise:
     name: ClassVar[str] = ""
     keyed: ClassVar[bool] = True
     draws: ClassVar[bool] = False
+    # Each image's disguise depends on that image and its own draws alone, not on the batch
+    # it comes in (InstaHide mixes within its batch; VisualMixer-authors averages attention
+    # over it): then batches can be disguised together in one call.
+    per_image: ClassVar[bool] = False
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -57,6 +61,31 @@ class Disguise:
         check_labels(labels, len(images))
         self._check_shape(tuple(images.shape[1:]))
         return self._apply(images, labels)
+
+    def apply_batches(self, images: torch.Tensor, labels: torch.Tensor, sizes: list[int],
+                      evaluation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consecutive batches of `sizes` images, each disguised as a batch of its own, all
+        from the current draws, in one call: an epoch's batches under client.redisguise =
+        "batch". `evaluation`: as a client prepares images for inference (`apply_eval`)."""
+        if sum(sizes) != len(images) or min(sizes, default=1) < 1:
+            raise ValueError(f"batch sizes {sizes} do not cut {len(images)} images into "
+                             f"non-empty batches")
+        if self.per_image:
+            return (self.apply_eval if evaluation else self.apply)(images, labels)
+        if evaluation:
+            parts = [self.apply_eval(x, y) for x, y in zip(images.split(sizes),
+                                                           labels.split(sizes))]
+            return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+        check_images(images)
+        check_labels(labels, len(images))
+        self._check_shape(tuple(images.shape[1:]))
+        return self._apply_batches(images, labels, sizes)
+
+    def _apply_batches(self, images: torch.Tensor, labels: torch.Tensor, sizes: list[int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`apply_batches` on checked inputs: batch by batch unless a defence vectorises it."""
+        parts = [self._apply(x, y) for x, y in zip(images.split(sizes), labels.split(sizes))]
+        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
     def reseed(self, stream: str, secret: DisguiseKey | None = None) -> None:
         """Restart the disguise's random draws (noise, mixing, masks, per-image shuffles) on
@@ -114,6 +143,7 @@ class NoDisguise(Disguise):
 
     name = "none"
     keyed = False
+    per_image = True
 
     def __init__(self, key: DisguiseKey | None = None) -> None:
         pass

@@ -55,6 +55,7 @@ class _DisguisedNetsBase(Disguise):
 
     permutes_blocks: ClassVar[bool] = False
     draws = True  # Δ, where noise_level > 0
+    per_image = True
 
     def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 0.0,
                  matrix: str = "orthogonal") -> None:

@@ -135,6 +135,24 @@ class InstaHide(Disguise):
         lam = self._weights(n)  # drawn before the partners: the key's stream keeps its order
         return self._mix(images, self.members(n), lam, labels)
 
+    def _apply_batches(self, images, labels, sizes):
+        """Every batch mixed within itself (`inside`: partners from the same batch, as the
+        authors' train_inside.py mixes each mini-batch), all batches in one pass: per partner
+        column, a random key per image plus its batch's number sorts each batch's images
+        into a uniform permutation of that batch, batch after batch."""
+        n = len(images)
+        lam = self._weights(n)
+        batch = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.float64),
+                                        torch.tensor(sizes))
+        columns = [torch.arange(n)]
+        for _ in range(1, self.k):
+            if self.mode == "inside":
+                keys = batch + torch.from_numpy(self._rng.random(n))  # in [b, b + 1)
+                columns.append(torch.argsort(keys))
+            else:
+                columns.append(torch.from_numpy(self._rng.integers(0, len(self.public), n)))
+        return self._mix(images, torch.stack(columns, 1), lam, labels)
+
     def _mix(self, images, members, lam, labels):
         device = images.device
         if self.public is not None and self.public.shape[1:] != images.shape[1:]:

@@ -255,6 +255,7 @@ class TransformNet(Disguise):
 
     name = "transform-net"
     keyed = False
+    per_image = True
 
     def __init__(self, key: DisguiseKey | None = None, path: str = "",
                  alpha: float | None = None, features: str | None = None,
