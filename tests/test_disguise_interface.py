@@ -26,10 +26,33 @@ def batch():
 
 # Keyless defences built from a trained file; their contract is in tests/test_transform_net.py.
 KEYLESS_FROM_FILE = {"transform-net"}
+# Keyless defences whose every choice is a draw: the same draws source gives the same output.
+KEYLESS_DRAWS = {"visualmixer-authors": {}}
 
 
 def test_every_registered_defence_is_covered():
-    assert set(DISGUISES) - {"none"} == set(KEYED) | KEYLESS_FROM_FILE
+    assert set(DISGUISES) - {"none"} == set(KEYED) | KEYLESS_FROM_FILE | set(KEYLESS_DRAWS)
+
+
+@pytest.mark.parametrize("name", sorted(KEYLESS_DRAWS))
+def test_keyless_draws_follow_their_source_and_shapes_hold(name, batch):
+    images, labels = batch
+    spec = {"name": name, **KEYLESS_DRAWS[name]}
+    assert not DISGUISES[name].keyed and DISGUISES[name].draws
+    a, la = build(spec, None).apply(images, labels)
+    b, _ = build(spec, None).apply(images, labels)
+    assert not torch.equal(a, b)  # no key, no secret: fresh OS entropy
+    secret = DisguiseKey.generate(1)
+    same = []
+    for _ in range(2):
+        d = build(spec, None)
+        d.reseed("train", secret)
+        same.append(d.apply(images, labels)[0])
+    assert torch.equal(*same) and a.shape == images.shape and la is labels
+    empty, _ = build(spec, None).apply(torch.rand(0, 1, 28, 28))
+    assert empty.shape == (0, 1, 28, 28)
+    with pytest.raises(ValueError, match="draws random numbers: pass the node's secret"):
+        build(spec, None).reseed("train", "not a key")
 
 
 @pytest.mark.parametrize("name", sorted(KEYED))

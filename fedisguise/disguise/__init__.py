@@ -9,6 +9,7 @@ from fedisguise.disguise import (  # noqa: F401
     instahide,
     transform_net,
     visualmixer,
+    visualmixer_authors,
 )
 from fedisguise.disguise.base import DISGUISES, Disguise, NoDisguise, build, check_images
 from fedisguise.disguise.keys import DisguiseKey
