@@ -23,8 +23,9 @@ from typing import Any, get_type_hints
 MODES = ("simulation", "deployment")
 DEVICES = ("auto", "cpu", "cuda")
 KEY_SCOPES = ("per-client", "federation")
-# When a node draws its disguise's randomness afresh: once for the run, every round, or every
-# batch it trains or evaluates on (the VisualMixer and InstaHide authors' code redraws per batch).
+# When a node draws its disguise's randomness afresh: once for the run, every round (the
+# InstaHide authors remix their whole training set every epoch), or every batch it trains or
+# evaluates on (the VisualMixer authors reshuffle every batch, test batches too).
 REDISGUISE = ("once", "round", "batch")
 # Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
 STRUCTURED_KEYS = ("disguise", "attacks")

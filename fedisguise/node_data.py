@@ -24,9 +24,8 @@ from fedisguise.training import BatchTransform
 @dataclass(frozen=True)
 class BatchDraws:
     """A node's disguise drawn afresh for every batch (client.redisguise = "batch"), as the
-    VisualMixer and InstaHide authors' code does: no two batches share a draw, and a
-    batch-wise disguise (InstaHide's mixing, VisualMixer-authors' attention) works within
-    each batch. The batches of one call (an epoch's, or one DP-SGD Poisson batch) draw from
+    VisualMixer authors' code does: no two batches share a draw, and a batch-wise disguise
+    (VisualMixer-authors' attention average; InstaHide's mixing) works within each batch. The batches of one call (an epoch's, or one DP-SGD Poisson batch) draw from
     one stream of the node's secret named by the call's first step, in one vectorised pass;
     the experimenter of a local run replays them exactly (fedisguise.attacks.suite)."""
 

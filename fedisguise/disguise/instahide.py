@@ -136,10 +136,11 @@ class InstaHide(Disguise):
         return self._mix(images, self.members(n), lam, labels)
 
     def _apply_batches(self, images, labels, sizes):
-        """Every batch mixed within itself (`inside`: partners from the same batch, as the
-        authors' train_inside.py mixes each mini-batch), all batches in one pass: per partner
-        column, a random key per image plus its batch's number sorts each batch's images
-        into a uniform permutation of that batch, batch after batch."""
+        """Every batch mixed within itself (`inside`: partners from the same batch; the
+        authors' train_inside.py mixes the whole training set, anew every epoch, which is
+        client.redisguise = "round" with one local epoch), all batches in one pass: per
+        partner column, a random key per image plus its batch's number sorts each batch's
+        images into a uniform permutation of that batch, batch after batch."""
         n = len(images)
         lam = self._weights(n)
         batch = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.float64),
