@@ -19,7 +19,8 @@ from typing import Any
 from fedisguise.config import Config, ConfigError
 
 REMOTE_KEYS = ("the SuperNodes of a remote federation (--superlink) may disguise with their "
-               "own disguise-key-file, which this machine cannot see")
+               "own disguise-key-file and draw from their own secret beside it, which this "
+               "machine cannot see")
 
 
 def claim_run_dir(cfg: Config, force: bool = False) -> None:

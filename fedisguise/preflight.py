@@ -48,9 +48,10 @@ def check_remote(cfg: Config) -> None:
     if cfg.attacks and not keys_known(cfg, remote=True):
         raise ConfigError(
             f"attacks: scoring an attack rebuilds the target node's disguised data under its "
-            f"key, and the SuperNodes of a remote federation (--superlink) may use their own "
-            f"disguise-key-file, which this machine cannot see; run the attacks on a local "
-            f"federation (no --superlink) or remove them (disguise {cfg.disguise_name!r})")
+            f"key and its own draws secret, and the SuperNodes of a remote federation "
+            f"(--superlink) may use their own disguise-key-file and keep their secret beside "
+            f"it, which this machine cannot see; run the attacks on a local federation (no "
+            f"--superlink) or remove them (disguise {cfg.disguise_name!r})")
 
 
 def check_data(cfg: Config) -> ImageDataset:

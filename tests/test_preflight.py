@@ -301,6 +301,16 @@ def test_a_remote_run_never_rebuilds_a_node_with_a_guessed_key(capsys, tmp_path,
     assert "remote federation" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("disguise, known", [("none", True), ("visualmixer-authors", False),
+                                             (SPEC, False)])
+def test_a_remote_nodes_draws_are_unknown_even_without_a_key(tmp_path, disguise, known):
+    from fedisguise.preflight import keys_known
+
+    cfg = synthetic_config(tmp_path / "out", disguise=disguise)
+    assert keys_known(cfg, remote=True) is known  # keyless, but its shuffles are the node's
+    assert keys_known(cfg, remote=False)
+
+
 def test_preflight_errors_are_config_errors(tmp_path):
     cfg = Config().with_overrides(["data.dataset=synthetic", f"experiment.out={tmp_path}",
                                    "data.data_dir=/definitely/not/here"])
