@@ -189,9 +189,10 @@ def evaluate_reply(content: RecordDict, context: Context, cfg: Config) -> Record
     data, device = prepared.test, resolve_device(cfg.resources.device)
     model = _model_from(content, cfg, data)
     draws = batch_draws(cfg, context)
-    # Freshly disguised test batches of the training batch size, as the authors evaluate
-    # (the batch is what VisualMixer's attention averages over); else the prepared shard.
+
     def fresh(split: str) -> dict:
+        """Freshly disguised batches of the training batch size, as the VisualMixer authors
+        evaluate (the batch is what their attention averages over); else the prepared split."""
         return {} if draws is None else {"batch_size": cfg.train.batch_size,
                                          "batch_transform": draws.evaluation(split, server_round)}
 

@@ -25,9 +25,10 @@ from fedisguise.training import BatchTransform
 class BatchDraws:
     """A node's disguise drawn afresh for every batch (client.redisguise = "batch"), as the
     VisualMixer authors' code does: no two batches share a draw, and a batch-wise disguise
-    (VisualMixer-authors' attention average; InstaHide's mixing) works within each batch. The batches of one call (an epoch's, or one DP-SGD Poisson batch) draw from
-    one stream of the node's secret named by the call's first step, in one vectorised pass;
-    the experimenter of a local run replays them exactly (fedisguise.attacks.suite)."""
+    (VisualMixer-authors' attention average; InstaHide's mixing) works within each batch.
+    The batches of one call (an epoch's, or one DP-SGD Poisson batch) draw from one stream
+    of the node's secret named by the call's first step, in one vectorised pass; the
+    experimenter of a local run replays them exactly (fedisguise.attacks.suite)."""
 
     disguise: Disguise
     secret: DisguiseKey
