@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from fedisguise.config import Config, ConfigError
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.blocks import to_blocks
 from fedisguise.disguise.visualmixer_authors import AttentionBlock
@@ -83,8 +84,11 @@ def test_the_attention_block_loads_the_authors_checkpoint_keys(tmp_path):
     torch.save({"fc.weight": torch.zeros(1)}, path)
     with pytest.raises(RuntimeError, match="state_dict"):
         build({**NATIVE, "attention_path": str(path), "attention_seed": 1}, KEY)
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):
         build({**NATIVE, "attention_path": str(tmp_path / "absent.pth")}, KEY)
+    with pytest.raises(ConfigError, match=r"^disguise.attention_path \(visualmixer-authors\)"):
+        Config.from_dict({"disguise": {"name": "visualmixer-authors",
+                                       "attention_path": str(tmp_path / "absent.pth")}})
 
 
 @pytest.mark.parametrize("spec, shape, message", [

@@ -151,8 +151,8 @@ class VisualMixerAuthors(Disguise):
                              f"{list(NORMALIZE)}")
         path = params.get("attention_path", "")
         if path and not Path(path).is_file():
-            raise FileNotFoundError(f"attention_path {path!r}: no such file (a state dict "
-                                    f"of the authors' AttentionBlock, e.g. their rank.pth)")
+            raise ValueError(f"attention_path {path!r}: no such file (a state dict of the "
+                             f"authors' AttentionBlock, e.g. their rank.pth)")
 
     def _draw_from(self, source: DisguiseKey, stream: str) -> None:
         self._rng = source.numpy_rng(f"{self.name}:{stream}")
