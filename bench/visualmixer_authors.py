@@ -12,7 +12,10 @@ holding our seeded block's weights:
 - the disguise: PSNR against the (upsampled) original at 224 px and, resized back by area
   averaging, at 28 px; their training loop as written (image j reshuffled j+1 times, one
   permutation per batch, the attention-weighted image) and their `rank` applied to each image
-  once, against ours.
+  once, against ours;
+- whether their training can train their attention block: one step of their train.py loop
+  body (block, `vfe`, `rank`, a small model, cross-entropy, backward) and the largest
+  gradient each attention weight gets.
 
     python bench/visualmixer_authors.py --authors /path/to/ndss [--images 100 --vfe-images 3]
 """
@@ -40,6 +43,24 @@ def authors_module(checkout: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def their_gradients(theirs, normalised: torch.Tensor) -> dict[str, float]:
+    """train.py's loop body on 4 images, with a small model in place of their ResNet-50: the
+    largest |gradient| of every attention weight (and of the model's first layer)."""
+    torch.manual_seed(0)
+    block = theirs.AttentionBlock(3, 3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    inputs, channel_w, spatial_w = block(normalised[:4].clone())
+    for i in range(inputs.shape[0]):
+        v, _ = theirs.vfe(inputs[i], 14, 14)
+        inputs[i:, :, :] = theirs.rank(inputs[i:, :, :], channel_w, spatial_w, 14, v, [0.5, 1])
+    torch.nn.functional.cross_entropy(model(inputs), torch.arange(4)).backward()
+    grads = {name: 0.0 if p.grad is None else p.grad.abs().max().item()
+             for name, p in block.named_parameters()}
+    grads["model first layer"] = model[0].weight.grad.abs().max().item()
+    return grads
 
 
 def main() -> None:
@@ -109,6 +130,7 @@ def main() -> None:
     figures["ours_apply"] = {"psnr_28": psnr(final, plain).mean().item(),
                              "vfe_28": vfe(final).mean().item(),
                              "vfe_28_plain": vfe(plain).mean().item()}
+    figures["attention_gradients_in_their_training_step"] = their_gradients(theirs, normalised)
     print(json.dumps(figures, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
