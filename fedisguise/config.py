@@ -84,6 +84,9 @@ class StrategyConfig:
     # min_clients; below it the server waits node_timeout seconds, then ends the run (exit 1).
     min_clients: int = 1
     node_timeout: float = 120.0
+    # The most examples one train reply may claim where data.train_per_client does not bound
+    # a node's partition; a reply above it is refused, so no client outweighs the rest at will.
+    max_examples: int = 1_000_000
 
 
 @dataclass
@@ -322,6 +325,7 @@ class Config:
         _check(1 <= s.min_clients <= e.clients, "strategy.min_clients", s.min_clients,
                f"in [1, experiment.clients = {e.clients}]")
         _check(s.node_timeout > 0, "strategy.node_timeout", s.node_timeout, "> 0 seconds")
+        _check(s.max_examples >= 1, "strategy.max_examples", s.max_examples, ">= 1")
         _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
         _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
         _choice("client.key_scope", self.client.key_scope, KEY_SCOPES)

@@ -96,7 +96,8 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         capture = AttackCapture(run_dir, targets(cfg.attacks))
         observers.append(capture)
     strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=observers,
-                              dp_config=cfg.dp)
+                              dp_config=cfg.dp,
+                              max_examples=cfg.data.train_per_client or cfg.strategy.max_examples)
     progress = tqdm(total=cfg.experiment.rounds, desc=f"{cfg.experiment.name} rounds",
                     unit="round")
 
@@ -194,7 +195,8 @@ def round_row(cfg: Config, strategy: ObservedStrategy, ledger: UpdateLedger, r: 
         "round_seconds": time.perf_counter() - strategy.round_started[r],
         "bytes_up": strategy.bytes_up.get(r, 0),
         "bytes_down": strategy.bytes_down.get(r, 0),
-        "clients": sorted(e.partition_id for e in ledger.entries if e.server_round == r),
+        "clients": sorted(e.partition_id for e in ledger.entries
+                          if e.server_round == r and e.refused is None),
         # DP-SGD: the largest cumulative ε any client reports; central DP: the server's
         # user-level estimate; None without DP.
         "epsilon": central_epsilon(cfg, r) if cfg.dp.mode.startswith("central") else max(

@@ -2,8 +2,10 @@
 
 `ObservedStrategy` wraps any message-based Flower strategy (FedAvg, FedProx, a DP wrapper ...).
 Before the wrapped strategy aggregates, each received train reply is handed, exactly as it
-arrived, to every registered observer. Only `aggregate_train` gains behaviour; `start()` is
-Flower's own, never copied.
+arrived, to every registered observer, and checked (`strategies.reply_check`): a reply with
+non-finite values, another model's keys, shapes or dtypes, or an impossible `num-examples` is
+recorded as a failure and left out of the aggregate. Only `aggregate_train` gains behaviour;
+`start()` is Flower's own, never copied.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -31,6 +33,11 @@ from fedisguise.messages import (
 )
 from fedisguise.results import describe_failure
 from strategies.liveness import RunFailed
+from strategies.reply_check import reply_problem
+
+# The most examples a reply may claim where the server knows no partition size
+# (strategy.max_examples): bounded, so that no client can outweigh the rest at will.
+MAX_EXAMPLES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class ReceivedUpdate:
     metrics: MetricRecord
     message: Message
     global_arrays: ArrayRecord | None = None  # the model the server sent for this round
+    refused: str | None = None  # why the server left it out of the aggregate (reply_check)
 
 
 class UpdateObserver(Protocol):
@@ -53,7 +61,8 @@ class UpdateObserver(Protocol):
 
 @dataclass(frozen=True)
 class ClientFailure:
-    """A reply that came back as an error: a client that crashed, or a node that died."""
+    """A reply that came back as an error (a client that crashed, a node that died) or that
+    the server refused to aggregate (`strategies.reply_check`)."""
 
     server_round: int
     phase: str  # "train", "evaluate", or "connect" (the node vanished between rounds)
@@ -71,8 +80,10 @@ class ObservedStrategy(Strategy):
     """Delegates to `inner`; hands train replies to observers first; counts bytes and time;
     records every failed reply, and ends the run when no client trained in a round."""
 
-    def __init__(self, inner: Strategy, observers: Iterable[UpdateObserver] = ()) -> None:
+    def __init__(self, inner: Strategy, observers: Iterable[UpdateObserver] = (),
+                 max_examples: int = MAX_EXAMPLES) -> None:
         self.inner = inner
+        self.max_examples = max_examples  # the most examples one reply may claim
         self.observers: list[UpdateObserver] = list(observers)
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
@@ -108,25 +119,37 @@ class ObservedStrategy(Strategy):
         # A one-shot iterator in Flower; observers and inner both read it. Sorted by partition
         # so that aggregation (a float sum) does not depend on the order replies arrived in.
         replies = list(replies)
-        updates = sorted(
-            (_to_update(server_round, msg, self.sent_arrays.get(server_round))
-             for msg in replies if not msg.has_error()),
-            key=client_order,
-        )
+        sent = self.sent_arrays.get(server_round)
+        updates, refused = [], []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            problem = reply_problem(msg, sent, self.max_examples)
+            if problem is None:
+                updates.append(_to_update(server_round, msg, sent))
+            else:
+                refused.append((msg, problem))
+        updates.sort(key=client_order)
         errors = [msg for msg in replies if msg.has_error()]
         for update in updates:
             if update.partition_id is not None:
                 self._partitions[update.node_id] = update.partition_id
         self._record_failures(server_round, "train", errors)
-        if not updates:
-            raise RunFailed(f"round {server_round}: no client trained ({len(errors)} failed"
-                            + (f"; first error: {self.failures[-len(errors)].error}"
-                               if errors else ", none replied") + ")")
-        for update in updates:
+        self._record_refused(server_round, refused)
+        # Observers see every reply as it arrived, refused ones too, where it has the shape
+        # of an update: the server records what it got even when it will not aggregate it.
+        received = updates + [u for u in (_readable(server_round, msg, sent, problem)
+                                          for msg, problem in refused) if u is not None]
+        for update in sorted(received, key=client_order):
             self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + arrays_nbytes(
                 update.arrays)
             for observer in self.observers:
                 observer.observe(update)
+        if not updates:
+            failed = len(errors) + len(refused)
+            raise RunFailed(f"round {server_round}: no client trained ({failed} failed"
+                            + (f"; first error: {self.failures[-failed].error}"
+                               if failed else ", none replied") + ")")
         arrays, metrics = self.inner.aggregate_train(
             server_round, [u.message for u in updates] + errors)
         if metrics is not None:
@@ -163,6 +186,15 @@ class ObservedStrategy(Strategy):
         for failure in sorted(failures, key=client_order):
             self._record(failure)
 
+    def _record_refused(self, server_round: int, refused: list[tuple[Message, str]]) -> None:
+        failures = []
+        for msg, problem in refused:
+            node = msg.metadata.src_node_id
+            failures.append(ClientFailure(server_round, "train", node, self._partitions.get(node),
+                                          f"reply refused: {problem}"))
+        for failure in sorted(failures, key=client_order):
+            self._record(failure)
+
     def _record(self, failure: ClientFailure) -> None:
         self.failures.append(failure)
         tqdm.write(describe_failure(asdict(failure)), file=sys.stderr)
@@ -174,6 +206,15 @@ class ObservedStrategy(Strategy):
         self._sent += messages
         sent = sum(arrays_nbytes(rec) for m in messages for rec in m.content.array_records.values())
         self.bytes_down[server_round] = self.bytes_down.get(server_round, 0) + sent
+
+
+def _readable(server_round: int, message: Message, sent: ArrayRecord | None, problem: str
+              ) -> ReceivedUpdate | None:
+    """A refused reply as an update, where it has one array record and a numeric count."""
+    try:
+        return replace(_to_update(server_round, message, sent), refused=problem)
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return None
 
 
 def _to_update(server_round: int, message: Message, sent: ArrayRecord | None
@@ -205,6 +246,7 @@ class LedgerEntry:
     client_sha256: str | None  # what the client says it sent; equal to sha256 unless altered
     client_device: str | None  # where the client trained (cpu, cuda:0, ...)
     epsilon: float | None = None  # DP-SGD: ε the client reports having spent in all (or None)
+    refused: str | None = None  # why the server did not aggregate it; None: aggregated
 
 
 class UpdateLedger:
@@ -225,4 +267,5 @@ class UpdateLedger:
             client_sha256=str(claimed) if claimed is not None else None,
             client_device=str(client[DEVICE]) if DEVICE in client else None,
             epsilon=float(update.metrics[DP_EPSILON]) if DP_EPSILON in update.metrics else None,
+            refused=update.refused,
         ))
