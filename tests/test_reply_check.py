@@ -5,49 +5,15 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 
 from fedisguise import messages as m
 from fedisguise.models import build_model
 from strategies import RunFailed, UpdateLedger, build_strategy
 from tests.conftest import synthetic_config
+from tests.test_observed_strategy import LoopbackGrid, Recorder
 
-NODES = (11, 12, 13)
+NODES = (1000, 1001, 1002)  # LoopbackGrid's node ids for three nodes
 PARTITION = 250  # data.train_per_client: every node's partition size, known to the server
-
-
-class NodesGrid(Grid):
-    """Only what configure_train asks of a grid: the connected nodes."""
-
-    def set_run(self, run):
-        pass
-
-    @property
-    def run(self):
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def get_node_ids(self):
-        return list(NODES)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        raise NotImplementedError
-
-
-class Recorder:
-    def __init__(self):
-        self.updates = []
-
-    def observe(self, update):
-        self.updates.append(update)
 
 
 def reply(to: Message, state: dict, count, partition: int) -> Message:
@@ -74,7 +40,7 @@ def round_one(tmp_path, task_identity):
                               max_examples=PARTITION)
     global_state = honest(0)
     sent = list(strategy.configure_train(1, ArrayRecord(global_state), ConfigRecord(),
-                                         NodesGrid()))
+                                         LoopbackGrid(cfg, 3)))
     assert sorted(msg.metadata.dst_node_id for msg in sent) == list(NODES)
     return strategy, sorted(sent, key=lambda msg: msg.metadata.dst_node_id), recorder, ledger
 
@@ -113,8 +79,8 @@ CASES = {
                             "shape (1,) where (6, 1, 5, 5) was sent (features.0.weight)"),
     "other shape": (lambda: bad(**{"features.0.weight": torch.ones(3, 3)}), PARTITION,
                     "shape (3, 3) where (6, 1, 5, 5) was sent (features.0.weight)"),
-    "missing key": (lambda: {k: v for k, v in honest(3).items() if k != "classifier.5.bias"}, PARTITION,
-                    "missing classifier.5.bias"),
+    "missing key": (lambda: {k: v for k, v in honest(3).items() if k != "classifier.5.bias"},
+                    PARTITION, "missing classifier.5.bias"),
     "extra key": (lambda: bad(**{"backdoor": torch.ones(2)}), PARTITION,
                   "unexpected backdoor (not in the model that was sent)"),
     "dtype": (lambda: bad(**{"classifier.5.bias": torch.zeros(10, dtype=torch.float64)}), PARTITION,
@@ -164,7 +130,8 @@ def test_without_a_known_partition_size_the_cap_is_strategy_max_examples(tmp_pat
     cfg = synthetic_config(tmp_path, **{"strategy.max_examples": 500, "experiment.clients": 3})
     strategy = build_strategy(cfg.strategy, 3, max_examples=cfg.strategy.max_examples)
     sent = sorted(strategy.configure_train(1, ArrayRecord(honest(0)), ConfigRecord(),
-                                           NodesGrid()), key=lambda msg: msg.metadata.dst_node_id)
+                                           LoopbackGrid(cfg, 3)),
+                  key=lambda msg: msg.metadata.dst_node_id)
     strategy.aggregate_train(1, [reply(sent[0], honest(1), 500, 0),
                                  reply(sent[1], honest(2), 501, 1)])
     assert [f.error for f in strategy.failures] == ["reply refused: num-examples 501 > 500"]
