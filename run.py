@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedisguise.experiment import run_experiment
 
     try:
-        record = run_experiment(cfg, superlink=args.superlink, force=True)
+        record = run_experiment(cfg, superlink=args.superlink, claimed=True)
     except KeyboardInterrupt as why:
         print(f"\n{interrupt_name(why)}: the rounds that finished are in {cfg.run_dir}/ "
               "(metrics.json status \"interrupted\")", file=sys.stderr)

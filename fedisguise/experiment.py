@@ -23,33 +23,96 @@ REMOTE_KEYS = ("the SuperNodes of a remote federation (--superlink) may disguise
                "machine cannot see")
 
 
+# Written into a run folder, exclusively, by the one run that claims it: its pid and host.
+CLAIM = ".fedisguise-claim"
+
+
 def claim_run_dir(cfg: Config, force: bool = False) -> None:
     """Make results/<run>/ this run's alone: an existing run folder is refused (ConfigError,
     exit 2, before anything starts) unless `force`, which removes it first, so old and new
-    files never mix."""
+    files never mix. The claim is an exclusive create of CLAIM in the folder: of two runs
+    that start together under one name, exactly one gets it. `force` removes only a folder a
+    run wrote (a run's metrics.json, a grid's cell.json, or a claim), never one a live run
+    holds, and never through a symbolic link."""
     run_dir = cfg.run_dir
+    if run_dir.is_symlink():
+        raise ConfigError(f"experiment.name: {run_dir} is a symbolic link"
+                          f"{'' if run_dir.exists() else ' to nothing'}; a run folder is never "
+                          f"followed through a link: remove the link or choose another name")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"experiment.name: {run_dir} exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()):
+        holder = _live_holder(run_dir)
+        if holder:
+            raise ConfigError(f"experiment.name: {run_dir} belongs to a run still going "
+                              f"({holder}); wait for it or choose another name")
         if not force:
             held = ""
             try:
                 old = json.loads((run_dir / "metrics.json").read_text())
                 held = f" ({old.get('status', 'finished')} run of {old.get('finished_at', '?')})"
-            except (OSError, json.JSONDecodeError):
+            except (OSError, json.JSONDecodeError, AttributeError):
                 pass
             raise ConfigError(
                 f"experiment.name: {run_dir} already holds results{held}; pass --force to "
                 "replace them, or choose another name (--set experiment.name=...) or --out")
+        if not _holds_a_run(run_dir):
+            raise ConfigError(f"--force: {run_dir} holds no fedisguise run (no run's "
+                              f"metrics.json, cell.json or {CLAIM}); it is not deleted: "
+                              f"choose another name or --out")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Written aside, then hard-linked into place: the claim appears whole, and only once.
+    aside = run_dir / f".claim.{os.getpid()}.{os.urandom(4).hex()}"
+    aside.write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    try:
+        os.link(aside, run_dir / CLAIM)
+    except FileExistsError:
+        raise ConfigError(f"experiment.name: {run_dir} was claimed by another run that started "
+                          f"at the same moment ({_live_holder(run_dir) or 'it has ended'}); "
+                          f"its files are left as they are: choose another name") from None
+    finally:
+        aside.unlink()
 
 
-def run_experiment(cfg: Config, superlink: str | None = None, force: bool = False
-                   ) -> dict[str, Any]:
+def _live_holder(run_dir: Path) -> str:
+    """The run that holds `run_dir` and still runs on this machine ("process N on HOST"), or
+    "" (no claim, a claim from a process that ended, or from another machine)."""
+    try:
+        claim = json.loads((run_dir / CLAIM).read_text())
+        pid, host = int(claim["pid"]), str(claim["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if host != os.uname().nodename or pid == os.getpid():
+        return ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return ""
+    except PermissionError:  # alive, under another user
+        pass
+    return f"process {pid} on {host}"
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    """Whether a fedisguise run wrote `run_dir`: its claim, a grid cell's cell.json, or a
+    metrics.json with a run's status."""
+    if (run_dir / CLAIM).is_file() or (run_dir / "cell.json").is_file():
+        return True
+    try:
+        record = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and "status" in record
+
+
+def run_experiment(cfg: Config, superlink: str | None = None, force: bool = False,
+                   claimed: bool = False) -> dict[str, Any]:
     """Run `cfg` in its configured mode and return the metrics record it wrote.
 
     `superlink` (deployment only) submits to an existing SuperLink instead of starting one.
+    `claimed`: the caller already claimed the run folder (run.py does, to exit 2 before
+    anything starts); otherwise it is claimed here, with `force`.
     The record's `status` says how the run ended: `finished` (a model was trained; the
     privacy figures and attacks follow), `failed` (with `error`). KeyboardInterrupt (Ctrl-C,
     SIGTERM via run.py) propagates after metrics.json is marked `interrupted`.
@@ -58,7 +121,8 @@ def run_experiment(cfg: Config, superlink: str | None = None, force: bool = Fals
     # another working directory: pin the output folder to an absolute path first.
     cfg = replace(cfg, experiment=replace(cfg.experiment,
                                           out=str(Path(cfg.experiment.out).resolve())))
-    claim_run_dir(cfg, force)
+    if not claimed:  # run.py claims before it starts (exit 2 there); nothing claims twice
+        claim_run_dir(cfg, force)
     metrics_path = cfg.run_dir / "metrics.json"
     from fedisguise import transform
     from fedisguise.interrupts import as_interrupt

@@ -113,7 +113,8 @@ def test_a_run_that_writes_nothing_never_reports_an_old_runs_figures(tmp_path, m
     cfg = Config().with_overrides([f"experiment.out={tmp_path}", "experiment.name=stale",
                                    "data.dataset=synthetic"])
     (tmp_path / "stale").mkdir()
-    (tmp_path / "stale" / "metrics.json").write_text('{"final": {"test_accuracy": 0.99}}')
+    (tmp_path / "stale" / "metrics.json").write_text(
+        '{"status": "finished", "final": {"test_accuracy": 0.99}}')
     monkeypatch.setattr(experiment, "run_simulation", lambda cfg: None)  # a run that dies
     with pytest.raises(ConfigError, match="already holds results.*--force"):
         experiment.run_experiment(cfg)  # an earlier run's folder is never reused silently

@@ -339,6 +339,8 @@ def test_a_grid_reruns_an_interrupted_cell_from_scratch_and_skips_finished_ones(
     stale = grid.cells[1].config.run_dir
     stale.mkdir(parents=True)
     (stale / "rounds.csv").write_text("an interrupted run's rows")
+    # ... and its claim: the process that held it ended (here: on another machine)
+    (stale / experiment.CLAIM).write_text('{"pid": 1, "host": "another-machine"}')
     with pytest.raises(KeyboardInterrupt):
         run_grid(grid, progress=False)
     calls.clear()
