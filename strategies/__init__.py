@@ -16,7 +16,6 @@ from flwr.serverapp.strategy import (
 
 from strategies.liveness import NodeGuard, RunFailed
 from strategies.observed import (
-    MAX_EXAMPLES,
     ClientFailure,
     LedgerEntry,
     ObservedStrategy,
@@ -75,9 +74,10 @@ def central_dp(inner: Strategy, dp_config, num_sampled: int) -> Strategy:
 
 def build_strategy(strategy_config, num_clients: int,
                    observers: Iterable[UpdateObserver] = (), dp_config=None,
-                   max_examples: int = MAX_EXAMPLES) -> ObservedStrategy:
+                   max_examples: int = 0) -> ObservedStrategy:
     """The named strategy, wrapped in the observer hook and the reply checks (`max_examples`:
-    the most examples one reply may claim, a node's partition size where it is known).
+    the most examples one reply may claim, a node's partition size where it is known;
+    0 = `strategy.max_examples`).
 
     The server waits for every SuperNode before round 1 (server_app.wait_for_nodes); after
     that, rounds go on with the nodes that remain, down to `strategy.min_clients`.
@@ -90,7 +90,8 @@ def build_strategy(strategy_config, num_clients: int,
         # The observer stays outermost: attacks see each update as it arrived, before the
         # wrapper clips it (server side) and noises the aggregate.
         inner = central_dp(inner, dp_config, sampled_clients(strategy_config, num_clients))
-    return ObservedStrategy(inner, observers, max_examples)
+    return ObservedStrategy(inner, observers,
+                            max_examples or strategy_config.max_examples)
 
 
 __all__ = [

@@ -35,10 +35,6 @@ from fedisguise.results import describe_failure
 from strategies.liveness import RunFailed
 from strategies.reply_check import reply_problem
 
-# The most examples a reply may claim where the server knows no partition size
-# (strategy.max_examples): bounded, so that no client can outweigh the rest at will.
-MAX_EXAMPLES = 1_000_000
-
 
 @dataclass(frozen=True)
 class ReceivedUpdate:
@@ -80,8 +76,8 @@ class ObservedStrategy(Strategy):
     """Delegates to `inner`; hands train replies to observers first; counts bytes and time;
     records every failed reply, and ends the run when no client trained in a round."""
 
-    def __init__(self, inner: Strategy, observers: Iterable[UpdateObserver] = (),
-                 max_examples: int = MAX_EXAMPLES) -> None:
+    def __init__(self, inner: Strategy, observers: Iterable[UpdateObserver],
+                 max_examples: int) -> None:
         self.inner = inner
         self.max_examples = max_examples  # the most examples one reply may claim
         self.observers: list[UpdateObserver] = list(observers)

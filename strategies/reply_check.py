@@ -47,11 +47,11 @@ def _count_problem(count: object, max_examples: int) -> str | None:
 
 def _arrays_problem(arrays: ArrayRecord, sent: ArrayRecord | None) -> str | None:
     if sent is not None:
-        have, want = list(arrays.keys()), set(sent.keys())
-        missing = [k for k in sent.keys() if k not in set(have)]
+        have, expected = set(arrays.keys()), set(sent.keys())
+        missing = [k for k in sent.keys() if k not in have]
         if missing:
             return f"missing {', '.join(missing)}"
-        extra = [k for k in have if k not in want]
+        extra = [k for k in arrays.keys() if k not in expected]
         if extra:
             return f"unexpected {', '.join(extra)} (not in the model that was sent)"
     for name, array in arrays.items():

@@ -128,7 +128,8 @@ def test_a_round_where_every_reply_is_refused_ends_the_run_naming_the_reason(rou
 
 def test_without_a_known_partition_size_the_cap_is_strategy_max_examples(tmp_path, task_identity):
     cfg = synthetic_config(tmp_path, **{"strategy.max_examples": 500, "experiment.clients": 3})
-    strategy = build_strategy(cfg.strategy, 3, max_examples=cfg.strategy.max_examples)
+    # as the server builds it: data.train_per_client 0 fixes no partition size
+    strategy = build_strategy(cfg.strategy, 3, max_examples=cfg.data.train_per_client)
     sent = sorted(strategy.configure_train(1, ArrayRecord(honest(0)), ConfigRecord(),
                                            LoopbackGrid(cfg, 3)),
                   key=lambda msg: msg.metadata.dst_node_id)
