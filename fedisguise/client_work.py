@@ -27,6 +27,7 @@ from fedisguise import messages as m
 from fedisguise.config import Config
 from fedisguise.data import ClientData, ImageDataset, dataset_fingerprint
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint, node_secret
+from fedisguise.faults import corrupt, fault_for
 from fedisguise.models import build_model
 from fedisguise.node_data import BatchDraws, node_batch_draws, node_data
 from fedisguise.training import (
@@ -144,10 +145,14 @@ def train_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDic
             device=device, generator=torch.Generator().manual_seed(order_seed),
             max_steps=t.local_steps, batch_transform=transform,
         )
-    arrays = ArrayRecord(model.cpu().state_dict())
+    state, num_examples = model.cpu().state_dict(), len(data)
+    fault = fault_for(cfg.faults, partition_id, server_round)
+    if fault is not None:  # a faulty client on purpose: it trained, then corrupts its reply
+        state, num_examples = corrupt(fault, state, num_examples)
+    arrays = ArrayRecord(state)
     return RecordDict({
         m.ARRAYS: arrays,
-        m.METRICS: MetricRecord({"train_loss": loss, m.NUM_EXAMPLES: len(data), **extra}),
+        m.METRICS: MetricRecord({"train_loss": loss, m.NUM_EXAMPLES: num_examples, **extra}),
         m.CLIENT: ConfigRecord({m.PARTITION_ID: partition_id,
                                 m.UPDATE_SHA256: m.arrays_digest(arrays),
                                 m.DEVICE: str(device)}),

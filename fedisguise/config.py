@@ -28,7 +28,7 @@ KEY_SCOPES = ("per-client", "federation")
 # evaluates on (the VisualMixer authors reshuffle every batch, test batches too).
 REDISGUISE = ("once", "round", "batch")
 # Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
-STRUCTURED_KEYS = ("disguise", "attacks")
+STRUCTURED_KEYS = ("disguise", "attacks", "faults")
 
 
 class ConfigError(ValueError):
@@ -80,6 +80,13 @@ class StrategyConfig:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     proximal_mu: float = 0.0  # FedProx only
+    # Robust aggregation (Flower's own strategies): the Byzantine clients that Krum,
+    # MultiKrum and Bulyan are told to withstand; the fraction FedTrimmedAvg cuts from each
+    # end of every coordinate; how many updates MultiKrum averages (0 = the sampled clients
+    # less num_malicious)
+    num_malicious: int = 0
+    trim_beta: float = 0.2
+    num_selected: int = 0
     # Nodes that die mid-run are recorded and the run goes on with the rest, down to
     # min_clients; below it the server waits node_timeout seconds, then ends the run (exit 1).
     min_clients: int = 1
@@ -191,6 +198,8 @@ class Config:
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     disguise: str | dict[str, Any] = "none"
     attacks: list[dict[str, Any]] = field(default_factory=list)
+    # clients that send bad train replies on purpose (fedisguise.faults)
+    faults: list[dict[str, Any]] = field(default_factory=list)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -215,6 +224,7 @@ class Config:
             **sections,
             disguise=copy.deepcopy(raw.get("disguise", "none")),
             attacks=copy.deepcopy(raw.get("attacks", [])),
+            faults=copy.deepcopy(raw.get("faults", [])),
         )
         if validate:
             cfg.validate()
@@ -283,9 +293,10 @@ class Config:
         from fedisguise.data import DATASETS, PARTITIONERS
         from fedisguise.disguise import DISGUISES
         from fedisguise.disguise.base import check_params, spec_params
+        from fedisguise.faults import check_faults
         from fedisguise.models import MODELS
         from fedisguise.training import OPTIMIZERS
-        from strategies import STRATEGIES
+        from strategies import STRATEGIES, check_robust
 
         e, d, t, s, r = self.experiment, self.data, self.train, self.strategy, self.resources
         for section in SECTIONS:  # --set train.lr=inf parses as a float; no setting means it
@@ -322,6 +333,10 @@ class Config:
         _check(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate",
                s.fraction_evaluate, "in [0, 1]")
         _check(s.proximal_mu >= 0, "strategy.proximal_mu", s.proximal_mu, ">= 0")
+        try:
+            check_robust(s, e.clients)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         _check(1 <= s.min_clients <= e.clients, "strategy.min_clients", s.min_clients,
                f"in [1, experiment.clients = {e.clients}]")
         _check(s.node_timeout > 0, "strategy.node_timeout", s.node_timeout, "> 0 seconds")
@@ -408,6 +423,11 @@ class Config:
                     plan(self.disguise)
                 except ValueError as err:
                     raise ConfigError(f"attacks[{i}]: {err}") from None
+
+        try:
+            self.faults = check_faults(self.faults, e.clients, e.rounds)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def _validate_keys(self) -> None:
         """Where keys come from: one source, and none for a defence that takes no key

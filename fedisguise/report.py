@@ -18,6 +18,8 @@ from typing import Any
 
 import markdown
 
+from fedisguise.faults import describe
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px;
        padding: 0 1em; color: #222; }
@@ -63,6 +65,10 @@ def _cell_section(name: str, run_dir: Path, config: dict[str, Any]) -> str:
     grids = sorted((run_dir / "images").glob("attack-*.png")) if run_dir.is_dir() else []
     parts = [f"<details><summary>{html.escape(name)}"
              f" ({len(grids)} attack grid{'s' * (len(grids) != 1)})</summary>"]
+    faults = config.get("faults") or []
+    if faults:
+        parts.append("<p>Faulty on purpose: "
+                     + html.escape("; ".join(describe(f) for f in faults)) + "</p>")
     for picture in grids:
         label = picture.stem.removeprefix("attack-")
         parts.append(f"<p>{html.escape(label)}: original | disguised | reconstructed<br>"

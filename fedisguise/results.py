@@ -186,6 +186,9 @@ def summary_markdown(record: dict[str, Any], run_dir: Path | None = None) -> str
             f"{_fmt(r['round_seconds'], 2)} | {r['bytes_up'] / 1e6:.2f} | "
             f"{r['bytes_down'] / 1e6:.2f} |"
         )
+    if record.get("faulty_clients"):
+        lines += ["", "Faulty on purpose (config `faults`): "
+                  + "; ".join(record["faulty_clients"]) + "."]
     failures = record.get("failures") or []
     if failures:
         lines += ["", "Client failures:", *(f"- {describe_failure(f)}" for f in failures)]

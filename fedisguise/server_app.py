@@ -22,6 +22,7 @@ from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
 from fedisguise.config import Config
 from fedisguise.data import server_test_set
+from fedisguise.faults import describe
 from fedisguise.fast_node import shorten_retries
 from fedisguise.models import build_model
 from fedisguise.results import new_record, write_run
@@ -80,6 +81,9 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
                  "draws": draws_source(cfg)},
         "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp.mode != "none" else None,
         "privacy": {}, "attacks": {},
+        # clients that send bad replies on purpose (config `faults`): what the server's
+        # checks and strategy were up against
+        "faulty_clients": [describe(f) for f in cfg.faults],
     })
     ledger = UpdateLedger()
     write_run(run_dir, record, ledger.entries)

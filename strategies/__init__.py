@@ -24,6 +24,8 @@ from strategies.observed import (
     UpdateObserver,
 )
 from strategies.polling import POLL_INTERVAL, PromptGrid
+from strategies.robust import check_robust, robust_strategies
+from strategies.robust import sampled as sampled_clients
 
 
 def _sampling(strategy_config) -> dict:
@@ -43,6 +45,7 @@ def _sampling(strategy_config) -> dict:
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": lambda s, n: FedAvg(**_sampling(s)),
     "fedprox": lambda s, n: FedProx(**_sampling(s), proximal_mu=s.proximal_mu),
+    **robust_strategies(_sampling),
 }
 
 
@@ -52,10 +55,6 @@ CENTRAL_DP = {
     ("central-client", "fixed"): DifferentialPrivacyClientSideFixedClipping,
     ("central-client", "adaptive"): DifferentialPrivacyClientSideAdaptiveClipping,
 }
-
-
-def sampled_clients(strategy_config, num_clients: int) -> int:
-    return max(1, int(strategy_config.fraction_train * num_clients))
 
 
 def central_dp(inner: Strategy, dp_config, num_sampled: int) -> Strategy:
@@ -108,5 +107,6 @@ __all__ = [
     "UpdateObserver",
     "build_strategy",
     "central_dp",
+    "check_robust",
     "sampled_clients",
 ]

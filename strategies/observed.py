@@ -148,6 +148,10 @@ class ObservedStrategy(Strategy):
                                if failed else ", none replied") + ")")
         arrays, metrics = self.inner.aggregate_train(
             server_round, [u.message for u in updates] + errors)
+        if arrays is None:  # Flower would keep the old model and go on as if it trained
+            raise RunFailed(f"round {server_round}: the strategy aggregated nothing from "
+                            f"{len(updates)} accepted replies (Bulyan needs 4 x "
+                            f"strategy.num_malicious + 3)")
         if metrics is not None:
             self.train_metrics[server_round] = metrics
         return arrays, metrics
@@ -186,7 +190,10 @@ class ObservedStrategy(Strategy):
         failures = []
         for msg, problem in refused:
             node = msg.metadata.src_node_id
-            failures.append(ClientFailure(server_round, "train", node, self._partitions.get(node),
+            # The partition a good reply from this node gave; else the one this reply names
+            # (a node faulty from round 1 never sent a good one).
+            partition = self._partitions.get(node, _declared_partition(msg))
+            failures.append(ClientFailure(server_round, "train", node, partition,
                                           f"reply refused: {problem}"))
         for failure in sorted(failures, key=client_order):
             self._record(failure)
@@ -202,6 +209,15 @@ class ObservedStrategy(Strategy):
         self._sent += messages
         sent = sum(arrays_nbytes(rec) for m in messages for rec in m.content.array_records.values())
         self.bytes_down[server_round] = self.bytes_down.get(server_round, 0) + sent
+
+
+def _declared_partition(message: Message) -> int | None:
+    """The partition id a reply says it comes from, where it says one that is an integer."""
+    try:
+        value = message.content.config_records[CLIENT][PARTITION_ID]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    except (KeyError, TypeError):
+        return None
 
 
 def _readable(server_round: int, message: Message, sent: ArrayRecord | None, problem: str
