@@ -136,7 +136,7 @@ def is_compare_file(path: Path) -> bool:
     try:
         with path.open("rb") as fh:
             return "compare" in tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return False  # load_config names the problem
 
 
@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     install_signal_handlers()
+    from fedisguise.deployment import PortsTaken
     from fedisguise.experiment import run_experiment
+    from fedisguise.results import NoSpace
 
     try:
         record = run_experiment(cfg, superlink=args.superlink, claimed=True)
@@ -181,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{interrupt_name(why)}: the rounds that finished are in {cfg.run_dir}/ "
               "(metrics.json status \"interrupted\")", file=sys.stderr)
         hard_exit(interrupt_code(why))
+    except PortsTaken as err:  # the machine's ports, not the run: nothing was trained
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NoSpace as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return report(record, cfg.run_dir)
 
 

@@ -50,7 +50,6 @@ import json
 import math
 import re
 import statistics
-import tomllib
 import traceback
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -65,7 +64,7 @@ from tqdm.auto import tqdm
 # Importing attacks.base loads the attacks package, whose modules register every attack.
 from fedisguise import frontier, report, strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
-from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError
+from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError, read_toml
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 COMPARE_KEYS = {"name", "seeds", "base", "defence", "attack", "tune"}
@@ -154,7 +153,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if owned:
         raise ConfigError(f"{owned}: a grid sets every cell's name, seed (compare.seeds) and "
                           f"output folder (--out) itself")
-    raw = _read_toml(path)
+    raw = read_toml(path)
     spec = raw.pop("compare", None)
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: a compare file needs a [compare] table (name, seeds, "
@@ -165,7 +164,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                           f"{sorted(COMPARE_KEYS)}")
     if spec.get("base"):
         base_path = (path.parent / spec["base"]).resolve()
-        base = _read_toml(base_path)
+        base = read_toml(base_path)
         if "compare" in base:
             raise ConfigError(f"{path}: base {base_path} is itself a compare file")
         raw = _merge(base, raw)
@@ -306,14 +305,7 @@ def _tune_values(where: str, values: Any) -> tuple[float, ...]:
                           f"between, got {values!r}")
     return tuple(float(v) for v in values)
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
 
 
 def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:

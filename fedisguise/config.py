@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import re
 import tomllib
 import warnings
@@ -29,6 +30,7 @@ KEY_SCOPES = ("per-client", "federation")
 REDISGUISE = ("once", "round", "batch")
 # Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
 STRUCTURED_KEYS = ("disguise", "attacks", "faults")
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
 class ConfigError(ValueError):
@@ -312,6 +314,13 @@ class Config:
         _choice("resources.device", r.device, DEVICES)
         _check(e.name != "" and "/" not in e.name and e.name not in (".", ".."),
                "experiment.name", e.name, "a non-empty name without '/'")
+        # It names a folder: no control character (NUL ends a C path), at most 255 bytes
+        # (NAME_MAX), so the folder can be made at all
+        _check(not any(ord(ch) < 32 or ord(ch) == 127 for ch in e.name), "experiment.name",
+               e.name, "a name without control characters (NUL, newline, tab, ...)")
+        _check(len(os.fsencode(e.name)) <= NAME_MAX, "experiment.name",
+               e.name[:40] + "...", f"a name of at most {NAME_MAX} bytes (it names a folder); "
+               f"this one has {len(os.fsencode(e.name))}")
         _check(e.rounds >= 1, "experiment.rounds", e.rounds, ">= 1")
         _check(e.clients >= 1, "experiment.clients", e.clients, ">= 1")
         _check(d.alpha > 0, "data.alpha", d.alpha, "> 0")
@@ -469,16 +478,26 @@ class Config:
         return Path(self.experiment.out) / self.experiment.name
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML experiment config."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a mapping; a missing file, one that is not UTF-8 or not TOML is an
+    error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     with path.open("rb") as fh:
         try:
-            raw = tomllib.load(fh)
+            return tomllib.load(fh)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from err
+        except UnicodeDecodeError as err:  # TOML is UTF-8 by definition
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte "
+                              f"{err.object[err.start]:#04x} at offset {err.start}); TOML "
+                              f"files are UTF-8") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML experiment config."""
+    raw = read_toml(path)
     try:
         return Config.from_dict(raw)
     except ConfigError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,11 @@ _IDX_FILES = {
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): the format of (Fashion-)MNIST."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a cut-off or damaged download
+        raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]
@@ -80,10 +84,18 @@ def _fashion_mnist_from(directory: Path, split: str) -> ImageDataset | None:
     labels = read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{directory}: IDX image/label files do not match")
-    return _from_uint8(images[:, None], labels, num_classes=10)
+    return _from_uint8(images[:, None], labels, num_classes=10, source=label_path)
 
 
-def _from_uint8(images: np.ndarray, labels: np.ndarray, num_classes: int) -> ImageDataset:
+def _from_uint8(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                source: Path | str = "labels") -> ImageDataset:
+    """Images in [0, 1] and int64 labels; labels outside [0, num_classes) are an error here,
+    not an index error in every client's loss after Flower has started."""
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise ValueError(f"{source}: {int(bad.sum())} labels outside [0, {num_classes}) "
+                         f"(e.g. {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})")
     tensor = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
     return ImageDataset(tensor, torch.from_numpy(np.asarray(labels, dtype=np.int64)), num_classes)
 

@@ -172,6 +172,11 @@ def await_listen(host: str, port: int, timeout: float, process: subprocess.Popen
     raise TimeoutError(f"{process.args[0]} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
+class PortsTaken(OSError):
+    """A local SuperLink or SuperNode lost every port it was given before it could bind it:
+    the machine's loopback ports are taken, not a fault of the run (run.py exits 2)."""
+
+
 def start_on_free_port(start: Callable[[], tuple[subprocess.Popen, int]], log: Path,
                        taken: str, what: str, host: str, timeout: float,
                        forget: Callable[[subprocess.Popen], None]) -> subprocess.Popen:
@@ -181,14 +186,23 @@ def start_on_free_port(start: Callable[[], tuple[subprocess.Popen, int]], log: P
     connection's port, say) can take it in between. A child that exits with the `taken` line
     in its `log` is started again on a fresh port, PORT_TRIES times in all, each lost log
     kept as <log>.port-taken-<try>.log and the lost process handed to `forget`. Returns the
-    last process: listening, or exited for a reason of its own (the caller says so).
+    last process: listening, or exited for a reason of its own (the caller says so);
+    PortsTaken where it lost its port every time.
     """
     process, port = start()
+    lost = []
     for attempt in range(1, PORT_TRIES + 1):
         if await_listen(host, port, timeout, process):
             break
-        if attempt == PORT_TRIES or taken not in log.read_text(errors="replace"):
-            break  # it ended for a reason of its own, or kept losing its port
+        if taken not in log.read_text(errors="replace"):
+            break  # it ended for a reason of its own
+        lost.append(port)
+        if attempt == PORT_TRIES:  # the exited process stays listed: the federation reaps it
+            raise PortsTaken(f"{what} lost its port to another program on each of "
+                             f"{PORT_TRIES} tries (ports {', '.join(map(str, lost))} on "
+                             f"{host}); something is taking loopback ports as fast as they "
+                             f"free up; nothing was trained: try again later, with --force (logs: "
+                             f"{log.parent})")
         log.rename(log.with_name(f"{log.stem}.port-taken-{attempt}.log"))
         print(f"{what}: port {port} was taken before it bound it; starting it again on a "
               f"fresh port", file=sys.stderr)

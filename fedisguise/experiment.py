@@ -108,6 +108,45 @@ def _holds_a_run(run_dir: Path) -> bool:
 
 def run_experiment(cfg: Config, superlink: str | None = None, force: bool = False,
                    claimed: bool = False) -> dict[str, Any]:
+    """Run `cfg` in its configured mode and return the metrics record it wrote (see
+    `_run_experiment`); a full disk under the results is NoSpace, in one line, with the
+    last record that reached the disk left as it was, or marked failed where space allows.
+    """
+    from fedisguise.results import out_of_space
+
+    try:
+        return _run_experiment(cfg, superlink, force, claimed)
+    except OSError as err:
+        if not out_of_space(err):
+            raise
+        raise _no_space(cfg.run_dir) from None
+
+
+def _no_space(run_dir: Path) -> Exception:
+    """The NoSpace error for a run whose results stopped reaching `run_dir`, after trying to
+    mark its last record failed (a record that reached the disk stays valid either way)."""
+    from fedisguise.results import NoSpace, rewrite_record
+
+    out = run_dir.resolve().parent
+    try:
+        record = json.loads((run_dir / "metrics.json").read_text())
+        done, total = len(record["rounds"]), int(record["config"]["experiment"]["rounds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        record, done, total = None, 0, 1
+    what = f"round {done + 1}'s results" if done < total else "the run's final results"
+    why = f"no space left on {out}: {what} could not be written"
+    if record is not None and record.get("status") != "interrupted":
+        # failed even where training finished: its figures are not all on disk
+        record["status"], record["error"] = "failed", why
+        try:
+            rewrite_record(run_dir, record)
+        except OSError:
+            pass  # still full: the previous round's complete record stays
+    return NoSpace(f"{why}; free space and rerun with --force")
+
+
+def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bool
+                    ) -> dict[str, Any]:
     """Run `cfg` in its configured mode and return the metrics record it wrote.
 
     `superlink` (deployment only) submits to an existing SuperLink instead of starting one.

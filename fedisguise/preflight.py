@@ -10,6 +10,7 @@ exits 2 with one line instead of a finished federation that crashed in every cli
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from fedisguise.config import Config, ConfigError, disguise_error
@@ -20,6 +21,9 @@ from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.keys import KEY_MAGIC, SECRET_MAGIC, key_path, node_secret_file
 
 PROBE_IMAGES = 4  # real images the disguise is tried on: enough for InstaHide's mixing
+# Free space --out must have before a run starts: a run's metrics, per-round CSV, PNG grids
+# and captured updates take a few MB; a disk that fills mid-run leaves no true record.
+MIN_FREE_BYTES = 50_000_000
 KEYGEN = "python -m fedisguise.disguise.keygen --out DIR --clients N"
 
 
@@ -159,6 +163,11 @@ def check_out(cfg: Config) -> None:
                           f"({err.strerror or err})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"experiment.out {str(out)!r} is not writable")
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"experiment.out {str(out)!r}: {free / 1e6:.1f} MB free, below the "
+                          f"{MIN_FREE_BYTES / 1e6:.0f} MB a run's results need; free space "
+                          f"or choose another --out")
     run_dir = cfg.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"experiment.name: {str(run_dir)!r} is a file, not a folder")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
@@ -58,15 +59,30 @@ def clean_figures(value: Any, where: str = "") -> tuple[Any, list[str]]:
     return value, []
 
 
+class NoSpace(OSError):
+    """The results folder's disk is full: the run cannot leave a true record of what it
+    trained (run.py exits 1 with this one line)."""
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Whether `err` is a write refused for want of space (disk full, or over quota)."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader
-    (or a crash) sees the old file or the new one, never half of one."""
+    (or a crash) sees the old file or the new one, never half of one, and a write that fails
+    (a full disk) leaves no temporary file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_run(run_dir: Path, record: dict[str, Any], ledger: list[Any]) -> None:

@@ -25,7 +25,7 @@ from fedisguise.data import server_test_set
 from fedisguise.faults import describe
 from fedisguise.fast_node import shorten_retries
 from fedisguise.models import build_model
-from fedisguise.results import new_record, write_run
+from fedisguise.results import new_record, out_of_space, write_run
 from fedisguise.training import evaluate, resolve_device
 from strategies import (
     POLL_INTERVAL,
@@ -151,7 +151,11 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         record["failures"] = [dataclasses.asdict(f) for f in strategy.failures]
         record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         record["wall_seconds"] = time.perf_counter() - started
-        write_run(run_dir, record, ledger.entries)
+        try:
+            write_run(run_dir, record, ledger.entries)
+        except OSError as err:  # the last complete record stays; run_experiment says why
+            if not out_of_space(err):
+                raise
     return record
 
 

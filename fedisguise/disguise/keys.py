@@ -68,6 +68,9 @@ class DisguiseKey:
         path = Path(path)
         if path.is_dir():
             raise IsADirectoryError(f"{path}: is a directory, not a disguise key file")
+        if path.exists() and not path.is_file():  # a FIFO would block the read for ever
+            raise ValueError(f"{path}: not a regular file (a FIFO, socket or device); a "
+                             f"disguise key is a file")
         if not path.is_file():
             raise FileNotFoundError(f"disguise key file not found: {path}")
         mode = stat.S_IMODE(path.stat().st_mode)
