@@ -228,9 +228,14 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
         "experiment": {"name": "att", "rounds": 2, "clients": 2, "out": str(tmp_path)},
         "data": {"train_per_client": 300, "test_samples": 500},
         "train": {"local_steps": 1, "batch_size": 1, "momentum": 0.0, "lr": 0.05},
+        # the target's round-2 reply claims too many examples: the server refuses to
+        # aggregate it, and still attacks it as received, saying so
+        "faults": [{"client": 1, "reply": "num-examples", "value": 1e12, "from_round": 2}],
     })
     record = run_experiment(cfg)
     gi, mia = record["attacks"]["gradient_inversion"], record["attacks"]["membership"]
+    assert gi["refused"] == mia["refused"] == "num-examples 1e+12 > 300"
+    assert record["rounds"][1]["clients"] == [0]
     assert gi["round"] == 2 and gi["client"] == 1 and gi["batch_size"] == 1
     assert gi["label_accuracy"] == 1.0
     from fedisguise.attacks.suite import ground_truth
@@ -255,6 +260,7 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
     ledger = json.loads((tmp_path / "att" / "updates.json").read_text())
     (entry,) = [e for e in ledger if e["server_round"] == 2 and e["partition_id"] == 1]
     assert capture["sha256"] == entry["sha256"] == entry["client_sha256"]
+    assert entry["refused"] == capture["refused"] == "num-examples 1e+12 > 300"
 
 
 def test_attack_figures_stay_valid_json():

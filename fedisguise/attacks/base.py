@@ -112,9 +112,12 @@ class ServerView:
         """The batch sizes of the client's local steps, as `training.batch_order` cuts them:
         `batch_size` images per step, a shorter last batch at each epoch's end."""
         n, b = self.num_examples, self.batch_size
+        per_epoch = -(-n // b)
+        if self.local_steps:  # only as many steps as were taken, whatever n claims
+            steps = min(self.local_steps, per_epoch * self.local_epochs)
+            return [b if i % per_epoch < n // b else n % b for i in range(steps)]
         epoch = [b] * (n // b) + ([n % b] if n % b else [])
-        sizes = epoch * self.local_epochs
-        return sizes[:self.local_steps] if self.local_steps else sizes
+        return epoch * self.local_epochs
 
     def images_behind_update(self) -> int:
         """How many distinct images the update covers (at most the client's partition)."""

@@ -19,6 +19,12 @@ def capture_path(run_dir: Path, server_round: int, partition_id: int) -> Path:
     return run_dir / "captures" / f"round-{server_round}-client-{partition_id}.pt"
 
 
+def capture_refused(run_dir: Path, server_round: int, partition_id: int) -> str:
+    """Why the server refused the captured update ("" if it aggregated it)."""
+    saved = torch.load(capture_path(run_dir, server_round, partition_id), weights_only=True)
+    return str(saved.get("refused", ""))
+
+
 def final_global_path(run_dir: Path) -> Path:
     return run_dir / "captures" / "final-global.pt"
 
@@ -44,6 +50,9 @@ class AttackCapture:
             "sha256": arrays_digest(update.arrays),
             "global_state": update.global_arrays.to_torch_state_dict(),
             "client_state": update.arrays.to_torch_state_dict(),
+            # why the server left it out of the aggregate (strategies.reply_check); "" if
+            # it was aggregated: an attack on a refused reply says so
+            "refused": update.refused or "",
         }, path)
         self.saved.append(path)
 

@@ -28,7 +28,7 @@ from fedisguise.attacks.base import (
     build_attack,
     parse_spec,
 )
-from fedisguise.attacks.capture import capture_path, final_global_path
+from fedisguise.attacks.capture import capture_path, capture_refused, final_global_path
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.config import Config
 from fedisguise.data import ImageDataset, load_dataset
@@ -46,6 +46,13 @@ from fedisguise.training import (
 HOLDOUT = 5000  # test images [0, 5000) are non-member candidates, the rest public data
 
 
+def claimed_examples(cfg: Config, claimed: int) -> int:
+    """The example count a reply claims, within what the server knows a node can hold (the
+    bound its reply checks use): a refused reply may claim 1e12."""
+    cap = cfg.data.train_per_client or cfg.strategy.max_examples
+    return max(1, min(claimed, cap))
+
+
 def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int,
               image_shape: tuple[int, int, int], num_classes: int) -> ServerView:
     """The server's view of one capture: the arrays it received and what it configured."""
@@ -59,7 +66,8 @@ def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int,
     t = cfg.train
     return ServerView(
         server_round=server_round, partition_id=partition,
-        num_examples=int(saved["num_examples"]), global_state=saved["global_state"],
+        num_examples=claimed_examples(cfg, int(saved["num_examples"])),
+        global_state=saved["global_state"],
         client_state=saved["client_state"], model_name=cfg.model.name,
         image_shape=image_shape, num_classes=num_classes, lr=t.lr,
         local_steps=t.local_steps, local_epochs=t.local_epochs, batch_size=t.batch_size,
@@ -245,6 +253,9 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
             save_grid(run_dir / "images" / f"attack-{label}.png", grid)
             figures["grid"] = f"images/attack-{label}.png"
         figures.update(level=knowledge.level, **about)
+        refused = capture_refused(run_dir, spec.target.round, spec.target.client)
+        if refused:  # the server received it and left it out of the aggregate
+            figures["refused"] = refused
         results[label] = _json_safe(figures)
     return results
 
