@@ -7,8 +7,6 @@ import errno
 import gzip
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 import run
 from fedisguise import preflight, results
 from tests.conftest import FEDAVG
+from tests.test_deployment import exiting_spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ["--config", str(FEDAVG), "--set", "data.dataset=synthetic", "--clients", "2",
@@ -126,16 +125,9 @@ def test_a_port_lost_on_every_try_exits_2_naming_the_ports(tmp_path, capsys, mon
     from fedisguise import deployment
 
     starts = []
-
-    def spawn(self, args, log_name, node):  # a SuperLink whose port is always taken first
-        starts.append(args)
-        (self.log_dir / log_name).write_text(f"ERROR: {deployment.SUPERLINK_PORT_TAKEN}\n")
-        process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
-        process.wait()
-        self.processes.append(process)
-        return process
-
-    monkeypatch.setattr(deployment.LocalFederation, "_spawn", spawn)
+    # a SuperLink whose port is always taken before it binds it
+    monkeypatch.setattr(deployment.LocalFederation, "_spawn", exiting_spawn(
+        starts, f"ERROR: {deployment.SUPERLINK_PORT_TAKEN}", 1))
     monkeypatch.setattr(deployment.LocalFederation, "_start_reaper", lambda self: None)
     monkeypatch.setattr(run, "install_signal_handlers", lambda: None)
     assert run.main([*SYNTHETIC, "--out", str(tmp_path), "--mode", "deployment"]) == 2

@@ -249,20 +249,26 @@ def test_a_superlink_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh
     assert federation_processes(flwr_tmp) == []
 
 
+def exiting_spawn(starts: list, log_line: str, code: int):
+    """A LocalFederation._spawn whose process writes `log_line` to its log and exits with
+    `code` at once; each start's arguments are appended to `starts`."""
+    def spawn(self, args, log_name, node):
+        starts.append(args)
+        (self.log_dir / log_name).write_text(f"{log_line}\n")
+        process = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
+        process.wait()
+        self.processes.append(process)
+        return process
+    return spawn
+
+
 def test_a_superlink_that_fails_for_another_reason_is_reported_not_retried(tmp_path, monkeypatch):
     from fedisguise import deployment
 
     starts = []
-
-    def spawn(self, args, log_name, node):  # a SuperLink that exits at once, not for its port
-        starts.append(args)
-        (tmp_path / log_name).write_text("ERROR: something else went wrong\n")
-        process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-        process.wait()
-        self.processes.append(process)
-        return process
-
-    monkeypatch.setattr(deployment.LocalFederation, "_spawn", spawn)
+    # a SuperLink that exits at once, not for its port
+    monkeypatch.setattr(deployment.LocalFederation, "_spawn",
+                        exiting_spawn(starts, "ERROR: something else went wrong", 3))
     monkeypatch.setattr(deployment.LocalFederation, "_start_reaper", lambda self: None)
     with pytest.raises(RuntimeError, match="exited with code 3"):
         LocalFederation(1, log_dir=tmp_path).__enter__()
