@@ -121,3 +121,16 @@ def test_a_local_deployment_refuses_a_faulty_nodes_reply_and_goes_on(tmp_path, m
     assert [(f["server_round"], f["partition_id"], f["error"]) for f in record["failures"]] == [
         (2, 1, "reply refused: num-examples 1e+12 > 200")]
     assert record["final"]["test_accuracy"] > record["initial"]["plain_test_accuracy"]
+
+
+def test_the_report_names_a_cells_faulty_clients(tmp_path):
+    from fedisguise.report import write_report
+
+    config = Config().with_overrides(["experiment.clients=3", 'faults=[{"client": 1, "reply": '
+                                      '"num-examples", "value": 1e12}]']).to_dict()
+    page = write_report(tmp_path, "g", "| a |\n|---|\n| 1 |\n",
+                        [("cell", tmp_path / "cell", config)]).read_text()
+    assert "Faulty on purpose: client 1: num-examples value=1e+12 from round 1" in page
+    clean = write_report(tmp_path, "g", "| a |\n|---|\n| 1 |\n",
+                         [("cell", tmp_path / "cell", Config().to_dict())]).read_text()
+    assert "Faulty on purpose" not in clean
