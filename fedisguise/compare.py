@@ -306,8 +306,6 @@ def _tune_values(where: str, values: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-
-
 def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
     if tables is None:
         return []
