@@ -52,9 +52,8 @@ import re
 import statistics
 import traceback
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from dataclasses import fields as dataclass_fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,10 +64,20 @@ from tqdm.auto import tqdm
 from fedisguise import frontier, report, strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError, read_toml
+from fedisguise.tuning import (
+    BASE,
+    Sweep,
+    Tuning,
+    chosen_text,
+    literal,
+    parse_tuning,
+    sweep,
+    tune_values,
+    tuning_markdown,
+)
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 COMPARE_KEYS = {"name", "seeds", "base", "defence", "attack", "tune"}
-TUNE_KEYS = {"key", "values", "validation", "seed", "rounds"}
 OWNED_BY_GRID = ("experiment.name", "experiment.seed", "experiment.out")
 # table.csv: one row per defence; each column with its *_std (empty with fewer than two
 # values). Utility columns come first and last; the attack columns between them are built
@@ -95,6 +104,7 @@ class Entry:
     utility: bool = True
     curve: str = ""  # defences: the frontier curve it is a point of (fedisguise.frontier)
     tune: tuple[float, ...] | None = None  # defences: their own values of compare.tune.key
+    tuned: bool = False  # attack settings: `tune = true`, its training regime tuned apart
 
 
 @dataclass(frozen=True)
@@ -111,17 +121,6 @@ class Cell:
 
 
 @dataclass(frozen=True)
-class Tuning:
-    """compare.tune: which training parameter each defence chooses on validation data."""
-
-    key: str
-    values: tuple[float, ...]
-    validation: float
-    seed: int
-    rounds: int
-
-
-@dataclass(frozen=True)
 class Grid:
     name: str
     source: Path
@@ -131,7 +130,11 @@ class Grid:
     attacks: list[Entry]
     cells: list[Cell]
     tuning: Tuning | None = None
-    tune_cells: tuple[Cell, ...] = ()  # run first; their choice goes into `cells`
+    tune_cells: tuple[Cell, ...] = ()  # each sweep's first values, run first
+    # (defence, regime, value) -> its tuning cell; the sweeps' further values are built
+    # with it as the finished runs call for them (fedisguise.tuning)
+    tune_cell: Callable[[str, str, float], Cell] | None = field(default=None, compare=False)
+    tune_start: dict[tuple[str, str], tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def reference(self) -> str:
@@ -185,20 +188,30 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         Entry("base", {"attacks": copy.deepcopy(raw.get("attacks", []))})]
     root = Path(out if out is not None else raw.get("experiment", {}).get("out", "results"))
     grid_out = (root / name).resolve()
-    tuning = _tuning(path, spec.get("tune"), seeds, defences)
-    tune_cells = []
+    tuning = _tuning(path, spec.get("tune"), seeds, defences, attacks)
+    regimes = {BASE: {"attacks": []}} | {
+        a.label: {**a.changes, "attacks": []} for a in attacks if a.tuned}
+
+    def tune_cell(defence_label: str, regime: str, value: float) -> Cell:
+        """The tuning run of a defence in a regime at one value: no attacks, a validation
+        split held out, the tuning's seed and rounds."""
+        defence = next(d for d in defences if d.label == defence_label)
+        name = f"tune-{literal(value)}" if regime == BASE else f"tune-{regime}-{literal(value)}"
+        return _built(path, Cell(defence.label, name, tuning.seed, False, Config()),
+                      _merge(_merge(raw, defence.changes), regimes[regime]),
+                      [*overrides, f"{tuning.key}={literal(value)}",
+                       f"data.validation={tuning.validation!r}",
+                       *([f"experiment.rounds={tuning.rounds}"] if tuning.rounds else [])],
+                      grid_out)
+
+    tune_start, tune_cells = {}, []
     for defence in defences if tuning else ():
         if tuning.key in _keys(defence.changes):
             continue  # the defence fixes the value itself
-        for value in defence.tune or tuning.values:
-            tune_cells.append(_built(
-                path, Cell(defence.label, f"tune-{_literal(value)}", tuning.seed, False,
-                           Config()),
-                _merge(_merge(raw, defence.changes), {"attacks": []}),
-                [*overrides, f"{tuning.key}={_literal(value)}",
-                 f"data.validation={tuning.validation!r}",
-                 *([f"experiment.rounds={tuning.rounds}"] if tuning.rounds else [])],
-                grid_out))
+        for regime in regimes:
+            tune_start[defence.label, regime] = defence.tune or tuning.values
+            tune_cells += [tune_cell(defence.label, regime, v)
+                           for v in tune_start[defence.label, regime]]
     cells = []
     for seed in seeds:
         for defence in defences:
@@ -209,7 +222,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                     _merge(_merge(raw, defence.changes), attack.changes), list(overrides),
                     grid_out))
     return Grid(name, path, grid_out, seeds, defences, attacks, cells, tuning,
-                tuple(tune_cells))
+                tuple(tune_cells), tune_cell if tuning else None, tune_start)
 
 
 def _built(path: Path, cell: Cell, merged: dict[str, Any], overrides: list[str],
@@ -226,84 +239,92 @@ def _built(path: Path, cell: Cell, merged: dict[str, Any], overrides: list[str],
     return replace(cell, config=cfg)
 
 
-def _tuning(path: Path, spec: Any, seeds: list[int], defences: list[Entry]) -> Tuning | None:
-    where = f"{path}: compare.tune"
+def _tuning(path: Path, spec: Any, seeds: list[int], defences: list[Entry],
+            attacks: list[Entry]) -> Tuning | None:
     if spec is None:
-        if any(d.tune for d in defences):
-            raise ConfigError(f"{path}: a defence gives `tune` values but there is no "
-                              f"[compare.tune] naming the key they are values of")
+        if any(d.tune for d in defences) or any(a.tuned for a in attacks):
+            raise ConfigError(f"{path}: an entry asks for tuning (`tune`) but there is no "
+                              f"[compare.tune] naming the key it tunes")
         return None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where} must be a table (key, values, validation, seed, rounds)")
-    unknown = sorted(set(spec) - TUNE_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(TUNE_KEYS)}")
-    key = spec.get("key")
-    section, _, field = str(key).partition(".")
-    if not isinstance(key, str) or section not in SECTIONS or section == "experiment" or \
-            field not in {f.name for f in dataclass_fields(SECTIONS[section])}:
-        raise ConfigError(f"{where}.key must name a numeric training setting such as "
-                          f"'train.lr', got {key!r}")
-    values = _tune_values(f"{where}.values", spec.get("values"))
-    validation = spec.get("validation", 0.1)
-    if not isinstance(validation, int | float) or not 0 < validation < 0.5:
-        raise ConfigError(f"{where}.validation must be a fraction in (0, 0.5) of each "
-                          f"client's training images, got {validation!r}")
-    seed, rounds = spec.get("seed", seeds[0]), spec.get("rounds", 0)
-    for name, value in (("seed", seed), ("rounds", rounds)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{where}.{name} must be a non-negative integer, got {value!r}")
-    return Tuning(key, values, float(validation), seed, rounds)
+    tuning = parse_tuning(f"{path}: compare.tune", spec, seeds[0])
+    for attack in attacks:
+        if attack.tuned and tuning.key in _keys(attack.changes):
+            raise ConfigError(f"{path}: attack setting {attack.label!r} sets {tuning.key} "
+                              f"itself and asks for it to be tuned (`tune = true`); choose one")
+    return tuning
 
 
-def _literal(value: float) -> str:
-    """A tuned value as --set writes it (an integral value also fits an integer setting)."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def sweep_label(defence: str, regime: str) -> str:
+    """A sweep's name in the tables: `defence`, or `defence@setting` for an attack setting
+    whose regime is tuned apart."""
+    return defence if regime == BASE else f"{defence}@{regime}"
+
+
+def sweeps(grid: Grid) -> dict[tuple[str, str], Sweep]:
+    """Per tuned (defence, regime): its sweep as far as the finished tuning runs decide it."""
+    if grid.tuning is None:
+        return {}
+
+    def outcome(cell: Cell) -> tuple[bool, float | None]:
+        if not cell_done(cell):
+            return False, None
+        record = json.loads((cell.config.run_dir / "metrics.json").read_text())
+        if diverged(record):  # marked done by _run_cells: the worst value
+            return True, None
+        return True, finite((record.get("final") or {}).get("validation_accuracy"))
+
+    def allowed(defence: str, regime: str, value: float) -> bool:
+        try:
+            grid.tune_cell(defence, regime, value)
+        except ConfigError:
+            return False
+        return True
+
+    return {
+        (defence, regime): sweep(
+            start, grid.tuning.extend,
+            lambda v, d=defence, r=regime: outcome(grid.tune_cell(d, r, v)),
+            lambda v, d=defence, r=regime: allowed(d, r, v))
+        for (defence, regime), start in grid.tune_start.items()}
 
 
 def tune_choices(grid: Grid) -> dict[str, dict[str, Any]]:
-    """Per tuned defence: each value's final validation accuracy (None until its tuning
-    run finished) and the chosen value (the best; the first on a tie), None until every
-    tuning run of the defence finished."""
-    choices: dict[str, dict[str, Any]] = {}
-    for cell in grid.tune_cells:
-        entry = choices.setdefault(cell.defence, {"scores": {}, "chosen": None})
-        score = None
-        if cell_done(cell):
-            record = json.loads((cell.config.run_dir / "metrics.json").read_text())
-            score = finite((record.get("final") or {}).get("validation_accuracy"))
-        entry["scores"][cell.attack.removeprefix("tune-")] = score  # the value, as written
-    for entry in choices.values():
-        scores = entry["scores"]
-        if None not in scores.values():  # max keeps the first of equal scores
-            entry["chosen"] = float(max(scores, key=scores.__getitem__))
-    return choices
+    """Per sweep (`sweeps`): every value's final validation accuracy (None: diverged), the
+    values not run yet, the chosen value (None until the sweep is decided) and whether it
+    sits at a bound."""
+    return {sweep_label(*key): s.summary() for key, s in sweeps(grid).items()}
+
+
+def pending_tune_cells(grid: Grid) -> list[Cell]:
+    """The tuning runs the sweeps need next: their first values, then each value past an
+    end where the best sits there."""
+    if grid.tuning is None:
+        return []
+    return [grid.tune_cell(defence, regime, v)
+            for (defence, regime), s in sweeps(grid).items() for v in s.pending]
 
 
 def resolve_tuning(grid: Grid) -> tuple[Grid, dict[str, dict[str, Any]]]:
     """The grid with each tuned defence's chosen value in its cells (the cells of a defence
-    whose tuning has not finished keep the base value), and the choices."""
+    whose tuning has not finished keep the base value), and the choices. A cell of an
+    attack setting tuned apart takes that regime's choice; one that sets the key keeps it."""
     if grid.tuning is None:
         return grid, {}
     choices, key = tune_choices(grid), grid.tuning.key
     own = {a.label for a in grid.attacks if key in _keys(a.changes)}
     cells = []
     for cell in grid.cells:
-        chosen = choices.get(cell.defence, {}).get("chosen")
+        chosen = choices.get(tuned_label(grid, cell), {}).get("chosen")
         if chosen is not None and cell.attack not in own:
-            cell = replace(cell, config=cell.config.with_overrides(
-                [f"{key}={_literal(chosen)}"]))
+            cell = replace(cell, config=cell.config.with_overrides([f"{key}={literal(chosen)}"]))
         cells.append(cell)
     return replace(grid, cells=cells), choices
 
 
-def _tune_values(where: str, values: Any) -> tuple[float, ...]:
-    if (not isinstance(values, list) or len(values) < 2 or len(set(values)) != len(values)
-            or not all(isinstance(v, int | float) and not isinstance(v, bool)
-                       and math.isfinite(v) for v in values)):
-        raise ConfigError(f"{where} must list at least two distinct finite numbers to choose "
-                          f"between, got {values!r}")
-    return tuple(float(v) for v in values)
+def tuned_label(grid: Grid, cell: Cell) -> str:
+    """The sweep whose choice a cell takes (`defence` or `defence@setting`)."""
+    tuned = {a.label for a in grid.attacks if a.tuned}
+    return sweep_label(cell.defence, cell.attack if cell.attack in tuned else BASE)
 
 
 def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
@@ -343,11 +364,13 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
                 raise ConfigError(f"{where} ({label}): curve must be a name of letters, "
                                   f"digits, '_.+-', got {curve!r}")
             entries.append(Entry(label, changes, curve=curve or frontier.curve_name(changes),
-                                 tune=None if tune is None else _tune_values(
+                                 tune=None if tune is None else tune_values(
                                      f"{where} ({label}).tune", tune)))
             continue
-        if tune is not None:
-            raise ConfigError(f"{where} ({label}): tune belongs to [[compare.defence]] entries")
+        if tune is not None and not isinstance(tune, bool):
+            raise ConfigError(f"{where} ({label}): an attack setting's tune is true or false "
+                              f"(its training regime tuned apart); values belong to "
+                              f"[[compare.defence]] entries")
         if curve is not None:
             raise ConfigError(f"{where} ({label}): curve belongs to [[compare.defence]] "
                               f"entries (the frontier a defence setting is a point of)")
@@ -357,7 +380,11 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
             utility = set(changes) == {"attacks"}
         if not isinstance(utility, bool):
             raise ConfigError(f"{where} ({label}): utility must be true or false")
-        entries.append(Entry(label, changes, utility))
+        if tune and (set(changes) == {"attacks"} or label == BASE):
+            raise ConfigError(f"{where} ({label}): tune = true tunes an attack setting's own "
+                              f"training regime apart, and this one has none (it changes "
+                              f"only `attacks`), or is labelled {BASE!r}")
+        entries.append(Entry(label, changes, utility, tuned=bool(tune)))
     return entries
 
 
@@ -395,7 +422,8 @@ def _comparable(cfg: Config) -> dict[str, Any]:
 
 
 def cell_done(cell: Cell) -> bool:
-    """Finished with exactly this config (its marker is written only after a whole run)."""
+    """Finished with exactly this config (its marker is written only after a whole run, or
+    a tuning run that diverged)."""
     marker = cell.config.run_dir / "cell.json"
     if not marker.is_file() or not (cell.config.run_dir / "metrics.json").is_file():
         return False
@@ -435,25 +463,40 @@ def run_grid(grid: Grid, progress: bool = True,
     skipped, ran, failed = [], [], {}
     bar = tqdm(total=sum(c.defence in chosen for c in (*grid.tune_cells, *grid.cells)),
                desc=f"compare {grid.name}", unit="cell", disable=not progress)
-    for phase in ("tuning", "cells"):
-        if phase == "tuning":
-            cells = [c for c in grid.tune_cells if c.defence in chosen]
-        else:  # the tuned values are known now
-            grid, choices = resolve_tuning(grid)
-            untuned = {d for d, c in choices.items() if c["chosen"] is None}
-            cells = [c for c in grid.cells if c.defence in chosen]
-            for cell in (c for c in cells if c.defence in untuned):
-                failed[cell.name] = "its defence's tuning runs did not all finish"
-                bar.update(1)
-            cells = [c for c in cells if c.defence not in untuned]
-        _run_cells(cells, bar, run_experiment, skipped, ran, failed)
+    # Tuning first: each sweep's first values, then, round by round, a value past an end
+    # where the best sits there (fedisguise.tuning); a run that fails is not retried here.
+    initial = [c for c in grid.tune_cells if c.defence in chosen]
+    tried = {c.name for c in initial if cell_done(c)}
+    skipped += sorted(tried)
+    bar.update(len(tried))
+    while cells := [c for c in pending_tune_cells(grid)
+                    if c.defence in chosen and c.name not in tried]:
+        bar.total += len([c for c in cells if c.name not in {i.name for i in initial}])
+        _run_cells(cells, bar, run_experiment, skipped, ran, failed, tuning=True)
+        tried |= {c.name for c in cells}
+    grid, choices = resolve_tuning(grid)  # the tuned values are known now
+    cells = [c for c in grid.cells if c.defence in chosen]
+    untuned = [c for c in cells if choices.get(tuned_label(grid, c), {"chosen": 0})["chosen"]
+               is None]
+    for cell in untuned:
+        failed[cell.name] = "its defence's tuning runs did not all finish"
+        bar.update(1)
+    _run_cells([c for c in cells if c not in untuned], bar, run_experiment, skipped, ran,
+               failed)
     bar.close()
     table = write_table(grid)
     return {"ran": ran, "skipped": skipped, "failed": failed, **table}
 
 
+def diverged(record: dict[str, Any]) -> bool:
+    """A run that ended because every client's training turned non-finite: for a tuning
+    run, a finished measurement of a value too large (the server refuses non-finite replies,
+    so such a run fails in the round after it diverged)."""
+    return record.get("status") == "failed" and "non-finite values" in str(record.get("error"))
+
+
 def _run_cells(cells: list[Cell], bar: Any, run_experiment: Any, skipped: list[str],
-               ran: list[str], failed: dict[str, str]) -> None:
+               ran: list[str], failed: dict[str, str], tuning: bool = False) -> None:
     for cell in cells:
         bar.update(1)
         bar.set_postfix_str(cell.name)
@@ -468,10 +511,12 @@ def _run_cells(cells: list[Cell], bar: Any, run_experiment: Any, skipped: list[s
             failed[cell.name] = f"{type(err).__name__}: {err}"
             tqdm.write(f"cell {cell.name} failed:\n{traceback.format_exc()}")
             continue
-        if record.get("status") != "finished":
+        if record.get("status") != "finished" and not (tuning and diverged(record)):
             failed[cell.name] = f"{record.get('status')}: {record.get('error')}"
             tqdm.write(f"cell {cell.name} {failed[cell.name]}")
             continue
+        if record.get("status") != "finished":
+            tqdm.write(f"tuning run {cell.name} diverged: the worst value of its sweep")
         marker.write_text(json.dumps({"config": _comparable(cell.config),
                                       "finished_at": datetime.now(UTC).isoformat(
                                           timespec="seconds")}, indent=2) + "\n")
@@ -678,7 +723,8 @@ def write_table(grid: Grid) -> dict[str, Any]:
     missing = [c.name for c in grid.cells if c.name not in figures]
     rows = table_rows(grid, figures)
     for row in rows:
-        row["tuned"] = choices.get(row["defence"], {}).get("chosen")
+        entry = choices.get(row["defence"], {})
+        row["tuned"], row["tuned_at_bound"] = entry.get("chosen"), entry.get("at_bound", False)
     columns = attack_columns(figures.values())
     with (grid.out / "table.csv").open("w", newline="") as fh:
         names = ["defence", "curve", "tuned", "cells"] + [
@@ -712,7 +758,7 @@ def write_table(grid: Grid) -> dict[str, Any]:
                        strongest.__doc__.split("\n\n")[1].replace("\n", " "), "",
                        *strongest.level_markdown(levels, picture)]
     text = (table_markdown(grid, rows, records, missing, plots, columns)
-            + tuning_markdown(grid, choices) + "\n".join(level_lines))
+            + tuning_markdown(grid.tuning, choices) + "\n".join(level_lines))
     (grid.out / "table.md").write_text(text)
     report.write_report(grid.out, f"fedisguise comparison: {grid.name}", text, [
         (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.cells if c.name in records])
@@ -743,27 +789,6 @@ def answer_lines(rows: list[dict[str, Any]]) -> list[str]:
             parts.append(f"membership AUC {r['membership.auc']:.3f}")
         lines.append(f"  {r['defence']}: " + "; ".join(parts))
     return lines
-
-
-def tuning_markdown(grid: Grid, choices: dict[str, dict[str, Any]]) -> str:
-    """The tuning section: per defence the validation accuracy of every value tried."""
-    if grid.tuning is None:
-        return ""
-    t = grid.tuning
-    lines = ["## Tuning", "",
-             f"`{t.key}` per defence, chosen by the final accuracy on a validation split "
-             f"held out of the clients' own training images ({t.validation:.0%} of each), "
-             f"seed {t.seed}"
-             + (f", {t.rounds} rounds" if t.rounds else "") + "; never on the test set. "
-             "Defences that set the value themselves are not tuned.", "",
-             "| defence | " + f"{_cell(t.key)} → validation accuracy | chosen |",
-             "| --- | --- | ---: |"]
-    for defence, entry in choices.items():
-        tried = ", ".join(f"{v}: {'–' if s is None else f'{s:.3f}'}"
-                          for v, s in entry["scores"].items())
-        chosen = "unfinished" if entry["chosen"] is None else _literal(entry["chosen"])
-        lines.append(f"| {defence} | {tried} | {chosen} |")
-    return "\n".join(lines) + "\n\n"
 
 
 def _cell(text: str) -> str:
@@ -798,7 +823,8 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
     # (title, a row's entry) per column: utility first, attacks between, time last.
     shown: list[tuple[str, Any]] = [] if grid.tuning is None else [
         (f"tuned {grid.tuning.key}",
-         lambda r: "–" if r.get("tuned") is None else _literal(r["tuned"]))]
+         lambda r: "–" if r.get("tuned") is None else chosen_text(
+             {"chosen": r["tuned"], "at_bound": r.get("tuned_at_bound", False)}))]
     shown += [
         ("accuracy", lambda r: _fmt(r["accuracy"], r["accuracy_std"])),
         ("gap (points)", lambda r: _fmt(None if r["accuracy_gap"] is None

@@ -487,18 +487,20 @@ def test_the_terminal_answer_names_cost_recovery_and_membership():
     assert "-4.1 points" in dn and "dB" not in dn and "membership" not in dn
 
 
-TUNED = """
-[compare]
-name = "g"
-seeds = [0, 1]
+# learning rates tuned over 1-round runs with 20% held out; the reference defence `none`
+TUNE_TABLE = """
 [compare.tune]
 key = "train.lr"
-values = [0.01, 0.1]
+values = [0.01, 0.03, 0.1]
 validation = 0.2
 rounds = 1
 [[compare.defence]]
 label = "none"
-[[compare.defence]]
+"""
+TUNED = """
+[compare]
+name = "g"
+seeds = [0, 1]""" + TUNE_TABLE + """[[compare.defence]]
 label = "vm"
 disguise = "visualmixer"
 train = {optimizer = "st-adam"}
@@ -513,6 +515,26 @@ train = {lr = 0.5, local_steps = 1, batch_size = 1}
 """
 
 
+def fake_tuned_runs(monkeypatch, validation_score) -> list[str]:
+    """run_experiment replaced by a finished record at once: a tuning run (validation held
+    out) scores `validation_score(cfg)`; returns the names of the runs, as they run."""
+    import fedisguise.experiment as experiment
+
+    ran = []
+
+    def fake_run(cfg, force=False):
+        ran.append(cfg.experiment.name)
+        record = fake_record(0.5, [1.0, 1.0])
+        record["final"]["validation_accuracy"] = (validation_score(cfg) if cfg.data.validation
+                                                  else None)
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(record))
+        return {"status": "finished"}
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    return ran
+
+
 def test_each_defence_is_tuned_on_validation_data_and_its_choice_goes_into_its_cells(
         tmp_path, monkeypatch):
     import fedisguise.experiment as experiment
@@ -520,39 +542,28 @@ def test_each_defence_is_tuned_on_validation_data_and_its_choice_goes_into_its_c
     grid = load_grid(grid_file(tmp_path, TUNED), out=str(tmp_path))
     tuned = {(c.defence, c.config.train.lr) for c in grid.tune_cells}
     # Per defence its own values; one that fixes the key itself is not tuned.
-    assert tuned == {("none", 0.01), ("none", 0.1), ("vm", 0.001), ("vm", 0.003),
-                     ("vm", 0.01)}
+    assert tuned == {("none", 0.01), ("none", 0.03), ("none", 0.1), ("vm", 0.001),
+                     ("vm", 0.003), ("vm", 0.01)}
     for c in grid.tune_cells:  # validation held out, no attacks, the tuning's rounds and seed
         assert c.config.data.validation == 0.2 and c.config.attacks == []
         assert c.config.experiment.rounds == 1 and c.config.experiment.seed == 0
-    best = {"none": 0.1, "vm": 0.003}
-    ran = []
-
-    def fake_run(cfg, force=False):
-        ran.append(cfg.experiment.name)
-        lr = cfg.train.lr
-        record = fake_record(0.5, [1.0, 1.0])
-        if cfg.data.validation:  # a tuning run: the best value scores highest
-            defence = cfg.experiment.name.split("--")[0]
-            record["final"]["validation_accuracy"] = 0.9 if lr == best[defence] else 0.4
-        else:
-            record["final"]["validation_accuracy"] = None
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "metrics.json").write_text(json.dumps(record))
-        return {"status": "finished"}
-
-    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    best = {"none": 0.1, "vm": 0.003}  # a tuning run: the best value scores highest
+    ran = fake_tuned_runs(monkeypatch, lambda cfg: 0.9 if cfg.train.lr == best[
+        cfg.experiment.name.split("--")[0]] else 0.4)
     outcome = run_grid(grid, progress=False)
     assert not outcome["failed"]
-    assert ran[:5] == [c.name for c in grid.tune_cells]  # tuning first
+    assert ran[:6] == [c.name for c in grid.tune_cells]  # tuning first
+    # none's best, 0.1, sat at the top of its values: one more step, 0.3, brackets it
+    assert ran[6] == "none--tune-0.3--seed0"
     lrs = {n: json.loads((tmp_path / "g" / n / "cell.json").read_text())["config"]["train"]["lr"]
-           for n in ran[5:]}
+           for n in ran[7:]}
     assert lrs["none--mia--seed1"] == 0.1 and lrs["vm--mia--seed0"] == 0.003
     assert lrs["vm--gi--seed0"] == 0.5  # the attack setting sets its own lr
     rows = {r["defence"]: r for r in outcome["rows"]}
     assert (rows["none"]["tuned"], rows["vm"]["tuned"]) == (0.1, 0.003)
     text = (tmp_path / "g" / "table.md").read_text()
     assert "## Tuning" in text and "| vm | 0.001: 0.400, 0.003: 0.900, 0.01: 0.400 | 0.003 |" in text
+    assert "| none | 0.01: 0.400, 0.03: 0.400, 0.1: 0.900, 0.3: 0.400 | 0.1 |" in text
     summary = json.loads((tmp_path / "g" / "compare.json").read_text())
     assert summary["tuning"]["defences"]["none"]["chosen"] == 0.1
     # Run again: everything is done, nothing reruns.
@@ -580,7 +591,10 @@ def test_only_runs_the_named_defences_and_the_table_keeps_the_rest_as_missing(
     path = grid_file(tmp_path, TUNED)
     outcome = run_grid(load_grid(path, out=str(tmp_path)), progress=False, only=["vm"])
     assert ran and all(name.startswith("vm--") for name in ran)
-    assert len(ran) == 3 + 4  # vm's three tuning runs, then its 2 attacks x 2 seeds
+    # vm's three tuning runs, two more past the top (the largest always wins: 0.03, 0.1,
+    # then the bound), then its 2 attacks x 2 seeds
+    assert len(ran) == 3 + 2 + 4
+    assert ran[3:5] == ["vm--tune-0.03--seed0", "vm--tune-0.1--seed0"]
     assert sorted(outcome["missing"]) == sorted(f"none--{a}--seed{s}" for a in ("mia", "gi")
                                                 for s in (0, 1))
     rows = {r["defence"]: r for r in outcome["rows"]}
@@ -589,7 +603,11 @@ def test_only_runs_the_named_defences_and_the_table_keeps_the_rest_as_missing(
     ran.clear()
     assert run.main(["--compare", str(path), "--out", str(tmp_path), "--only", "none"]) == 0
     assert ran and all(name.startswith("none--") for name in ran)
-    assert "6 cells run, 0 already finished, 0 failed" in capsys.readouterr().out  # 2 tuning
+    out = capsys.readouterr().out  # 3 + 2 tuning runs (0.3, 1), 4 cells
+    assert "9 cells run, 0 already finished, 0 failed" in out
+    table = (tmp_path / "g" / "table.md").read_text()
+    assert "| vm | 0.001: 0.001, 0.003: 0.003, 0.01: 0.010, 0.03: 0.030, 0.1: 0.100 | " \
+        "0.1 (tuning at bound) |" in table
     assert not json.loads((tmp_path / "g" / "compare.json").read_text())["missing"]
     # A label the grid lacks, or --only without a grid, is refused before anything runs.
     ran.clear()
@@ -601,11 +619,16 @@ def test_only_runs_the_named_defences_and_the_table_keeps_the_rest_as_missing(
 
 
 @pytest.mark.parametrize("body, match", [
-    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1]\n", "at least two distinct"),
-    ("[compare.tune]\nkey = 'train.nope'\nvalues = [0.1, 0.2]\n", "numeric training setting"),
-    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.2]\nvalidation = 0.6\n",
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.3]\n", "at least three distinct"),
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.01, 0.02, 0.1]\n", "must be log-spaced"),
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0, 0.1, 0.2]\n", "positive"),
+    ("[compare.tune]\nkey = 'train.nope'\nvalues = [0.1, 0.2, 0.4]\n",
+     "numeric training setting"),
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.2, 0.4]\nvalidation = 0.6\n",
      "validation must be a fraction"),
-    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.2]\nbogus = 1\n", "unknown key"),
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.2, 0.4]\nextend = -1\n",
+     "extend must be a non-negative integer"),
+    ("[compare.tune]\nkey = 'train.lr'\nvalues = [0.1, 0.2, 0.4]\nbogus = 1\n", "unknown key"),
 ])
 def test_bad_tuning_is_refused(tmp_path, body, match):
     with pytest.raises(ConfigError, match=match):
@@ -615,7 +638,7 @@ def test_bad_tuning_is_refused(tmp_path, body, match):
 
 def test_a_defence_that_sets_the_tuned_key_keeps_its_value(tmp_path):
     grid = load_grid(grid_file(tmp_path, "[compare]\nname = 'g'\n[compare.tune]\n"
-                               "key = 'train.lr'\nvalues = [0.01, 0.1]\n"
+                               "key = 'train.lr'\nvalues = [0.01, 0.03, 0.1]\n"
                                "[[compare.defence]]\nlabel = 'none'\n[[compare.defence]]\n"
                                "label = 'fixed'\ntrain = {lr = 0.2}\n"), out=str(tmp_path))
     assert {c.defence for c in grid.tune_cells} == {"none"}
@@ -625,7 +648,7 @@ def test_a_defence_that_sets_the_tuned_key_keeps_its_value(tmp_path):
 def test_tune_values_without_a_tuning_table_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="no \\[compare.tune\\]"):
         load_grid(grid_file(tmp_path, "[compare]\nname = 'g'\n[[compare.defence]]\n"
-                            "label = 'none'\ntune = [0.1, 0.2]\n"))
+                            "label = 'none'\ntune = [0.1, 0.3, 1.0]\n"))
 
 
 def test_plateau_is_the_first_round_from_which_the_last_five_stay_near_the_best():
