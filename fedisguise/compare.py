@@ -64,6 +64,8 @@ from tqdm.auto import tqdm
 from fedisguise import frontier, report, strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError, read_toml
+from fedisguise.intervals import difference_halfwidth
+from fedisguise.references import references
 from fedisguise.tuning import (
     BASE,
     Sweep,
@@ -658,16 +660,38 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
         rounds = [f["accuracy_per_round"] for f in util]
         row["accuracy_per_round"] = [_stats(list(r))[:2] for r in zip(*rounds, strict=False)]
         rows.append(row)
-    ref = next(r for r in rows if r["defence"] == grid.reference)
+    by_label = {r["defence"]: r for r in rows}
+    ref_of = row_references(grid)
     for row in rows:
-        row["accuracy_gap"] = (None if row["accuracy"] is None or ref["accuracy"] is None
+        # the gap against the plain row that trains the same way (fedisguise.references)
+        row["reference"] = ref_of[row["defence"]]
+        ref = by_label.get(row["reference"], {})
+        row["accuracy_gap"] = (None if row["accuracy"] is None or ref.get("accuracy") is None
                                else row["accuracy"] - ref["accuracy"])
+        row["accuracy_gap_ci"] = None if row["accuracy_gap"] is None else difference_halfwidth(
+            row["accuracy_std"], row["accuracy_n"], ref["accuracy_std"], ref["accuracy_n"])
+        # more accurate than its own reference beyond the interval: a tuning or training
+        # artefact to look into, never a gain a disguise buys
+        row["above_reference"] = bool(
+            row["defence"] != row["reference"] and row["accuracy_gap"] is not None
+            and row["accuracy_gap_ci"] is not None
+            and row["accuracy_gap"] > row["accuracy_gap_ci"])
+        time_ref = by_label[grid.reference]
         row["time_ratio"] = (None if not row["seconds_per_round"]
-                             or not ref["seconds_per_round"]
-                             else row["seconds_per_round"] / ref["seconds_per_round"])
+                             or not time_ref["seconds_per_round"]
+                             else row["seconds_per_round"] / time_ref["seconds_per_round"])
         row["accuracy_gap_std"] = row["time_ratio_std"] = None
     frontier.mark_dominated(rows)
     return rows
+
+
+def row_references(grid: Grid) -> dict[str, str | None]:
+    """Per defence, the plain row its accuracy gap is against (fedisguise.references)."""
+    any_utility = any(a.utility for a in grid.attacks)
+    configs = {d.label: next(c.config for c in grid.cells if c.defence == d.label
+                             and (c.utility or not any_utility)) for d in grid.defences}
+    return references(grid.defences, configs, grid.reference,
+                      grid.tuning.key if grid.tuning else None)
 
 
 PLATEAU_WINDOW, PLATEAU_TOLERANCE = 5, 0.005
@@ -772,6 +796,24 @@ def write_table(grid: Grid) -> dict[str, Any]:
     return {"rows": rows, "levels": levels, "missing": missing, "plots": plots}
 
 
+def _gap_text(row: dict[str, Any], grid_reference: str) -> str:
+    """The gap column: points against the row's reference, with its 95 % interval where
+    there are seeds to make one, the reference named where it is not the grid's, and a
+    flag where the row beats its own reference beyond the interval."""
+    if row.get("reference") is None:
+        return "no plain row trains as it does"
+    if row["accuracy_gap"] is None:
+        return "–"
+    text = _fmt(100 * row["accuracy_gap"], None, 1)
+    if row.get("accuracy_gap_ci") is not None:
+        text += f" ± {100 * row['accuracy_gap_ci']:.1f}"
+    if row["reference"] not in (grid_reference, row["defence"]):
+        text += f" vs {row['reference']}"
+    if row.get("above_reference"):
+        text += " (above its reference)"
+    return text
+
+
 def answer_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The table's answer in a few terminal lines: per defence its accuracy and gap, what the
     strongest attack recovers of the originals, and membership AUC where they were measured."""
@@ -779,7 +821,12 @@ def answer_lines(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         parts = [f"accuracy {_fmt(r['accuracy'], r['accuracy_std'])}"]
         if r.get("accuracy_gap") is not None and r["accuracy_gap"] != 0:
-            parts[-1] += f" ({100 * r['accuracy_gap']:+.1f} points)"
+            parts[-1] += (f" ({100 * r['accuracy_gap']:+.1f} points"
+                          + (f" vs {r['reference']}" if r.get("reference") else "")
+                          + (", above its reference" if r.get("above_reference") else "")
+                          + ")")
+        elif "reference" in r and r["reference"] is None:
+            parts[-1] += " (no plain row trains as it does)"
         if r.get(f"best.{BEST_BY}") is not None:
             parts.append(f"strongest attack ({r.get(BEST_ATTACK) or '?'}) "
                          f"{r[f'best.{BEST_BY}']:.1f} dB vs original"
@@ -815,7 +862,11 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         f"every cell that ran the attack (the strongest of several in one cell). \"best\": "
         f"what the strongest attack recovers of the originals — per seed the strongest over "
         f"every attack setting, and the attack that reached the best PSNR. Mean ± std over "
-        f"seeds; gap and ratio against `{grid.reference}`. – : not defined or not measured "
+        f"seeds. Gap: against the plain row that trains the same way (optimizer and its "
+        f"settings, data split, model, strategy, rounds: fedisguise/references.py; "
+        f"`{grid.reference}` for a plain row), ± its 95 % interval over seeds (Welch), "
+        f"flagged \"above its reference\" where the row beats it beyond that; time ratio "
+        f"against `{grid.reference}`. – : not defined or not measured "
         f"(visual privacy needs disguised images; ε needs DP). \"dominated by\": the "
         f"settings at least as accurate that let every shared attack figure (best PSNR, best "
         f"recognisability, membership AUC) reach at most as much, one of them strictly "
@@ -827,8 +878,7 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
              {"chosen": r["tuned"], "at_bound": r.get("tuned_at_bound", False)}))]
     shown += [
         ("accuracy", lambda r: _fmt(r["accuracy"], r["accuracy_std"])),
-        ("gap (points)", lambda r: _fmt(None if r["accuracy_gap"] is None
-                                        else 100 * r["accuracy_gap"], None, 1)),
+        ("gap (points)", lambda r: _gap_text(r, grid.reference)),
         ("visual privacy", lambda r: _fmt(r["visual_privacy"], r["visual_privacy_std"])),
         ("misusability", lambda r: _fmt(r["misusability"], r["misusability_std"])),
         ("ε", lambda r: _fmt(r["epsilon"], r["epsilon_std"], 2)),

@@ -358,7 +358,7 @@ def test_the_cpu_grid_holds_every_setting_of_the_full_grid():
                                    c.client.redisguise, c.dp)
         return first
     full, cpu = settings("compare-fmnist-full.toml"), settings("compare-fmnist-cpu.toml")
-    assert len(full) == 33 and list(cpu) == list(full)
+    assert len(full) == 35 and list(cpu) == list(full)
     for label, setting in full.items():
         assert cpu[label] == setting, label
 
