@@ -94,6 +94,9 @@ BEST_FIGURES = {"psnr_vs_original": "best PSNR vs original (dB)",
                 "ssim_vs_original": "best SSIM vs original",
                 "recognisability": "best recognisability"}
 BEST_BY = "psnr_vs_original"
+N = "@n"  # `<figure>@n`: how many images or candidates a cell's figure is over
+# The figures of the first table, beside accuracy and its gap: what the answer is made of.
+MAIN_FIGURES = (f"best.{BEST_BY}", "best.recognisability", "membership.auc")
 BEST_ATTACK = "best.attack"
 
 
@@ -598,11 +601,14 @@ def cell_figures(record: dict[str, Any]) -> dict[str, Any]:
     }
     for kind, declared in catalogue.items():
         for figure in declared if kind in ran else ():
-            top = _strongest(figure, ((finite(e.get(figure.name)), None) for e in ran[kind]))
+            top = _strongest(figure, ((finite(e.get(figure.name)), e) for e in ran[kind]))
             figures[f"{kind}.{figure.name}"] = None if top is None else top[0]
+            # how many images (or candidates) the figure is over: `n` in the tables
+            figures[f"{kind}.{figure.name}{N}"] = None if top is None else top[1].get("n")
     for name, (figure, kinds) in best_figures(catalogue).items():
         top = _strongest(figure, ((figures.get(f"{k}.{name}"), k) for k in kinds))
         figures[f"best.{name}"] = None if top is None else top[0]
+        figures[f"best.{name}{N}"] = None if top is None else figures[f"{top[1]}.{name}{N}"]
         if name == BEST_BY:
             figures[BEST_ATTACK] = None if top is None else top[1]
     return figures
@@ -627,6 +633,11 @@ def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]
     return statistics.fmean(values), std, len(values)
 
 
+def _counts(values: Iterable[int | None]) -> list[int]:
+    """The distinct image (or candidate) counts behind a row's figure, ascending."""
+    return sorted({int(v) for v in values if v is not None})
+
+
 def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Per defence: mean/std over its finished cells (utility figures from utility cells, an
     attack's figures from every cell that ran it). `best.*`: per seed, the strongest over
@@ -647,15 +658,19 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
             if column.kind != "best":
                 row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats(
                     [f.get(key) for f in every])
+                row[f"{key}{N}"] = _counts(f.get(f"{key}{N}") for f in every
+                                           if f.get(key) is not None)
                 continue
             tops = [_strongest(column.figure, ((figures[c.name].get(key),
-                                                figures[c.name].get(BEST_ATTACK))
+                                                (figures[c.name].get(BEST_ATTACK),
+                                                 figures[c.name].get(f"{key}{N}")))
                                                for c in cells if c.seed == seed))
                     for seed in grid.seeds]
             tops = [t for t in tops if t is not None]
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([v for v, _ in tops])
+            row[f"{key}{N}"] = _counts(n for _, (_, n) in tops)
             if key == f"best.{BEST_BY}":
-                reached = Counter(who for _, who in tops).most_common()
+                reached = Counter(who for _, (who, _) in tops).most_common()
                 row[BEST_ATTACK] = " / ".join(who for who, _ in reached) or None
         rounds = [f["accuracy_per_round"] for f in util]
         row["accuracy_per_round"] = [_stats(list(r))[:2] for r in zip(*rounds, strict=False)]
@@ -785,7 +800,8 @@ def write_table(grid: Grid) -> dict[str, Any]:
             + tuning_markdown(grid.tuning, choices) + "\n".join(level_lines))
     (grid.out / "table.md").write_text(text)
     report.write_report(grid.out, f"fedisguise comparison: {grid.name}", text, [
-        (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.cells if c.name in records])
+        (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.cells if c.name in records],
+        answer=answer_lines(rows))
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
                "reference": grid.reference, "tuning": None if grid.tuning is None else {
                    "key": grid.tuning.key, "validation": grid.tuning.validation,
@@ -830,6 +846,7 @@ def answer_lines(rows: list[dict[str, Any]]) -> list[str]:
         if r.get(f"best.{BEST_BY}") is not None:
             parts.append(f"strongest attack ({r.get(BEST_ATTACK) or '?'}) "
                          f"{r[f'best.{BEST_BY}']:.1f} dB vs original"
+                         + strongest.count_text(r.get(f"best.{BEST_BY}{N}"))
                          + ("" if r.get("best.recognisability") is None else
                             f", recognisability {r['best.recognisability']:.2f}"))
         if r.get("membership.auc") is not None:
@@ -889,7 +906,7 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
             shown.append(("strongest attack", lambda r: r.get(BEST_ATTACK) or "–"))
         else:
             shown.append((titles[key], lambda r, k=key, d=_digits(rows, key):
-                          _fmt(r[k], r[f"{k}_std"], d)))
+                          _fmt(r[k], r[f"{k}_std"], d) + strongest.count_text(r.get(f"{k}{N}"))))
     shown += [
         ("s/round (after round 1)",
          lambda r: _fmt(r["seconds_per_round"], r["seconds_per_round_std"], 1)),
@@ -897,11 +914,21 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         ("dominated by", lambda r: "–" if r.get("dominated_by") is None
          else ", ".join(r["dominated_by"]) or "no (frontier)"),
     ]
-    lines += ["| defence | " + " | ".join(_cell(t) for t, _ in shown) + " |",
-              "| --- |" + " ---: |" * len(shown)]
-    lines += ["| " + " | ".join(_cell(v) for v in [r["defence"], *(entry(r) for _, entry in
-                                                                     shown)]) + " |"
-              for r in rows]
+    # Two tables, so that each fits a page: the answer (cost, the strongest attack, the
+    # membership AUC, the frontier), then every other figure.
+    main_titles = {f"tuned {grid.tuning.key}" if grid.tuning else "", "accuracy",
+                   "gap (points)", "strongest attack", "dominated by",
+                   *(titles[k] for k in MAIN_FIGURES if k in titles)}
+    for part, heading in (([s for s in shown if s[0] in main_titles], None),
+                          ([s for s in shown if s[0] not in main_titles],
+                           "More figures (same rows):")):
+        if not part:
+            continue
+        lines += ["", heading, ""] if heading else []
+        lines += ["| defence | " + " | ".join(_cell(t) for t, _ in part) + " |",
+                  "| --- |" + " ---: |" * len(part)]
+        lines += ["| " + " | ".join(_cell(v) for v in [r["defence"], *(
+            entry(r) for _, entry in part)]) + " |" for r in rows]
     plateaus = []
     for r in rows:
         curve = [m for m, _ in r.get("accuracy_per_round") or []]

@@ -1,4 +1,4 @@
-"""The harness's privacy figures for a disguised run (DisguisedNets §4, DESIGN.md).
+"""The harness's privacy figures for a disguised run (DisguisedNets §4).
 
 Computed by the experimenter after the federated run, never by the server: it needs a client's
 key to disguise the test images, and the server must not hold keys. Figures:

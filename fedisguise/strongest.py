@@ -1,7 +1,7 @@
 """The strongest attack per defence and knowledge level, from a comparison grid's cells.
 
 A defence is measured by the strongest attack that knows how it works. For each defence,
-each knowledge level L (DESIGN.md: 0 updates and disguised data only; 1 also the algorithm
+each knowledge level L (README, "Attacks": 0 updates and disguised data only; 1 also the algorithm
 and its parameters; 2 also pairs under the victim's key) and each threat model, this takes
 over every attack the grid ran against the defence at a level ≤ L (a Level-2 attacker can
 run every Level-1 attack) the one that recovers the originals best (highest PSNR vs the
@@ -26,6 +26,7 @@ from fedisguise.attacks.base import ATTACKS, LEVELS, finite
 
 THREAT_MODELS = {"update": "server", "images": "outsourced"}
 FIGURES = ("psnr_vs_original", "ssim_vs_original", "recognisability")
+LEVEL_GRID_SCALE, LEVEL_GRID_DPI = 3, 110  # levels.png: screen pixels per image pixel, dpi
 
 
 def candidates(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -42,7 +43,7 @@ def candidates(record: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         found.append({"label": label, "attack": kind, "level": int(entry.get("level", 0)),
                       "method": entry.get("method"), "threat_model": model,
-                      "grid": entry.get("grid"),
+                      "grid": entry.get("grid"), "n": entry.get("n"),
                       **{f: finite(entry.get(f)) for f in FIGURES}})
     return found
 
@@ -80,6 +81,8 @@ def level_rows(grid: Any, records: dict[str, dict[str, Any]],
                                        "accuracy_gap": cost.get(defence.label)}
                 names = Counter(_describe(a) for _, a in best).most_common()
                 row["attack"] = " / ".join(n for n, _ in names) or None
+                # the images behind each figure (one count, or the range over seeds)
+                row["n"] = sorted({int(a["n"]) for _, a in best if a.get("n") is not None})
                 for figure in FIGURES:
                     values = [a[figure] for _, a in best if a[figure] is not None]
                     row[figure] = statistics.fmean(values) if values else None
@@ -101,6 +104,13 @@ def write_level_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
 
 
+def count_text(counts: list[int] | None) -> str:
+    """` (n 8)`: the images or candidates behind a figure (a range where cells differ)."""
+    if not counts:
+        return ""
+    return f" (n {counts[0]})" if len(counts) == 1 else f" (n {counts[0]}–{counts[-1]})"
+
+
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
     if mean is None:
         return "–"
@@ -119,7 +129,8 @@ def level_markdown(rows: list[dict[str, Any]], picture: str | None) -> list[str]
             continue
         lines += [f"### {title}", "",
                   "Per level: the strongest attack of that level or below, and what it "
-                  "recovers of the originals: PSNR (dB) / SSIM / recognisability.", "",
+                  "recovers of the originals: PSNR (dB) / SSIM / recognisability (n: the "
+                  "images the attack reconstructed).", "",
                   "| defence | accuracy | gap (points) | "
                   + " | ".join(f"Level {lv}" for lv in LEVELS) + " |",
                   "| --- | ---: | ---: |" + " --- |" * len(LEVELS)]
@@ -130,10 +141,11 @@ def level_markdown(rows: list[dict[str, Any]], picture: str | None) -> list[str]
             entries = []
             for level in LEVELS:
                 r = cells[level]
+                n = count_text(r.get("n"))
                 entries.append("–" if not r["attack"] else
                                f"{r['attack']}: {_fmt(r['psnr_vs_original'], None, 1)} / "
                                f"{_fmt(r['ssim_vs_original'], None, 3)} / "
-                               f"{_fmt(r['recognisability'], None, 2)}")
+                               f"{_fmt(r['recognisability'], None, 2)}{n}")
             lines.append(f"| {defence} | {_fmt(first['accuracy'], None, 3)} | "
                          f"{'–' if gap is None else f'{100 * gap:.1f}'} | "
                          + " | ".join(entries) + " |")
@@ -162,8 +174,15 @@ def write_level_grid(path: Path, rows: list[dict[str, Any]], cells_dir: Path) ->
     if not best:
         return False
     defences = list(dict.fromkeys(r["defence"] for r in rows))
+    # Every picture at LEVEL_GRID_SCALE times its pixels at least, so that 28-px images can
+    # be told apart (matplotlib would otherwise fit them into a few inches).
+    sizes = [matplotlib.image.imread(cells_dir / r["cell"] / r["grid"]).shape[:2]
+             for r in best.values() if (cells_dir / r["cell"] / r["grid"]).is_file()]
+    height = max([h for h, _ in sizes], default=28) * LEVEL_GRID_SCALE / LEVEL_GRID_DPI
+    width = max([w for _, w in sizes], default=84) * LEVEL_GRID_SCALE / LEVEL_GRID_DPI
     fig, axes = plt.subplots(len(defences), len(LEVELS), squeeze=False,
-                             figsize=(4.2 * len(LEVELS), 1.9 * len(defences)))
+                             figsize=(max(4.2, width + 0.2) * len(LEVELS),
+                                      max(1.9, height + 0.5) * len(defences)))
     for i, defence in enumerate(defences):
         for j, level in enumerate(LEVELS):
             ax = axes[i][j]
@@ -177,6 +196,6 @@ def write_level_grid(path: Path, rows: list[dict[str, Any]], cells_dir: Path) ->
             ax.set_title(f"{defence} · L{level}: {r['attack']} ({r['threat_model']}), "
                          f"{r['psnr_vs_original']:.1f} dB", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=LEVEL_GRID_DPI)
     plt.close(fig)
     return True

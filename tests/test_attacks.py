@@ -235,6 +235,7 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
     record = run_experiment(cfg)
     gi, mia = record["attacks"]["gradient_inversion"], record["attacks"]["membership"]
     assert gi["refused"] == mia["refused"] == "num-examples 1e+12 > 300"
+    assert gi["n"] == 1 and mia["n"] == 100  # one image reconstructed; candidates ranked
     assert record["rounds"][1]["clients"] == [0]
     assert gi["round"] == 2 and gi["client"] == 1 and gi["batch_size"] == 1
     assert gi["label_accuracy"] == 1.0
@@ -246,7 +247,8 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
     assert gi["psnr_vs_disguised"] == gi["psnr_vs_original"]  # no disguise
     assert (tmp_path / "att" / gi["grid"]).is_file()
     assert 0.0 <= mia["auc"] <= 1.0 and mia["candidates"] == 100
-    chain = record["attacks"]["chain"]  # update -> estimate -> Level-1 inverse -> originals
+    # update -> estimate -> Level-1 inverse -> originals, named by its level
+    chain = record["attacks"]["chain-level1"]
     assert chain["attack"] == "chain" and chain["level"] == 1
     assert chain["stages"] == ["gradient_inversion", "inverse_network"]
     assert chain["target"] == {"round": 2, "client": 1}

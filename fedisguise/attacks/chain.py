@@ -1,4 +1,4 @@
-"""Attack chains: what the server recovers of a client's *original* images (DESIGN.md).
+"""Attack chains: what the server recovers of a client's *original* images (README, "Attacks").
 
 An FL server never sees disguised images, only updates and models. Its attack is a chain:
 1. a reconstruction stage estimates the images the client trained on, which are disguised

@@ -7,7 +7,7 @@ against the final global model (frozen, the discriminator role) to maximise its 
 probability, with a small total-variation prior and a batch-diversity term so that G does not
 collapse onto one adversarial pattern.
 
-Scored two ways, as DESIGN.md asks: recognisability (the fraction of samples an independent
+Scored two ways (README, "Attacks"): recognisability (the fraction of samples an independent
 classifier, trained by the attacker on public plain data, assigns to the target class; the
 scorer's classifier) and
 similarity to the victim's images of that class (for each sample, the best SSIM against the

@@ -1,6 +1,6 @@
 """The scoring side of the wall: reconstructions against the experimenter's ground truth.
 
-Only `Attack.score` calls these. Figures for reconstructed images (DESIGN.md):
+Only `Attack.score` calls these. Figures for reconstructed images (README, "Attacks"):
 - PSNR and SSIM against the originals, after ordering the reconstructions like the originals
   (the attacker does not know the batch order; greedy on pairwise MSE, best pair first);
 - recognisability: the accuracy, against the true labels, of a classifier the attacker

@@ -9,6 +9,7 @@ level allows (fedisguise.attacks.base); the truth goes to its scoring step alone
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
     for raw in cfg.attacks:
         spec = parse_spec(raw)
         attack = build_attack(spec)
-        label = spec.name if spec.name not in results else f"{spec.name}-{len(results)}"
+        label = attack_label(spec, results)
         about = {"attack": spec.name, "params": spec.params,
                  "target": {"round": spec.target.round, "client": spec.target.client}}
         if not attack.applies_to(cfg.disguise_name):  # a defence-specific attack elsewhere
@@ -248,6 +249,7 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
                                        cfg.experiment.seed)
         reconstruction = attack.reconstruct(evidence, knowledge, runtime)
         figures = attack.score(reconstruction, truth, scorer)  # the only step with the truth
+        figures.setdefault("n", scored_count(reconstruction))
         grid = figures.pop("_grid", None)
         if grid is not None:
             save_grid(run_dir / "images" / f"attack-{label}.png", grid)
@@ -258,6 +260,24 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
             figures["refused"] = refused
         results[label] = _json_safe(figures)
     return results
+
+
+def scored_count(reconstruction: Any) -> int | None:
+    """How many things an attack's figures are over: the images it reconstructed, or the
+    membership candidates it ranked (`n` beside every figure in the tables)."""
+    for what in (reconstruction.images, reconstruction.scores):
+        if what is not None:
+            return int(len(what))
+    return None
+
+
+def attack_label(spec: Any, taken: Mapping[str, Any]) -> str:
+    """An attack's key in metrics.json and its picture's name: its name, with its knowledge
+    level where it takes one (`chain-level2`), numbered from 2 where that is taken already."""
+    label = spec.name + (f"-level{spec.params['level']}" if "level" in spec.params else "")
+    if label not in taken:
+        return label
+    return next(f"{label}-{i}" for i in range(2, len(taken) + 3) if f"{label}-{i}" not in taken)
 
 
 def _json_safe(value: Any) -> Any:
