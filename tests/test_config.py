@@ -95,6 +95,9 @@ def test_the_default_config_is_the_quickstart_grid():
     assert {"chain", "membership"} <= kinds
     membership = next(c.config for c in grid.cells if c.attack == "membership")
     assert membership.data.train_per_client <= 200 and membership.train.local_epochs >= 5
+    # the chain scores one FedSGD update of >= 8 images: recognisability is a fraction of 8
+    chain = next(c.config for c in grid.cells if c.attack == "chain")
+    assert chain.train.local_steps == 1 and chain.train.batch_size >= 8
 
 
 def test_cli_rejects_a_bad_config_before_starting_anything(tmp_path):
