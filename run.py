@@ -117,11 +117,12 @@ def run_compare(args: argparse.Namespace) -> int:
               "was running is marked interrupted; run the same command to resume",
               file=sys.stderr)
         hard_exit(interrupt_code(why))
-    from fedisguise.compare import answer_lines
+    from fedisguise.compare import answer_lines, time_line
 
     print(f"\n{grid.name}: {len(outcome['ran'])} cells run, {len(outcome['skipped'])} "
           f"already finished, {len(outcome['failed'])} failed")
     print("\n".join(answer_lines(outcome["rows"])))
+    print(time_line(outcome["time"]))
     print(f"table: {grid.out / 'table.md'}\nreport (open in a browser): "
           f"{grid.out / 'report.html'}")
     for name, why in outcome["failed"].items():

@@ -796,7 +796,9 @@ def write_table(grid: Grid) -> dict[str, Any]:
         level_lines = ["## Strongest attack per defence and knowledge level", "",
                        strongest.__doc__.split("\n\n")[1].replace("\n", " "), "",
                        *strongest.level_markdown(levels, picture)]
+    spent = time_spent(grid, records)
     text = (table_markdown(grid, rows, records, missing, plots, columns)
+            + f"{time_line(spent)}\n\n"
             + tuning_markdown(grid.tuning, choices) + "\n".join(level_lines))
     (grid.out / "table.md").write_text(text)
     report.write_report(grid.out, f"fedisguise comparison: {grid.name}", text, [
@@ -807,9 +809,45 @@ def write_table(grid: Grid) -> dict[str, Any]:
                    "key": grid.tuning.key, "validation": grid.tuning.validation,
                    "seed": grid.tuning.seed, "defences": choices},
                "columns": {c.key: c.figure.title for c in columns}, "rows": rows,
-               "levels": levels, "missing": missing, "plots": plots}
+               "levels": levels, "missing": missing, "plots": plots, "time": spent}
     (grid.out / "compare.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return {"rows": rows, "levels": levels, "missing": missing, "plots": plots}
+    return {"rows": rows, "levels": levels, "missing": missing, "plots": plots, "time": spent}
+
+
+PHASES = ("tuning", "training", "privacy", "attacks")
+
+
+def time_spent(grid: Grid, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Seconds the finished cells spent per phase: the tuning runs whole, and each cell's
+    training, privacy figures and attacks (its metrics.json `timing`); cells finished before
+    runs recorded it are counted apart."""
+    spent = dict.fromkeys(PHASES, 0.0) | {"cells_without_timing": 0}
+    for folder in sorted(grid.out.glob("*--tune-*--seed*")):  # every sweep's runs
+        try:
+            record = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        timing = record.get("timing")
+        spent["tuning"] += (sum(timing.values()) if timing
+                            else float(record.get("wall_seconds") or 0.0))
+    for record in records.values():
+        timing = record.get("timing")
+        if not timing:
+            spent["cells_without_timing"] += 1
+            continue
+        for phase in PHASES[1:]:
+            spent[phase] += float(timing.get(phase, 0.0))
+    return spent
+
+
+def time_line(spent: dict[str, Any]) -> str:
+    """Where the grid's time went, in words, for the table and the terminal."""
+    parts = ", ".join(f"{p} {spent[p] / 60:.1f} min" for p in PHASES)
+    total = sum(spent[p] for p in PHASES) / 60
+    missing = spent["cells_without_timing"]
+    return (f"Time spent by the finished runs: {parts} ({total:.1f} min in all"
+            + (f"; {missing} cells finished before runs recorded it" if missing else "")
+            + ").")
 
 
 def _gap_text(row: dict[str, Any], grid_reference: str) -> str:

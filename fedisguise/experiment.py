@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
     from fedisguise.interrupts import as_interrupt
     from fedisguise.results import mark_interrupted, rewrite_record
 
+    started = time.perf_counter()
     try:
         cfg = transform.prepare(cfg)  # a transformation network is trained once, before the run
         if cfg.experiment.mode == "simulation":
@@ -196,7 +198,12 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
     from fedisguise.preflight import keys_known
     from fedisguise.privacy import plain_grid, privacy_figures
 
+    # Where the run's time went (a grid adds them up, fedisguise.compare): training is
+    # everything up to a trained model, Flower's start and the transformation network's
+    # training included.
+    record["timing"] = {"training": time.perf_counter() - started}
     try:
+        started = time.perf_counter()
         if cfg.disguise_name == "transform-net":
             record["transform_net"] = transform.figures(cfg)
         if cfg.disguise_name == "none":
@@ -206,12 +213,15 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
         else:  # never figures for a key that may not be the one node 0 used
             record["privacy"] = {**(record.get("privacy") or {}), "skipped": REMOTE_KEYS}
             print(f"privacy figures skipped: {REMOTE_KEYS}", file=sys.stderr)
+        record["timing"]["privacy"] = time.perf_counter() - started
         if cfg.attacks and not keys_known(cfg, remote=bool(superlink)):
             raise RuntimeError(f"attacks not run: {REMOTE_KEYS}")  # preflight refuses this
+        started = time.perf_counter()
         if cfg.attacks:
             from fedisguise.attacks.suite import run_attacks
 
             record["attacks"] = run_attacks(cfg, cfg.run_dir)
+        record["timing"]["attacks"] = time.perf_counter() - started
     except (KeyboardInterrupt, Exception) as why:  # the figures done so far are kept
         interrupt = why if isinstance(why, KeyboardInterrupt) else as_interrupt(why)
         if interrupt is None:

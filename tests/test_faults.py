@@ -82,6 +82,9 @@ def test_a_scale_fault_is_refused_by_no_check_but_recorded_as_faulty(tmp_path):
                                                   '"factor": 1.5, "from_round": 2}]'})
     record = run_experiment(cfg)
     assert record["faulty_clients"] == ["client 1: scale factor=1.5 from round 2"]
+    # where the run's time went, for a grid to add up
+    assert set(record["timing"]) == {"training", "privacy", "attacks"}
+    assert record["timing"]["training"] > 1 and record["timing"]["attacks"] < 1
     assert record["failures"] == []
     assert [r["clients"] for r in record["rounds"]] == [[0, 1], [0, 1]]
     summary = (tmp_path / "t" / "summary.md").read_text()

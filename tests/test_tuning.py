@@ -139,3 +139,29 @@ def test_a_tuning_run_that_diverged_is_its_sweeps_worst_value_not_a_failure(tmp_
     tuning = json.loads((tmp_path / "g" / "compare.json").read_text())["tuning"]["defences"]
     assert tuning["none"]["scores"]["0.1"] is None and tuning["none"]["chosen"] == 0.03
     assert "0.1: diverged" in (tmp_path / "g" / "table.md").read_text()
+
+
+def test_the_grid_says_where_its_time_went(tmp_path, monkeypatch):
+    import fedisguise.experiment as experiment
+
+    def fake_run(cfg, force=False):
+        record = fake_record(0.5, [1.0])
+        tuning = bool(cfg.data.validation)
+        record["final"]["validation_accuracy"] = 0.9 if cfg.train.lr == 0.03 else 0.4
+        record["timing"] = ({"training": 10.0, "privacy": 0.0, "attacks": 0.0} if tuning
+                            else {"training": 60.0, "privacy": 6.0, "attacks": 30.0})
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(record))
+        return {"status": "finished"}
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    body = REGIMES.replace("[[compare.attack]]\nlabel = \"mia\"\ntune = true\n",
+                           "[[compare.attack]]\nlabel = \"mia\"\n")
+    outcome = run_grid(load_grid(grid_file(tmp_path, body), out=str(tmp_path)),
+                       progress=False)
+    # three tuning runs (0.03 is interior), two cells
+    assert outcome["time"] == {"tuning": 30.0, "training": 120.0, "privacy": 12.0,
+                               "attacks": 60.0, "cells_without_timing": 0}
+    assert ("Time spent by the finished runs: tuning 0.5 min, training 2.0 min, privacy "
+            "0.2 min, attacks 1.0 min (3.7 min in all).") in (tmp_path / "g" / "table.md"
+                                                              ).read_text()
