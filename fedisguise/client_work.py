@@ -78,7 +78,8 @@ def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientDat
     # the cache holds disguised tensors only, never a key).
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
                  dataset_fingerprint(d.dataset, d.data_dir), d.partitioner, d.alpha,
-                 d.train_per_client, d.test_samples, d.validation, repr(cfg.disguise),
+                 d.train_per_client, d.test_samples, d.validation, d.union_of,
+                 repr(cfg.disguise),
                  key_fingerprint(cfg, partition_id, node_key_file),
                  node_secret(cfg, partition_id, node_key_file, create=True).fingerprint(),
                  c.redisguise, server_round if c.redisguise == "round" else 0)

@@ -58,6 +58,10 @@ class DataConfig:
     # > 0: this fraction of each client's own training images is held out (not trained on)
     # and the global model is scored on it every round: a split for tuning, never the test set
     validation: float = 0.0
+    # > 0: this run's one client holds the union of what this many clients would hold (same
+    # partitioner, alpha, seed, train_per_client): centralised training on a federation's
+    # images, for the same epochs, as the papers train (experiment.clients must be 1)
+    union_of: int = 0
 
 
 @dataclass
@@ -328,6 +332,9 @@ class Config:
         _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
         _check(0 <= d.validation < 0.5, "data.validation", d.validation,
                "a fraction in [0, 0.5) of each client's training images")
+        _check(d.union_of == 0 or (d.union_of >= 2 and e.clients == 1), "data.union_of",
+               d.union_of, "0, or >= 2 with experiment.clients = 1 (one client holding the "
+               "union of that many clients' images)")
         # The evaluation set is cut into one shard per client (fedisguise.data.client_data).
         _check(d.test_samples == 0 or d.test_samples >= e.clients, "data.test_samples",
                d.test_samples, f"0 (all) or >= experiment.clients ({e.clients}): every "
@@ -472,6 +479,14 @@ class Config:
         if isinstance(spec, dict) and isinstance(spec.get("name"), str):
             return spec["name"]
         raise ConfigError(f"disguise must be a name or a table with a 'name', got {spec!r}")
+
+    @property
+    def partition_cap(self) -> int:
+        """The most training images one client holds where the config fixes it (0: not
+        fixed): data.train_per_client, times data.union_of for a client holding a union.
+        The server refuses a reply claiming more (strategies.reply_check)."""
+        d = self.data
+        return d.train_per_client * max(1, d.union_of)
 
     @property
     def run_dir(self) -> Path:

@@ -352,20 +352,22 @@ class ClientData:
 
 def client_data(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
                 partition_id: int, num_partitions: int, train_per_client: int = 0,
-                test_samples: int = 0, validation: float = 0.0) -> ClientData:
+                test_samples: int = 0, validation: float = 0.0, union_of: int = 0
+                ) -> ClientData:
     """One client's share of the training split, and its shard of the evaluation set.
 
     With `validation` > 0 that fraction of the client's own images (at least one) is held
     out of its training data as its validation split, for choosing hyper-parameters
-    without looking at the test set.
+    without looking at the test set. With `union_of` = N (and one partition) the client holds
+    the union of what N clients would hold: centralised training on the federation's images.
 
     The shards of all clients together are exactly the server's evaluation set, so clients
     that evaluate on disguised shards measure the same images the server holds in plain.
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
-    parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
-    own = _own_indices(parts[partition_id], seed, partition_id, train_per_client)
+    own = train_indices(dataset, data_dir, partitioner, alpha, seed, partition_id,
+                        num_partitions, train_per_client, union_of)
     test_indices = server_test_indices(dataset, data_dir, test_samples, seed)
     shard = test_indices[partition_iid(split_labels(dataset, "test", data_dir)[test_indices],
                                        num_partitions, seed)[partition_id]]
@@ -385,12 +387,31 @@ def held_out(images: int, validation: float) -> int:
     return max(1, round(validation * images)) if validation > 0 else 0
 
 
+def train_indices(dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int,
+                  partition_id: int, num_partitions: int, train_per_client: int = 0,
+                  union_of: int = 0) -> np.ndarray:
+    """The training-split indices a client holds, in a seeded order; with `union_of` = N,
+    those of all N clients of the federation it stands for (see `client_data`)."""
+    if union_of:
+        if num_partitions != 1:
+            raise ValueError(f"union_of = {union_of} is one client holding the federation's "
+                             f"images; it needs 1 partition, got {num_partitions}")
+        parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, union_of)
+        union = np.concatenate([_own_indices(part, seed, pid, train_per_client)
+                                for pid, part in enumerate(parts)])
+        return np.random.default_rng([seed, union_of]).permutation(union)
+    parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
+    return _own_indices(parts[partition_id], seed, partition_id, train_per_client)
+
+
 def unassigned_train_indices(dataset: str, data_dir: str, partitioner: str, alpha: float,
                              seed: int, num_partitions: int,
-                             train_per_client: int = 0) -> np.ndarray:
+                             train_per_client: int = 0, union_of: int = 0) -> np.ndarray:
     """Training-split indices no client trains on (what a coordinator may use without
-    touching client data); empty when the clients hold the whole split."""
+    touching client data); empty when the clients hold the whole split. One client holding
+    the union of N clients' images leaves what those N leave."""
     n = len(split_labels(dataset, "train", data_dir))
+    num_partitions = union_of or num_partitions
     parts = _cached_partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)
     used = np.zeros(n, dtype=bool)
     for pid, part in enumerate(parts):

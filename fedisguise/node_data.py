@@ -103,7 +103,7 @@ def node_data(cfg: Config, partition_id: int, server_round: int, node_key_file: 
     d = cfg.data
     plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
                         partition_id, cfg.experiment.clients, d.train_per_client,
-                        d.test_samples, d.validation)
+                        d.test_samples, d.validation, d.union_of)
     disguise, key, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
     if cfg.client.redisguise == "batch":  # nothing is disguised ahead: every batch afresh
         return NodeData(plain=plain, train=plain.train, test=plain.test if test else None,

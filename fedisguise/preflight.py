@@ -88,9 +88,9 @@ def check_validation(cfg: Config) -> None:
 
     d = cfg.data
     parts = _cached_partitions(d.dataset, d.data_dir, d.partitioner, d.alpha,
-                               cfg.experiment.seed, cfg.experiment.clients)
-    for pid, size in enumerate(len(p) for p in parts):
-        own = min(size, d.train_per_client) if d.train_per_client else size
+                               cfg.experiment.seed, d.union_of or cfg.experiment.clients)
+    sizes = [min(len(p), d.train_per_client) if d.train_per_client else len(p) for p in parts]
+    for pid, own in enumerate([sum(sizes)] if d.union_of else sizes):
         if held_out(own, d.validation) >= own:
             raise ConfigError(f"data.validation {d.validation} leaves client {pid} no "
                               f"training images (it has {own})")

@@ -55,10 +55,11 @@ def trainer_data(cfg: Config, harness: dict[str, Any]) -> ImageDataset:
             raise ConfigError(f"disguise.trainer_client {k} is not a client of this run "
                               f"({e.clients} clients)")
         data = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, e.seed, k,
-                           e.clients, d.train_per_client, d.test_samples).train
+                           e.clients, d.train_per_client, d.test_samples,
+                           union_of=d.union_of).train
         return data.subset(np.arange(min(len(data), harness["train_samples"])))
     free = unassigned_train_indices(d.dataset, d.data_dir, d.partitioner, d.alpha, e.seed,
-                                    e.clients, d.train_per_client)
+                                    e.clients, d.train_per_client, d.union_of)
     if len(free) < 10:
         raise ConfigError(
             "disguise.trainer = 'coordinator' trains on training images no client holds, and "
