@@ -59,7 +59,8 @@ window.addEventListener("load", () => {
   const scales = [...document.querySelectorAll("img.pixels")].map(i => +i.dataset.scale);
   document.body.dataset.minPixelScale = scales.length ? Math.min(...scales) : 0;
   const main = document.querySelector("table");
-  document.body.dataset.mainTableFits = main ? main.scrollWidth <= main.parentElement.clientWidth : true;
+  document.body.dataset.mainTableFits =
+    main ? main.scrollWidth <= main.parentElement.clientWidth : true;
   const value = cell => {
     const text = cell.textContent.trim();
     const number = parseFloat(text.replace("\u2212", "-"));
