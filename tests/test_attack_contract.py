@@ -356,8 +356,9 @@ def test_an_attack_built_for_another_defence_is_reported_not_applicable(tmp_path
     assert [r["status"] for r in results.values()] == ["not applicable"] * 3
     assert results["instahide_attack"]["reason"] == "built for ['instahide'], not visualmixer"
     assert results["jigsaw"]["target"] == {"round": 1, "client": 1}
-    assert results["inverse_network"]["level"] == 2
-    assert results["inverse_network"]["reason"].startswith("built for ['block-permutation'")
+    assert results["inverse_network-level2"]["level"] == 2  # labelled by its level
+    assert results["inverse_network-level2"]["reason"].startswith(
+        "built for ['block-permutation'")
 
 
 def test_as_observed_is_the_do_nothing_floor():

@@ -181,7 +181,7 @@ def test_a_run_trains_h_once_and_the_itn_attack_scores_it(tmp_path):
     assert t["psi_accuracy_plain"] > 0.5 and t["psi_accuracy_transformed"] > 0.3
     assert record["config"]["disguise"]["path"] == str((tmp_path / "t" / "transform-net.pt"))
     assert "history" not in t and record["final"]["test_accuracy"] > 0.2
-    itn = record["attacks"]["inverse_network"]
+    itn = record["attacks"]["inverse_network-level1"]
     assert itn["target_set"] == "test" and itn["targets"] == 200
     assert itn["psnr_vs_original"] > itn["psnr_disguised_vs_original"]
     assert "visual_privacy" in record["privacy"]
