@@ -798,7 +798,7 @@ def write_table(grid: Grid) -> dict[str, Any]:
                        *strongest.level_markdown(levels, picture)]
     spent = time_spent(grid, records)
     text = (table_markdown(grid, rows, records, missing, plots, columns)
-            + f"{time_line(spent)}\n\n"
+            + f"\n{time_line(spent)}\n\n"
             + tuning_markdown(grid.tuning, choices) + "\n".join(level_lines))
     (grid.out / "table.md").write_text(text)
     report.write_report(grid.out, f"fedisguise comparison: {grid.name}", text, [
