@@ -481,12 +481,13 @@ class Config:
         raise ConfigError(f"disguise must be a name or a table with a 'name', got {spec!r}")
 
     @property
-    def partition_cap(self) -> int:
-        """The most training images one client holds where the config fixes it (0: not
-        fixed): data.train_per_client, times data.union_of for a client holding a union.
-        The server refuses a reply claiming more (strategies.reply_check)."""
+    def examples_cap(self) -> int:
+        """The most training examples one reply may claim: a client's partition size where
+        the config fixes it (data.train_per_client, times data.union_of for a client holding
+        a union), else strategy.max_examples. The server refuses a reply claiming more
+        (strategies.reply_check), and the attack suite believes no more."""
         d = self.data
-        return d.train_per_client * max(1, d.union_of)
+        return d.train_per_client * max(1, d.union_of) or self.strategy.max_examples
 
     @property
     def run_dir(self) -> Path:

@@ -100,7 +100,7 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         capture = AttackCapture(run_dir, targets(cfg.attacks))
         observers.append(capture)
     strategy = build_strategy(cfg.strategy, cfg.experiment.clients, observers=observers,
-                              dp_config=cfg.dp, max_examples=cfg.partition_cap)
+                              dp_config=cfg.dp, max_examples=cfg.examples_cap)
     progress = tqdm(total=cfg.experiment.rounds, desc=f"{cfg.experiment.name} rounds",
                     unit="round")
 

@@ -50,8 +50,7 @@ HOLDOUT = 5000  # test images [0, 5000) are non-member candidates, the rest publ
 def claimed_examples(cfg: Config, claimed: int) -> int:
     """The example count a reply claims, within what the server knows a node can hold (the
     bound its reply checks use): a refused reply may claim 1e12."""
-    cap = cfg.partition_cap or cfg.strategy.max_examples
-    return max(1, min(claimed, cap))
+    return max(1, min(claimed, cfg.examples_cap))
 
 
 def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int,
