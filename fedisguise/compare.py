@@ -110,6 +110,8 @@ class Entry:
     curve: str = ""  # defences: the frontier curve it is a point of (fedisguise.frontier)
     tune: tuple[float, ...] | None = None  # defences: their own values of compare.tune.key
     tuned: bool = False  # attack settings: `tune = true`, its training regime tuned apart
+    # defences: the attack settings it is crossed with (`attack_settings`), None = every one
+    settings: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         Entry("base", {"attacks": copy.deepcopy(raw.get("attacks", []))})]
     root = Path(out if out is not None else raw.get("experiment", {}).get("out", "results"))
     grid_out = (root / name).resolve()
+    _check_settings(path, defences, attacks)
     tuning = _tuning(path, spec.get("tune"), seeds, defences, attacks)
     regimes = {BASE: {"attacks": []}} | {
         a.label: {**a.changes, "attacks": []} for a in attacks if a.tuned}
@@ -214,6 +217,8 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         if tuning.key in _keys(defence.changes):
             continue  # the defence fixes the value itself
         for regime in regimes:
+            if regime != BASE and not crossed(defence, regime):
+                continue  # an attack setting this defence is not run under
             tune_start[defence.label, regime] = defence.tune or tuning.values
             tune_cells += [tune_cell(defence.label, regime, v)
                            for v in tune_start[defence.label, regime]]
@@ -221,6 +226,8 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     for seed in seeds:
         for defence in defences:
             for attack in attacks:
+                if not crossed(defence, attack.label):
+                    continue
                 _check_disjoint(path, defence, attack)
                 cells.append(_built(
                     path, Cell(defence.label, attack.label, seed, attack.utility, Config()),
@@ -228,6 +235,29 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                     grid_out))
     return Grid(name, path, grid_out, seeds, defences, attacks, cells, tuning,
                 tuple(tune_cells), tune_cell if tuning else None, tune_start)
+
+
+def crossed(defence: Entry, attack: str) -> bool:
+    """Whether the grid runs `defence` under the attack setting labelled `attack`."""
+    return defence.settings is None or attack in defence.settings
+
+
+def _check_settings(path: Path, defences: list[Entry], attacks: list[Entry]) -> None:
+    """Each defence's attack_settings name the grid's own, and include a utility setting
+    where the grid has one (its accuracy, gap and time come from there)."""
+    labels = [a.label for a in attacks]
+    utility = {a.label for a in attacks if a.utility}
+    for d in defences:
+        if d.settings is None:
+            continue
+        unknown = [s for s in d.settings if s not in labels]
+        if unknown:
+            raise ConfigError(f"{path}: defence {d.label!r}: attack_settings {unknown} are not "
+                              f"attack settings of the grid; its settings: {', '.join(labels)}")
+        if utility and not utility & set(d.settings):
+            raise ConfigError(f"{path}: defence {d.label!r}: attack_settings {list(d.settings)} "
+                              f"leave out every utility setting ({', '.join(sorted(utility))}), "
+                              f"where its accuracy comes from")
 
 
 def _built(path: Path, cell: Cell, merged: dict[str, Any], overrides: list[str],
@@ -350,7 +380,7 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
             raise ConfigError(f"{where}: label {label!r} appears twice")
         seen.add(label)
         unknown = sorted(set(changes) - set(SECTIONS) - set(STRUCTURED_KEYS)
-                         - {"utility", "curve", "tune"})
+                         - {"utility", "curve", "tune", "attack_settings"})
         if unknown:
             raise ConfigError(f"{where} ({label}): unknown key(s) {unknown}; an entry holds "
                               f"config sections {list(SECTIONS)} and {list(STRUCTURED_KEYS)}")
@@ -362,6 +392,13 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
         utility = changes.pop("utility", None)
         curve = changes.pop("curve", None)
         tune = changes.pop("tune", None)
+        settings = changes.pop("attack_settings", None)
+        if settings is not None and (axis != "defence" or not isinstance(settings, list)
+                                     or not settings
+                                     or not all(isinstance(a, str) for a in settings)):
+            raise ConfigError(f"{where} ({label}): attack_settings is a [[compare.defence]] "
+                              f"entry's non-empty list of [[compare.attack]] labels, got "
+                              f"{settings!r}")
         if axis == "defence":
             if "attacks" in changes or utility is not None:
                 raise ConfigError(f"{where} ({label}): attacks belong in [[compare.attack]]")
@@ -370,7 +407,8 @@ def _entries(path: Path, tables: Any, axis: str) -> list[Entry]:
                                   f"digits, '_.+-', got {curve!r}")
             entries.append(Entry(label, changes, curve=curve or frontier.curve_name(changes),
                                  tune=None if tune is None else tune_values(
-                                     f"{where} ({label}).tune", tune)))
+                                     f"{where} ({label}).tune", tune),
+                                 settings=None if settings is None else tuple(settings)))
             continue
         if tune is not None and not isinstance(tune, bool):
             raise ConfigError(f"{where} ({label}): an attack setting's tune is true or false "
@@ -981,6 +1019,7 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
     lines += ["", "Defences:", ""]
     lines += [f"- `{d.label}` (curve `{d.curve}`): "
               f"{json.dumps(d.changes) if d.changes else 'the base config'}"
+              + ("" if d.settings is None else f"; only under {', '.join(d.settings)}")
               for d in grid.defences]
     lines += ["", "Attack settings:", ""]
     lines += [f"- `{a.label}`{' (utility)' if a.utility else ''}: {json.dumps(a.changes)}"

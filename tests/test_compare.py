@@ -109,6 +109,30 @@ def test_bad_grids_are_refused_with_the_reason(tmp_path, body, match):
         load_grid(grid_file(tmp_path, body))
 
 
+def test_a_defence_runs_only_under_the_attack_settings_it_names(tmp_path):
+    # A centralised row: one client holding the union, which the membership regime's own
+    # client count would contradict, so it runs under the utility setting only.
+    body = GRID + ('[[compare.defence]]\nlabel = "central"\nattack_settings = ["mia"]\n'
+                   'experiment = {clients = 1}\ndata = {union_of = 2}\n')
+    grid = load_grid(grid_file(tmp_path, body), out=str(tmp_path))
+    central = [c.name for c in grid.cells if c.defence == "central"]
+    assert central == ["central--mia--seed0", "central--mia--seed1"]
+    assert len(grid.cells) == 10
+
+
+@pytest.mark.parametrize("settings, match", [
+    ('["nope"]', "attack_settings \\['nope'\\] are not attack settings"),
+    ('["gi"]', "leave out every utility setting \\(mia\\)"),
+    ('[]', "non-empty list"),
+    ('"mia"', "non-empty list"),
+])
+def test_attack_settings_must_name_the_grids_own_and_keep_a_utility_one(
+        tmp_path, settings, match):
+    body = GRID + f'[[compare.defence]]\nlabel = "x"\nattack_settings = {settings}\n'
+    with pytest.raises(ConfigError, match=match):
+        load_grid(grid_file(tmp_path, body))
+
+
 def test_overrides_cannot_take_what_the_grid_owns(tmp_path):
     with pytest.raises(ConfigError, match="compare.seeds"):
         load_grid(grid_file(tmp_path, GRID), overrides=["experiment.seed=3"])
