@@ -43,10 +43,18 @@ DP_STATE = "dp-accounting"  # this node's DP-SGD step count, across rounds
 # Per-process cache of disguised data: Ray actors and a node's warm worker live across rounds,
 # so each partition is loaded and disguised once, not once per round (unless
 # client.redisguise = "round"; with "batch" it holds the plain data, and every batch is
-# disguised as it is drawn). Bounded: an actor serving many simulated clients keeps the most
-# recent ones only, so its memory does not grow with the federation.
+# disguised as it is drawn). Bounded by bytes, not entries: an actor serves its share of the
+# simulated clients in turn every round, so a count below that share missed on every call
+# (8 entries for 10 clients an actor re-disguised every partition every round: h_θ's U-Net
+# on all of them), while a byte bound keeps them all where they fit and the most recent
+# ones where they do not.
 _PREPARED: OrderedDict[tuple, ClientData] = OrderedDict()
-PREPARED_MAX = 8
+PREPARED_MAX_BYTES = 1 << 30
+
+
+def _nbytes(data: ClientData) -> int:
+    return sum(part.images.element_size() * part.images.nelement()
+               for part in (data.train, data.test, data.validation) if part is not None)
 
 
 def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
@@ -91,7 +99,7 @@ def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientDat
     data = node_data(cfg, partition_id, server_round, node_key_file, is_node=True)
     _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
                                       validation=data.validation)
-    while len(_PREPARED) > PREPARED_MAX:
+    while len(_PREPARED) > 1 and sum(map(_nbytes, _PREPARED.values())) > PREPARED_MAX_BYTES:
         _PREPARED.popitem(last=False)
     return _PREPARED[cache_key]
 

@@ -38,6 +38,25 @@ def test_disguised_once_and_reused_across_rounds(tmp_path):
     assert first.test.images.shape == (50, 1, 28, 28)  # its shard of the 100 test images
 
 
+def test_an_actor_serving_many_clients_keeps_them_all_where_they_fit(tmp_path, monkeypatch):
+    # An actor serves its clients in turn each round: a cache bounded by count below their
+    # number missed on every call (each client's data disguised again each round).
+    _PREPARED.clear()
+    cfg = _cfg(tmp_path, **{"experiment.clients": 12})
+    first = [prepared_data(cfg, _context(i, 12), server_round=1) for i in range(12)]
+    again = [prepared_data(cfg, _context(i, 12), server_round=2) for i in range(12)]
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    # Bounded by bytes: past the bound the least recent go, the newest always stays.
+    one = client_work._nbytes(first[0])
+    monkeypatch.setattr(client_work, "PREPARED_MAX_BYTES", 3 * one)
+    newest = prepared_data(cfg, _context(0, 12), server_round=3)
+    assert newest is first[0] and len(_PREPARED) == 12  # a hit evicts nothing
+    _PREPARED.clear()
+    monkeypatch.setattr(client_work, "PREPARED_MAX_BYTES", 0)
+    kept = [prepared_data(cfg, _context(i, 12), server_round=1) for i in range(3)]
+    assert list(_PREPARED.values()) == [kept[-1]]
+
+
 def test_fresh_noise_each_round_only_when_asked(tmp_path):
     _PREPARED.clear()
     cfg = _cfg(tmp_path, **{"client.redisguise": "round"})
