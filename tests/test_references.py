@@ -75,7 +75,7 @@ def test_intervals_follow_students_t():
     assert difference_halfwidth(0.0, 3, 0.0, 3) == 0.0
 
 
-@pytest.mark.parametrize("name", ["compare-fmnist-cpu.toml", "compare-fmnist-full.toml"])
+@pytest.mark.parametrize("name", ["compare-fmnist-sweeps.toml", "compare-fmnist-full.toml"])
 def test_every_defence_of_the_fmnist_grids_has_a_plain_row_training_as_it_does(name):
     grid = load_grid(REPO / "configs" / name)
     configs = {d.label: next(c.config for c in grid.cells if c.defence == d.label and c.utility)
