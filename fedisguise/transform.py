@@ -13,7 +13,10 @@ as the paper's Table I, beside the federated model's accuracy on transformed tes
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from fedisguise.config import Config, ConfigError
 from fedisguise.data import (
     ImageDataset,
     client_data,
+    dataset_fingerprint,
     load_dataset,
     server_test_set,
     unassigned_train_indices,
@@ -93,9 +97,32 @@ def classifier(cfg: Config, harness: dict[str, Any], data: ImageDataset,
     return psi
 
 
+CACHE = ".transform-net-cache"  # under experiment.out: one h_θ per distinct training
+
+
+def cache_key(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
+              device: torch.device) -> str:
+    """Everything that decides the h_θ `prepare` trains (its training and harness settings,
+    ψ's model, the trainer's images: dataset files, split, seed; the device type), hashed.
+    A grid's cells that share them (a seed's tuning runs and its utility cell) train once."""
+    d, e = cfg.data, cfg.experiment
+    psi = harness["classifier_path"]
+    ident = {"format": 1, "training": training, "harness": harness, "model": cfg.model.name,
+             "dataset": d.dataset, "files": dataset_fingerprint(d.dataset, d.data_dir),
+             "partitioner": d.partitioner, "alpha": d.alpha, "seed": e.seed,
+             "clients": e.clients, "train_per_client": d.train_per_client,
+             "union_of": d.union_of, "test_samples": d.test_samples, "device": device.type,
+             "psi": hashlib.sha256(Path(psi).read_bytes()).hexdigest()
+             if psi and Path(psi).is_file() else psi}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:24]
+
+
 def prepare(cfg: Config) -> Config:
-    """For a `transform-net` run without a `path`: train ψ and h_θ, save h_θ in the run's
-    folder, and return the config whose disguise spec points at it. Other runs pass through."""
+    """For a `transform-net` run without a `path`: train ψ and h_θ (or take the one an
+    earlier run with the same settings trained, from experiment.out's cache), save h_θ in the
+    run's folder, and return the config whose disguise spec points at it. Other runs pass
+    through."""
     if cfg.disguise_name != "transform-net":
         return cfg
     _, params = spec_params(cfg.disguise)
@@ -106,6 +133,30 @@ def prepare(cfg: Config) -> Config:
     training = {k: v for k, v in params.items() if k in TRAINING_DEFAULTS}
     training.setdefault("seed", cfg.experiment.seed)
     device = resolve_device(cfg.resources.device)
+    run_dir = cfg.run_dir.resolve()
+    cached = Path(cfg.experiment.out).resolve() / CACHE / cache_key(cfg, harness, training,
+                                                                     device)
+    if not (cached / FILE).is_file():
+        trained = train_for(cfg, harness, training, device)
+        tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_transform_net(tmp / FILE, *trained)
+        (tmp / "transform-net.json").write_text(json.dumps(trained[1], indent=2) + "\n")
+        try:
+            tmp.rename(cached)  # whole, or not at all (another process may have won)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in (FILE, "transform-net.json"):
+        shutil.copyfile(cached / name, run_dir / name)
+    return replace(cfg, disguise={**cfg.disguise, "path": str(run_dir / FILE)}
+                   if isinstance(cfg.disguise, dict) else {"name": "transform-net",
+                                                           "path": str(run_dir / FILE)})
+
+
+def train_for(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
+              device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """ψ and h_θ trained for the run: (h_θ on the CPU, what the run records about it)."""
     data = trainer_data(cfg, harness)
     psi = classifier(cfg, harness, data, device)
     net, info = train_transform_net(data.images, data.labels, psi, device=device, **training)
@@ -123,12 +174,7 @@ def prepare(cfg: Config) -> Config:
         "psi_accuracy_transformed": evaluate(
             psi, ImageDataset(transformed, test.labels, test.num_classes), device=device)[1],
     })
-    run_dir = cfg.run_dir.resolve()
-    save_transform_net(run_dir / FILE, net, info)
-    (run_dir / "transform-net.json").write_text(json.dumps(info, indent=2) + "\n")
-    return replace(cfg, disguise={**cfg.disguise, "path": str(run_dir / FILE)}
-                   if isinstance(cfg.disguise, dict) else {"name": "transform-net",
-                                                           "path": str(run_dir / FILE)})
+    return net, info
 
 
 def figures(cfg: Config) -> dict[str, Any] | None:

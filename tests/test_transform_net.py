@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -101,6 +103,32 @@ def test_a_run_given_a_file_checks_it_before_anything_starts(trained, tmp_path):
     given = synthetic_config(tmp_path).with_overrides(
         [f'disguise={{"name": "transform-net", "path": "{path}"}}'])
     assert transform.prepare(given) is given  # nothing retrained, the file is used as it is
+
+
+def test_runs_with_the_same_settings_train_h_theta_once(tmp_path, monkeypatch):
+    # A grid's tuning runs and utility cell of one seed would each train the same h_θ
+    # (minutes each); the first trains it, the others copy it. Another seed trains its own.
+    from fedisguise import transform
+
+    spec = ('{"name": "transform-net", "epochs": 1, "width": 4, "train_samples": 16, '
+            '"classifier_epochs": 0, "batch_size": 8}')
+    calls = []
+    real = transform.train_for
+    monkeypatch.setattr(transform, "train_for", lambda *a: calls.append(1) or real(*a))
+
+    def run(name: str, seed: int = 0):
+        cfg = synthetic_config(tmp_path, **{"experiment.name": name, "experiment.seed": seed,
+                                            "data.train_per_client": 16, "disguise": spec})
+        return Path(transform.prepare(cfg).disguise["path"])
+
+    first, second = run("a"), run("b")
+    assert len(calls) == 1 and first != second  # each run keeps its own copy
+    assert first.read_bytes() == second.read_bytes()
+    assert (second.parent / "transform-net.json").is_file()
+    run("c", seed=1)
+    assert len(calls) == 2
+    cache = tmp_path / transform.CACHE
+    assert len(list(cache.iterdir())) == 2 and not list(cache.glob("*.tmp-*"))
 
 
 def test_larger_alpha_pushes_features_further_on_the_same_budget(data, psi):
