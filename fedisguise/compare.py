@@ -843,13 +843,30 @@ def write_table(grid: Grid) -> dict[str, Any]:
         (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.cells if c.name in records],
         answer=answer_lines(rows))
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
-               "reference": grid.reference, "tuning": None if grid.tuning is None else {
+               "reference": grid.reference, "regime": regime(grid),
+               "attack_settings": {a.label: a.changes for a in grid.attacks},
+               "tuning": None if grid.tuning is None else {
                    "key": grid.tuning.key, "validation": grid.tuning.validation,
-                   "seed": grid.tuning.seed, "defences": choices},
+                   "seed": grid.tuning.seed, "rounds": grid.tuning.rounds,
+                   "defences": choices},
                "columns": {c.key: c.figure.title for c in columns}, "rows": rows,
                "levels": levels, "missing": missing, "plots": plots, "time": spent}
     (grid.out / "compare.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return {"rows": rows, "levels": levels, "missing": missing, "plots": plots, "time": spent}
+
+
+def regime(grid: Grid) -> dict[str, Any]:
+    """How the reference row trains (its utility cell's settings), for pages made from
+    compare.json alone (fedisguise.results_page)."""
+    c = next((c for c in grid.cells if c.defence == grid.reference and c.utility),
+             grid.cells[0]).config
+    return {"dataset": c.data.dataset, "clients": c.experiment.clients,
+            "partitioner": c.data.partitioner, "alpha": c.data.alpha,
+            "train_per_client": c.data.train_per_client, "test_samples": c.data.test_samples,
+            "model": c.model.name, "strategy": c.strategy.name,
+            "rounds": c.experiment.rounds, "local_epochs": c.train.local_epochs,
+            "batch_size": c.train.batch_size, "optimizer": c.train.optimizer,
+            "momentum": c.train.momentum}
 
 
 PHASES = ("tuning", "training", "privacy", "attacks")
