@@ -157,37 +157,52 @@ def _markdown_table(rows: list[dict[str, str]]) -> list[str]:
             + ["| " + " | ".join(r[h].replace("|", "\\|") for h in head) + " |" for r in rows])
 
 
+def _judged(low: float, high: float, bound: float, below_holds: bool) -> str:
+    """A claim "the value is at most `bound`" (below_holds) or "more than `bound`", judged on
+    the value's 95 % interval [low, high]: yes, no, or undecided where it spans the bound."""
+    if high <= bound:
+        return "yes" if below_holds else "no"
+    if low > bound:
+        return "no" if below_holds else "yes"
+    return "undecided (the interval spans it)"
+
+
 def claim_rows(summary: dict[str, Any], claims: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Per claim: the claim, what the centralised row and the FL row measure, and whether
-    the claim holds in each (cost: the measured cost minus its interval does not exceed the
-    claimed one; degrades: the cost minus its interval exceeds it; unrecognisable: the
-    strongest attack's recognisability at the level is at most HIDDEN)."""
+    the claim holds in each, judged on the figure's 95 % interval (`_judged`): cost: the
+    cost is at most the claimed one; degrades: it is more; unrecognisable: the strongest
+    attack's recognisability at the level is at most HIDDEN."""
     by_label = {r["defence"]: r for r in summary["rows"]}
     out = []
     for claim in claims:
         found, holds = {}, {}
         for where in ("central", "fl"):
             row = by_label.get(claim.get(where, ""))
+            found[where], holds[where] = ("–" if not claim.get(where) else "not run"), None
             if row is None or row.get("accuracy") is None:
-                found[where], holds[where] = ("–" if not claim.get(where) else "not run"), None
                 continue
             if claim["kind"] in ("cost", "degrades"):
                 cost = cost_points(row)
                 if cost is None:
-                    found[where], holds[where] = "–", None
+                    found[where] = "–"
                     continue
-                found[where] = f"{cost_text(row)} points ({row['defence']})"
-                beyond = cost[0] - (cost[1] or 0.0) > claim["points"]
-                holds[where] = beyond if claim["kind"] == "degrades" else not beyond
+                half = cost[1] or 0.0
+                found[where] = (f"{cost[0]:+.1f}" + (f" ± {cost[1]:.1f}" if cost[1] else "")
+                                + f" points ({row['defence']} vs {row['reference']})")
+                holds[where] = _judged(cost[0] - half, cost[0] + half, claim["points"],
+                                       below_holds=claim["kind"] == "cost")
             else:
                 level = _levels(summary, row["defence"]).get(claim["level"])
                 if not level or level.get("recognisability") is None:
-                    found[where], holds[where] = "–", None
+                    found[where] = "–"
                     continue
+                value = level["recognisability"]
+                half = mean_halfwidth(level.get("recognisability_std"),
+                                      level.get("seeds") or 0) or 0.0
                 found[where] = (f"recognisability {level_figure(level).split(' / ', 1)[1]} "
                                 f"at Level {claim['level']} ({row['defence']})")
-                holds[where] = level["recognisability"] <= HIDDEN
-        said = [f"{name}: {'yes' if h else 'no'}" for name, h in
+                holds[where] = _judged(value - half, value + half, HIDDEN, below_holds=True)
+        said = [f"{name}: {h}" for name, h in
                 (("centralised", holds["central"]), ("FL", holds["fl"])) if h is not None]
         out.append({"claim": f"{claim['paper']}: {claim['claim']}",
                     "centralised here": found["central"], "FL here": found["fl"],
@@ -277,11 +292,13 @@ def render(spec: dict[str, Any], summary: dict[str, Any], frontiers: list[str]) 
     lines += [""] + [f"![{Path(f).stem}]({f})" for f in frontiers] + [""]
     lines += ["## Method", "", *method_lines(summary), ""]
     lines += ["## The papers' claims, in their setting and in FL", "",
-              "Each paper trained centrally on disguised images (outsourced training). A cost "
-              "claim holds where the measured cost, less its interval, is at most the "
-              "claimed one; a claim of degradation where it is more; an unrecognisability "
-              "claim where the strongest attack's "
-              f"recognisability at that level is at most {HIDDEN}. Our data are Fashion-MNIST "
+              "Each paper trained centrally on disguised images (outsourced training). Each "
+              "claim is judged on the figure's 95 % interval: yes where the whole interval "
+              "agrees with the claim, no where the whole interval contradicts it, undecided "
+              "where it spans the claim's bound (more seeds would decide it). A cost claim "
+              "bounds the accuracy cost from above; a claim of degradation from below; an "
+              "unrecognisability claim bounds the strongest attack's recognisability at "
+              f"that level by {HIDDEN}. Our data are Fashion-MNIST "
               "and lenet, not the papers' datasets and models. The centralised rows first "
               "(their reference: `none-central`, itself against FL's `none`):", ""]
     lines += _markdown_table(central_table(summary)) + [""]
