@@ -768,6 +768,18 @@ def plateau_round(accuracies: list[float | None]) -> int | None:
     return first + PLATEAU_WINDOW
 
 
+def plateau_texts(rows: list[dict[str, Any]]) -> list[str]:
+    """Per row with a learning curve: `label round N`, or `label not within R rounds`."""
+    texts = []
+    for r in rows:
+        curve = [m for m, _ in r.get("accuracy_per_round") or []]
+        if curve:
+            at = plateau_round(curve)
+            texts.append(f"{r['defence']} " + (f"round {at}" if at else
+                                               f"not within {len(curve)} rounds"))
+    return texts
+
+
 def _fmt(mean: float | None, std: float | None = None, digits: int = 3) -> str:
     if mean is None:
         return "–"
@@ -1022,13 +1034,7 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
                   "| --- |" + " ---: |" * len(part)]
         lines += ["| " + " | ".join(_cell(v) for v in [r["defence"], *(
             entry(r) for _, entry in part)]) + " |" for r in rows]
-    plateaus = []
-    for r in rows:
-        curve = [m for m, _ in r.get("accuracy_per_round") or []]
-        if curve:
-            at = plateau_round(curve)
-            plateaus.append(f"{r['defence']} " + (f"round {at}" if at else
-                                                  f"not within {len(curve)} rounds"))
+    plateaus = plateau_texts(rows)
     if plateaus:
         lines += ["", f"Plateau (mean accuracy over seeds; the last {PLATEAU_WINDOW} rounds "
                       f"within {100 * PLATEAU_TOLERANCE:.1f} points of the best so far, from "

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedisguise.compare import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau_round
+from fedisguise.compare import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau_texts
 from fedisguise.config import ConfigError, read_toml
 from fedisguise.intervals import mean_halfwidth
 
@@ -244,13 +244,7 @@ def method_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"  - `{label}`: {scores} → **{chosen}**")
         if untuned:
             lines.append(f"  - not tuned yet: {', '.join(untuned)}")
-    plateaus = []
-    for row in summary["rows"]:
-        curve = [m for m, _ in row.get("accuracy_per_round") or []]
-        if curve:
-            at = plateau_round(curve)
-            plateaus.append(f"{row['defence']} " + (f"round {at}" if at else
-                                                    f"not within {len(curve)} rounds"))
+    plateaus = plateau_texts(summary["rows"])
     if plateaus:
         lines.append(f"- Plateau (mean accuracy over seeds; from that round on, the last "
                      f"{PLATEAU_WINDOW} rounds within {100 * PLATEAU_TOLERANCE:.1f} points of "
