@@ -95,7 +95,7 @@ def run_compare(args: argparse.Namespace) -> int:
         from fedisguise.preflight import preflight
 
         # cheap after the first cell: the data are loaded once
-        for cell in (c for c in [*grid.tune_cells, *grid.cells] if c.defence in chosen):
+        for cell in (c for c in [*grid.tune_cells, *grid.all_cells] if c.defence in chosen):
             try:
                 preflight(cell.config)
                 if cell.config.experiment.mode == "deployment":

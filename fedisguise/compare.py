@@ -6,6 +6,7 @@ A compare file is an ordinary experiment config (the base every cell starts from
     [compare]
     name = "compare-smoke"        # cells in <out>/<name>/<cell>/, the table beside them
     seeds = [0, 1]
+    more_seeds = [2, 3]           # optional: for rows whose gap the seeds leave open
 
     [[compare.defence]]           # a label plus the config keys the defence changes
     label = "visualmixer"
@@ -40,6 +41,10 @@ Utility figures (accuracy, privacy, ε, time) come from the cells of attack sett
 the base training ("utility" settings: only `attacks` given); attack figures from every cell
 that ran that attack. An attack setting that changes training (FedSGD on one image for
 gradient inversion, say) thus prices the attack in its own regime without distorting accuracy.
+
+More seeds where they decide something: a row whose gap against its reference has a 95 %
+interval wider than the gap itself on `seeds` also runs `more_seeds`, and so does its reference
+(fedisguise.more_seeds); the tables count every finished seed and name the rows that took more.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 # Importing attacks.base loads the attacks package, whose modules register every attack.
-from fedisguise import frontier, report, strongest
+from fedisguise import frontier, more_seeds, report, strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError, read_toml
 from fedisguise.intervals import difference_halfwidth
@@ -79,7 +84,7 @@ from fedisguise.tuning import (
 )
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-COMPARE_KEYS = {"name", "seeds", "base", "defence", "attack", "tune"}
+COMPARE_KEYS = {"name", "seeds", "more_seeds", "base", "defence", "attack", "tune"}
 OWNED_BY_GRID = ("experiment.name", "experiment.seed", "experiment.out")
 # table.csv: one row per defence; each column with its *_std (empty with fewer than two
 # values). Utility columns come first and last; the attack columns between them are built
@@ -142,6 +147,13 @@ class Grid:
     # with it as the finished runs call for them (fedisguise.tuning)
     tune_cell: Callable[[str, str, float], Cell] | None = field(default=None, compare=False)
     tune_start: dict[tuple[str, str], tuple[float, ...]] = field(default_factory=dict)
+    more_seeds: list[int] = field(default_factory=list)
+    extra_cells: tuple[Cell, ...] = ()  # every defence's cells for more_seeds, run on call
+
+    @property
+    def all_cells(self) -> list[Cell]:
+        """The cells of every seed: a table counts those of them that finished."""
+        return [*self.cells, *self.extra_cells]
 
     @property
     def reference(self) -> str:
@@ -188,6 +200,12 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
             or len(set(seeds)) != len(seeds)):
         raise ConfigError(f"{path}: compare.seeds must be a non-empty list of distinct "
                           f"integers, got {seeds!r}")
+    extra_seeds = spec.get("more_seeds", [])
+    if (not isinstance(extra_seeds, list)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in extra_seeds)
+            or len(set(extra_seeds)) != len(extra_seeds) or set(extra_seeds) & set(seeds)):
+        raise ConfigError(f"{path}: compare.more_seeds must be a list of distinct integers "
+                          f"not in compare.seeds {seeds}, got {extra_seeds!r}")
     defences = _entries(path, spec.get("defence"), "defence")
     if not defences:
         raise ConfigError(f"{path}: the grid needs at least one [[compare.defence]]")
@@ -223,7 +241,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
             tune_cells += [tune_cell(defence.label, regime, v)
                            for v in tune_start[defence.label, regime]]
     cells = []
-    for seed in seeds:
+    for seed in [*seeds, *extra_seeds]:
         for defence in defences:
             for attack in attacks:
                 if not crossed(defence, attack.label):
@@ -233,8 +251,10 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                     path, Cell(defence.label, attack.label, seed, attack.utility, Config()),
                     _merge(_merge(raw, defence.changes), attack.changes), list(overrides),
                     grid_out))
-    return Grid(name, path, grid_out, seeds, defences, attacks, cells, tuning,
-                tuple(tune_cells), tune_cell if tuning else None, tune_start)
+    base = [c for c in cells if c.seed in seeds]
+    return Grid(name, path, grid_out, seeds, defences, attacks, base, tuning,
+                tuple(tune_cells), tune_cell if tuning else None, tune_start, extra_seeds,
+                tuple(c for c in cells if c.seed not in seeds))
 
 
 def crossed(defence: Entry, attack: str) -> bool:
@@ -347,13 +367,15 @@ def resolve_tuning(grid: Grid) -> tuple[Grid, dict[str, dict[str, Any]]]:
         return grid, {}
     choices, key = tune_choices(grid), grid.tuning.key
     own = {a.label for a in grid.attacks if key in _keys(a.changes)}
-    cells = []
-    for cell in grid.cells:
+
+    def tuned(cell: Cell) -> Cell:
         chosen = choices.get(tuned_label(grid, cell), {}).get("chosen")
         if chosen is not None and cell.attack not in own:
             cell = replace(cell, config=cell.config.with_overrides([f"{key}={literal(chosen)}"]))
-        cells.append(cell)
-    return replace(grid, cells=cells), choices
+        return cell
+
+    return replace(grid, cells=[tuned(c) for c in grid.cells],
+                   extra_cells=tuple(tuned(c) for c in grid.extra_cells)), choices
 
 
 def tuned_label(grid: Grid, cell: Cell) -> str:
@@ -526,9 +548,40 @@ def run_grid(grid: Grid, progress: bool = True,
         bar.update(1)
     _run_cells([c for c in cells if c not in untuned], bar, run_experiment, skipped, ran,
                failed)
+    # More seeds where the grid's own leave a row's gap open (fedisguise.more_seeds): the
+    # chosen rows so called, and their references, even where --only leaves those out.
+    called, references_of = seeds_called(grid), row_references(grid)
+    wanted = {label for label in called if label in chosen}
+    wanted |= {references_of[label] for label in wanted if references_of[label] in called}
+    extra = [c for c in grid.extra_cells if c.defence in wanted]
+    if extra:
+        for label in sorted(wanted):
+            tqdm.write(f"seeds {grid.more_seeds} for {label}: {called[label]}")
+        bar.total += len(extra)
+        _run_cells(extra, bar, run_experiment, skipped, ran, failed)
     bar.close()
     table = write_table(grid)
     return {"ran": ran, "skipped": skipped, "failed": failed, **table}
+
+
+def finished(cells: Iterable[Cell]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The finished cells' records (metrics.json) and figures, by cell name."""
+    records, figures = {}, {}
+    for cell in cells:
+        if cell_done(cell):
+            records[cell.name] = json.loads((cell.config.run_dir / "metrics.json").read_text())
+            figures[cell.name] = cell_figures(records[cell.name])
+    return records, figures
+
+
+def seeds_called(grid: Grid) -> dict[str, str]:
+    """The rows that take compare.more_seeds, and why, decided on the base seeds' finished
+    cells alone (fedisguise.more_seeds)."""
+    if not grid.more_seeds:
+        return {}
+    grid, _ = resolve_tuning(grid)
+    base = replace(grid, extra_cells=())
+    return more_seeds.called_for(table_rows(base, finished(base.cells)[1]), len(grid.seeds))
 
 
 def diverged(record: dict[str, Any]) -> bool:
@@ -684,7 +737,8 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
     columns = attack_columns(figures.values())
     rows = []
     for defence in grid.defences:
-        cells = [c for c in grid.cells if c.defence == defence.label and c.name in figures]
+        cells = [c for c in grid.all_cells if c.defence == defence.label
+                 and c.name in figures]
         util = [figures[c.name] for c in cells if c.utility or not any_utility]
         every = [figures[c.name] for c in cells]
         row: dict[str, Any] = {"defence": defence.label, "curve": defence.curve,
@@ -703,7 +757,7 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
                                                 (figures[c.name].get(BEST_ATTACK),
                                                  figures[c.name].get(f"{key}{N}")))
                                                for c in cells if c.seed == seed))
-                    for seed in grid.seeds]
+                    for seed in (*grid.seeds, *grid.more_seeds)]
             tops = [t for t in tops if t is not None]
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _stats([v for v, _ in tops])
             row[f"{key}{N}"] = _counts(n for _, (_, n) in tops)
@@ -804,12 +858,10 @@ def _table_columns(columns: list[Column]) -> list[str]:
 def write_table(grid: Grid) -> dict[str, Any]:
     """table.md, table.csv, cells.csv, compare.json and the plots from the cells on disk."""
     grid, choices = resolve_tuning(grid)
-    figures, records = {}, {}
-    for cell in grid.cells:
-        if cell_done(cell):
-            records[cell.name] = json.loads((cell.config.run_dir / "metrics.json").read_text())
-            figures[cell.name] = cell_figures(records[cell.name])
-    missing = [c.name for c in grid.cells if c.name not in figures]
+    records, figures = finished(grid.all_cells)
+    called = seeds_called(grid)
+    missing = [c.name for c in grid.all_cells if c.name not in figures
+               and (c.seed in grid.seeds or c.defence in called)]
     rows = table_rows(grid, figures)
     for row in rows:
         entry = choices.get(row["defence"], {})
@@ -828,7 +880,7 @@ def write_table(grid: Grid) -> dict[str, Any]:
             k for k in _table_columns(columns) if k not in ("accuracy_gap", "time_ratio")]
         writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore", restval="")
         writer.writeheader()
-        for c in grid.cells:
+        for c in grid.all_cells:
             if c.name in figures:
                 writer.writerow({"cell": c.name, "defence": c.defence, "attack": c.attack,
                                  "seed": c.seed, "utility": c.utility, **{
@@ -847,14 +899,16 @@ def write_table(grid: Grid) -> dict[str, Any]:
                        strongest.__doc__.split("\n\n")[1].replace("\n", " "), "",
                        *strongest.level_markdown(levels, picture)]
     spent = time_spent(grid, records)
-    text = (table_markdown(grid, rows, records, missing, plots, columns)
+    text = (table_markdown(grid, rows, records, missing, plots, columns, called)
             + f"\n{time_line(spent)}\n\n"
             + tuning_markdown(grid.tuning, choices) + "\n".join(level_lines))
     (grid.out / "table.md").write_text(text)
     report.write_report(grid.out, f"fedisguise comparison: {grid.name}", text, [
-        (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.cells if c.name in records],
+        (c.name, c.config.run_dir, c.config.to_dict()) for c in grid.all_cells
+        if c.name in records],
         answer=answer_lines(rows))
     summary = {"grid": grid.name, "source": str(grid.source), "seeds": grid.seeds,
+               "more_seeds": grid.more_seeds, "more_seeds_called": called,
                "reference": grid.reference, "regime": regime(grid),
                "attack_settings": {a.label: a.changes for a in grid.attacks},
                "tuning": None if grid.tuning is None else {
@@ -967,7 +1021,8 @@ def _cell(text: str) -> str:
 
 
 def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, Any],
-                   missing: list[str], plots: list[str], columns: list[Column]) -> str:
+                   missing: list[str], plots: list[str], columns: list[Column],
+                   called: Mapping[str, str] | None = None) -> str:
     c = next((c for c in grid.cells if c.utility), grid.cells[0]).config
     lines = [f"# {grid.name}", "",
              f"{c.data.dataset}, {c.experiment.clients} clients ({c.data.partitioner}, "
@@ -1039,6 +1094,10 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         lines += ["", f"Plateau (mean accuracy over seeds; the last {PLATEAU_WINDOW} rounds "
                       f"within {100 * PLATEAU_TOLERANCE:.1f} points of the best so far, from "
                       f"then on): " + "; ".join(plateaus) + "."]
+    if called:
+        lines += ["", f"Seeds {grid.more_seeds} as well, where seeds {grid.seeds} left a "
+                      f"gap's sign open (fedisguise/more_seeds.py): " + "; ".join(
+                          f"`{label}` ({why})" for label, why in called.items()) + "."]
     lines += ["", "Defences:", ""]
     lines += [f"- `{d.label}` (curve `{d.curve}`): "
               f"{json.dumps(d.changes) if d.changes else 'the base config'}"

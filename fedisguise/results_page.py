@@ -57,6 +57,15 @@ def level_figure(level: dict[str, Any] | None) -> str:
             f" ({seeds} seeds{_count(level.get('n'))})")
 
 
+def accuracy_text(row: dict[str, Any], summary: dict[str, Any]) -> str:
+    """Accuracy with its interval, and its seed count where it is not the grid's (more seeds
+    where three left the cost open: fedisguise.more_seeds)."""
+    text = _ci(row.get("accuracy"), row.get("accuracy_std"), row.get("accuracy_n"))
+    n = row.get("accuracy_n")
+    return text if row.get("accuracy") is None or n == len(summary["seeds"]) else \
+        f"{text} ({n} seeds)"
+
+
 def cost_points(row: dict[str, Any]) -> tuple[float, float | None] | None:
     """(cost, half-width) in points: the accuracy lost against the row's reference."""
     if row.get("accuracy_gap") is None:
@@ -129,8 +138,7 @@ def answer_table(summary: dict[str, Any]) -> list[dict[str, str]]:
         levels = _levels(summary, row["defence"])
         out.append({
             "defence": row["defence"],
-            "accuracy": _ci(row.get("accuracy"), row.get("accuracy_std"),
-                            row.get("accuracy_n")),
+            "accuracy": accuracy_text(row, summary),
             "cost (points)": cost_text(row),
             **{f"Level {lv}: PSNR / recognisability": level_figure(levels.get(lv))
                for lv in LEVELS_SHOWN},
@@ -143,8 +151,7 @@ def answer_table(summary: dict[str, Any]) -> list[dict[str, str]]:
 def central_table(summary: dict[str, Any]) -> list[dict[str, str]]:
     """The centralised rows: accuracy, and cost against their own reference."""
     return [{"centralised row": row["defence"],
-             "accuracy": _ci(row.get("accuracy"), row.get("accuracy_std"),
-                             row.get("accuracy_n")),
+             "accuracy": accuracy_text(row, summary),
              "cost (points)": cost_text(row) if row.get("accuracy") is not None else "–"}
             for row in summary["rows"] if is_central(row)]
 
@@ -223,7 +230,11 @@ def method_lines(summary: dict[str, Any]) -> list[str]:
         f"the same number of epochs (the papers' outsourced setting).",
         f"- Seeds: {summary['seeds']}; every figure is the mean over seeds ± the half-width of "
         f"its 95 % interval (Student's t); a cost is against the plain row that trains the "
-        f"same way (its reference), ± the interval of the difference (Welch)."]
+        f"same way (its reference), ± the interval of the difference (Welch)."
+        + (f" Seeds {summary['more_seeds']} as well for a row whose cost interval on those "
+           f"seeds was wider than the cost, and for its reference: " + (", ".join(
+               f"`{label}`" for label in summary.get("more_seeds_called") or {}) or "none so "
+               "far") + "." if summary.get("more_seeds") else "")]
     if t:
         lines.append(f"- Tuning: {t['key']} per row, chosen by final accuracy on "
                      f"{100 * t['validation']:.0f} % of each client's own training images held "

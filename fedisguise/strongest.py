@@ -63,10 +63,10 @@ def level_rows(grid: Any, records: dict[str, dict[str, Any]],
     accuracy = {r["defence"]: r.get("accuracy") for r in table_rows}
     rows = []
     for defence in grid.defences:
-        per_seed = {seed: [(c, a) for c in grid.cells
+        per_seed = {seed: [(c, a) for c in grid.all_cells
                            if c.defence == defence.label and c.seed == seed
                            and c.name in records for a in candidates(records[c.name])]
-                    for seed in grid.seeds}
+                    for seed in (*grid.seeds, *grid.more_seeds)}
         for level in LEVELS:
             for model in THREAT_MODELS.values():
                 best = []

@@ -149,6 +149,21 @@ def test_the_method_gives_each_rows_plateau_round_or_says_there_is_none():
     assert "none round 35; dn not within 40 rounds" in line
 
 
+def test_rows_that_took_more_seeds_say_how_many_and_the_method_names_them():
+    from fedisguise.results_page import method_lines
+
+    summary = json.loads(json.dumps(SUMMARY))
+    summary["more_seeds"], summary["more_seeds_called"] = [3, 4], {
+        "dn": "gap -1.0 ± 2.0 points vs none", "none": "the reference of dn"}
+    summary["rows"][0]["accuracy_n"] = summary["rows"][1]["accuracy_n"] = 5
+    table = {r["defence"]: r for r in answer_table(summary)}
+    assert table["dn"]["accuracy"] == "0.840 ± 0.012 (5 seeds)"
+    assert table["ih"]["accuracy"] == "0.600 ± 0.025"  # the grid's own three
+    seeds, = [entry for entry in method_lines(summary) if entry.startswith("- Seeds")]
+    assert "Seeds [3, 4] as well for a row whose cost interval" in seeds
+    assert seeds.endswith("`dn`, `none`.")
+
+
 @pytest.mark.parametrize("extra, match", [
     ('appendix = """' + "\nline" * 21 + '\n"""\n', "at most 20 lines"),
     ('[[claim]]\npaper = "p"\nclaim = "c"\nkind = "vibes"\nfl = "dn"\n', "kind 'vibes'"),
