@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,43 @@ def test_two_runs_claiming_one_name_at_once_one_wins_every_time(tmp_path):
         assert (won, lost) == ("claimed", "refused"), outcome
         assert json.loads((cfg.run_dir / CLAIM).read_text())["pid"] == winner
         assert str(cfg.run_dir) in why
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_under_one_name_one_runs_the_other_exits_2(tmp_path):
+    """Whole `run.py` processes, as a user starts them: 20 pairs, each pair under its own
+    name, five pairs at a time. In every pair the first to end is refused (exit 2, one line
+    naming the other's process) while the other holds the folder and trains; it is then
+    killed, as a user's Ctrl-C or a lost machine would end it."""
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "--config", "configs/smoke.toml", "--out",
+             str(tmp_path), "--set", "data.dataset=synthetic", "--set",
+             f"experiment.name={name}", "--set", "experiment.rounds=50"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    for batch in range(4):
+        names = [f"race-{batch}-{k}" for k in range(5)]
+        pairs = [(name, start(name), start(name)) for name in names]
+        try:
+            for name, a, b in pairs:
+                while a.poll() is None and b.poll() is None:
+                    time.sleep(0.05)
+                loser, winner = (a, b) if a.poll() is not None else (b, a)
+                err = loser.communicate(timeout=60)[1]
+                assert loser.returncode == 2, err
+                lines = [line for line in err.splitlines() if line.strip()]
+                assert lines == [f"error: experiment.name: {tmp_path / name} belongs to a run "
+                                 f"still going (process {winner.pid} on {os.uname().nodename});"
+                                 f" wait for it or choose another name"], err
+                assert winner.poll() is None  # still training
+                assert json.loads((tmp_path / name / CLAIM).read_text())["pid"] == winner.pid
+                winner.kill()  # before it starts Ray, which the next pairs would wait on
+        finally:
+            for _, a, b in pairs:
+                for p in (a, b):
+                    p.kill()
+                    p.communicate()
 
 
 def test_a_claimed_run_is_not_claimed_again(tmp_path, monkeypatch):
