@@ -70,7 +70,7 @@ from fedisguise import frontier, more_seeds, report, strongest
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError, read_toml
 from fedisguise.intervals import difference_halfwidth
-from fedisguise.references import references
+from fedisguise.references import is_plain, references
 from fedisguise.tuning import (
     BASE,
     Sweep,
@@ -581,7 +581,9 @@ def seeds_called(grid: Grid) -> dict[str, str]:
         return {}
     grid, _ = resolve_tuning(grid)
     base = replace(grid, extra_cells=())
-    return more_seeds.called_for(table_rows(base, finished(base.cells)[1]), len(grid.seeds))
+    plain = {c.defence for c in grid.cells if is_plain(c.config)}
+    return more_seeds.called_for(table_rows(base, finished(base.cells)[1]), len(grid.seeds),
+                                 plain)
 
 
 def diverged(record: dict[str, Any]) -> bool:

@@ -44,12 +44,14 @@ def row(label, gap, half, n=3, reference="none"):
 def test_a_row_whose_interval_spans_zero_and_its_reference_are_called():
     rows = [row("none", 0.0, 0.02), row("close", -0.01, 0.03), row("far", -0.2, 0.03),
             row("edge", -0.03, 0.03), row("alone", -0.01, 0.05, reference=None),
-            row("short", -0.01, 0.05, n=2)]
-    called = called_for(rows, base_seeds=3)
+            row("short", -0.01, 0.05, n=2), row("none-iid", 0.01, 0.03)]
+    called = called_for(rows, base_seeds=3, plain={"none", "none-iid"})
     assert set(called) == {"close", "none"}
     assert called["close"] == ("gap -1.0 ± 3.0 points vs none: the interval is wider than "
                                "the gap")
     assert called["none"] == "the reference of close"
+    # a plain row's gap is a difference of training (IID here), not a cost: never called
+    assert "none-iid" in called_for(rows, base_seeds=3)
     # the reference's own seeds unfinished: no decision yet
     assert called_for([row("none", 0.0, 0.02, n=2), row("close", -0.01, 0.03)], 3) == {}
 
