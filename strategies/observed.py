@@ -164,13 +164,22 @@ class ObservedStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        replies = list(replies)
+        # In partition order, as train replies are: a weighted mean's float sum must not
+        # depend on the order replies arrived in (it moved the last digit between runs).
+        replies = sorted(replies, key=self._partition_order)
         self._record_failures(server_round, "evaluate",
                               [msg for msg in replies if msg.has_error()])
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.evaluate_metrics[server_round] = metrics
         return metrics
+
+    def _partition_order(self, msg: Message) -> tuple[bool, int, int]:
+        """A reply's place: by its node's partition (known from its train replies), then
+        by node id."""
+        node = msg.metadata.src_node_id
+        partition = self._partitions.get(node)
+        return partition is None, partition or 0, node
 
     def _record_failures(self, server_round: int, phase: str, errors: list[Message]) -> None:
         # The grid gives each message its id when it sends it; the SuperLink answers for a

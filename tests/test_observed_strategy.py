@@ -3,6 +3,7 @@
 from collections import defaultdict
 
 import numpy as np
+import torch
 from flwr.app import Context, MessageType, RecordDict
 from flwr.serverapp import Grid
 
@@ -123,3 +124,40 @@ def test_observers_see_updates_before_aggregation(tmp_path, task_identity):
     strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("lenet", 1, 10, 28)
                                                          .state_dict()), num_rounds=1)
     assert order == ["observe", "observe", "aggregate"]
+
+
+class ShuffledGrid(LoopbackGrid):
+    """Replies arrive in the reverse of the order they were sent in."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return list(reversed(super().send_and_receive(messages, timeout=timeout)))
+
+
+def test_replies_are_aggregated_in_partition_order_whatever_order_they_arrive_in(
+        tmp_path, task_identity):
+    """A weighted mean's float sum depends on its order: metrics aggregated in arrival order
+    moved the last digit of a run's accuracy between two runs with the same seed."""
+    from flwr.app import ArrayRecord
+
+    cfg = synthetic_config(tmp_path, **{"data.train_per_client": 32, "experiment.clients": 4})
+    orders = {}
+    for grid in (LoopbackGrid(cfg, num_nodes=4), ShuffledGrid(cfg, num_nodes=4)):
+        strategy = build_strategy(cfg.strategy, 4)
+        seen = []
+        for phase in ("aggregate_train", "aggregate_evaluate"):
+            inner = getattr(strategy.inner, phase)
+
+            def spy(server_round, replies, inner=inner, phase=phase):
+                replies = list(replies)
+                seen.append((phase, [grid.partition_of[r.metadata.src_node_id]
+                                     for r in replies]))
+                return inner(server_round, replies)
+
+            setattr(strategy.inner, phase, spy)
+        torch.manual_seed(0)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("lenet", 1, 10, 28)
+                                                             .state_dict()), num_rounds=2)
+        orders[type(grid).__name__] = (seen, {r: dict(metrics) for r, metrics
+                                              in strategy.evaluate_metrics.items()})
+    assert all(partitions == [0, 1, 2, 3] for _, partitions in orders["ShuffledGrid"][0])
+    assert orders["ShuffledGrid"] == orders["LoopbackGrid"]
