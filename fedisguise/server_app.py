@@ -37,6 +37,10 @@ from strategies import (
     build_strategy,
 )
 
+# s between the simulation server's polls for replies (Flower's in-memory Grid: 0.1 s; each
+# poll is one in-memory lookup)
+SIMULATION_POLL = 0.02
+
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> None:
     """Block until `expected` SuperNodes are connected; a clear error instead of a silent hang.
@@ -127,9 +131,10 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
             progress.set_postfix({k: "–" if v is None else f"{v:.4f}" for k, v in shown.items()})
         return MetricRecord({"test_loss": loss, "test_accuracy": acc})
 
-    # Deployment: replies collected as they come, not on the HTTP Grid's 3 s beat (simulation's
-    # in-memory Grid polls every 0.1 s already).
-    prompt = PromptGrid(grid) if mode == "deployment" else grid
+    # Replies collected as they come: not on the HTTP Grid's 3 s beat in deployment, nor on
+    # the in-memory Grid's 0.1 s in simulation (two waits a round: bench/simulation_poll.py).
+    prompt = PromptGrid(grid, interval=POLL_INTERVAL if mode == "deployment"
+                        else SIMULATION_POLL)
     if mode == "deployment":  # and a reply's objects pulled again after 0.2 s, not 1 s
         shorten_retries(POLL_INTERVAL)
     guarded = NodeGuard(prompt, cfg.strategy.min_clients, cfg.strategy.node_timeout)
