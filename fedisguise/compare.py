@@ -766,6 +766,11 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
             if key == f"best.{BEST_BY}":
                 reached = Counter(who for _, (who, _) in tops).most_common()
                 row[BEST_ATTACK] = " / ".join(who for who, _ in reached) or None
+        # each seed's own, so that one seed that never learned is seen as such, not only
+        # as a wide interval
+        row["accuracy_seeds"] = {str(c.seed): figures[c.name]["accuracy"] for c in cells
+                                 if (c.utility or not any_utility)
+                                 and figures[c.name]["accuracy"] is not None}
         rounds = [f["accuracy_per_round"] for f in util]
         row["accuracy_per_round"] = [_stats(list(r))[:2] for r in zip(*rounds, strict=False)]
         rows.append(row)

@@ -26,6 +26,7 @@ APPENDIX_LINES = 20
 # classifier trained on plain images labels right (chance 0.1 on ten classes).
 HIDDEN, RECOGNISED = 0.2, 0.5
 MEMBERS_HIDDEN = 0.55  # membership AUC at or below: no better than a coin, within noise
+NOT_LEARNED = 0.2  # a seed's final accuracy below twice chance: that training never learned
 LEVELS_SHOWN = (1, 2)
 CLAIM_KINDS = ("cost", "degrades", "unrecognisable")
 
@@ -93,6 +94,12 @@ def verdict(row: dict[str, Any], levels: dict[int, dict[str, Any]]) -> str:
     if row.get("accuracy") is None:
         return "not run yet"
     cost, words = cost_points(row), []
+    stuck = {seed: acc for seed, acc in (row.get("accuracy_seeds") or {}).items()
+             if acc < NOT_LEARNED}
+    if stuck:
+        words.append(f"seed{'s' if len(stuck) > 1 else ''} {', '.join(stuck)} of "
+                     f"{len(row['accuracy_seeds'])} never learned (final "
+                     f"{', '.join(f'{a:.3f}' for a in stuck.values())})")
     if row["defence"] == row.get("reference"):
         words.append("the reference")
     elif cost is None:
@@ -292,7 +299,8 @@ def render(spec: dict[str, Any], summary: dict[str, Any], frontiers: list[str]) 
              f"(PSNR dB / recognisability: the share a classifier of plain images labels right, "
              f"chance 0.1; n: images a seed), and membership-inference AUC. 95 % intervals over "
              f"seeds. Verdict thresholds: recognisable ≥ {RECOGNISED}, hidden ≤ {HIDDEN}, "
-             f"membership hidden at AUC ≤ {MEMBERS_HIDDEN}.", ""]
+             f"membership hidden at AUC ≤ {MEMBERS_HIDDEN}; a seed never learned where its "
+             f"final accuracy is below {NOT_LEARNED}.", ""]
     lines += _markdown_table(rows)
     lines += [""] + [f"![{Path(f).stem}]({f})" for f in frontiers] + [""]
     lines += ["## Method", "", *method_lines(summary), ""]

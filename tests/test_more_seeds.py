@@ -91,6 +91,8 @@ def test_the_grid_runs_more_seeds_for_the_undecided_row_and_its_reference(tmp_pa
     assert (rows["none"]["accuracy_n"], rows["close"]["accuracy_n"],
             rows["far"]["accuracy_n"]) == (5, 5, 3)
     assert rows["close"]["accuracy"] == pytest.approx(sum(ACCURACY["close"]) / 5)
+    assert rows["close"]["accuracy_seeds"] == {str(s): pytest.approx(a)
+                                               for s, a in enumerate(ACCURACY["close"])}
     assert not outcome["missing"]
     summary = json.loads((tmp_path / "g" / "compare.json").read_text())
     assert summary["more_seeds"] == [3, 4]

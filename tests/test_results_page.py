@@ -149,6 +149,15 @@ def test_the_method_gives_each_rows_plateau_round_or_says_there_is_none():
     assert "none round 35; dn not within 40 rounds" in line
 
 
+def test_a_seed_that_never_learned_is_named_in_the_verdict():
+    row = _row("vm", 0.70, -0.17, 0.42)
+    row["accuracy_seeds"] = {"0": 0.85, "1": 0.86, "2": 0.85, "3": 0.84, "4": 0.098}
+    text = verdict(row, {})
+    assert text.startswith("seed 4 of 5 never learned (final 0.098); ")
+    row["accuracy_seeds"]["4"] = 0.84
+    assert "never learned" not in verdict(row, {})
+
+
 def test_rows_that_took_more_seeds_say_how_many_and_the_method_names_them():
     from fedisguise.results_page import method_lines
 
