@@ -132,9 +132,14 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         return MetricRecord({"test_loss": loss, "test_accuracy": acc})
 
     # Replies collected as they come: not on the HTTP Grid's 3 s beat in deployment, nor on
-    # the in-memory Grid's 0.1 s in simulation (two waits a round: bench/simulation_poll.py).
-    prompt = PromptGrid(grid, interval=POLL_INTERVAL if mode == "deployment"
-                        else SIMULATION_POLL)
+    # the in-memory Grid's 0.1 s in simulation (its own pull_interval; two waits a round:
+    # bench/simulation_poll.py).
+    if mode == "deployment":
+        prompt = PromptGrid(grid)
+    else:
+        if hasattr(grid, "pull_interval"):
+            grid.pull_interval = SIMULATION_POLL
+        prompt = grid
     if mode == "deployment":  # and a reply's objects pulled again after 0.2 s, not 1 s
         shorten_retries(POLL_INTERVAL)
     guarded = NodeGuard(prompt, cfg.strategy.min_clients, cfg.strategy.node_timeout)
