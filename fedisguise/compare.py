@@ -574,16 +574,19 @@ def finished(cells: Iterable[Cell]) -> tuple[dict[str, Any], dict[str, Any]]:
     return records, figures
 
 
-def seeds_called(grid: Grid) -> dict[str, str]:
+def seeds_called(grid: Grid, figures: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The rows that take compare.more_seeds, and why, decided on the base seeds' finished
-    cells alone (fedisguise.more_seeds)."""
+    cells alone (fedisguise.more_seeds); `figures`: the finished cells' figures where the
+    caller has read them already."""
     if not grid.more_seeds:
         return {}
     grid, _ = resolve_tuning(grid)
     base = replace(grid, extra_cells=())
+    figures = finished(base.cells)[1] if figures is None else figures
     plain = {c.defence for c in grid.cells if is_plain(c.config)}
-    return more_seeds.called_for(table_rows(base, finished(base.cells)[1]), len(grid.seeds),
-                                 plain)
+    return more_seeds.called_for(
+        table_rows(base, {c.name: figures[c.name] for c in base.cells if c.name in figures}),
+        len(grid.seeds), plain)
 
 
 def diverged(record: dict[str, Any]) -> bool:
@@ -866,7 +869,7 @@ def write_table(grid: Grid) -> dict[str, Any]:
     """table.md, table.csv, cells.csv, compare.json and the plots from the cells on disk."""
     grid, choices = resolve_tuning(grid)
     records, figures = finished(grid.all_cells)
-    called = seeds_called(grid)
+    called = seeds_called(grid, figures)
     missing = [c.name for c in grid.all_cells if c.name not in figures
                and (c.seed in grid.seeds or c.defence in called)]
     rows = table_rows(grid, figures)

@@ -136,12 +136,11 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     # bench/simulation_poll.py).
     if mode == "deployment":
         prompt = PromptGrid(grid)
+        shorten_retries(POLL_INTERVAL)  # and a reply's objects pulled again after 0.2 s, not 1 s
     else:
         if hasattr(grid, "pull_interval"):
             grid.pull_interval = SIMULATION_POLL
         prompt = grid
-    if mode == "deployment":  # and a reply's objects pulled again after 0.2 s, not 1 s
-        shorten_retries(POLL_INTERVAL)
     guarded = NodeGuard(prompt, cfg.strategy.min_clients, cfg.strategy.node_timeout)
     try:
         result = strategy.start(grid=guarded, initial_arrays=ArrayRecord(model.state_dict()),
