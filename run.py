@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -40,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar="KEY=VALUE",
                         help="override one config value, typed by its key (repeatable), "
                              "e.g. --set train.lr=0.01 --set data.partitioner=dirichlet")
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[],
+                        metavar="MODULE|FILE.py",
+                        help="load a plugin that registers a defence, attack, dataset or model "
+                             "(repeatable; adds to experiment.plugins)")
     parser.add_argument("--mode", choices=["simulation", "deployment"],
                         help="experiment.mode")
     parser.add_argument("--clients", type=int, help="experiment.clients")
@@ -72,6 +77,8 @@ def cell_overrides(args: argparse.Namespace) -> list[str]:
     """--set and the shorthand flags as overrides (for a grid: of every cell; a grid places
     its cells under --out itself)."""
     overrides = list(args.overrides)
+    if args.plugins:
+        overrides.append(f"experiment.plugins+={json.dumps(args.plugins)}")
     for flag, key in (("mode", "experiment.mode"), ("clients", "experiment.clients"),
                       ("rounds", "experiment.rounds")):
         value = getattr(args, flag)

@@ -44,6 +44,8 @@ def reply_content(kind: str, content: RecordDict, context: Context, cfg: Config,
 
     if not validated:
         cfg.validate()
+    else:  # a Ray actor is handed a validated config, but not the driver's plugins
+        cfg.load_plugins()
     handler = client_work.train_reply if kind == "train" else client_work.evaluate_reply
     return handler(content, context, cfg)
 

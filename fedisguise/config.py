@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from fedisguise.plugins import PluginError, absolute, load
+from fedisguise.plugins import choices as listed
+
 MODES = ("simulation", "deployment")
 DEVICES = ("auto", "cpu", "cuda")
 KEY_SCOPES = ("per-client", "federation")
@@ -45,6 +48,9 @@ class ExperimentConfig:
     clients: int = 2  # = SuperNodes; 2 matches Flower's default local simulation federation
     out: str = "results"
     mode: str = "simulation"
+    # modules or .py files that register defences, attacks, datasets or models
+    # (fedisguise.plugins); installed packages' `fedisguise.plugins` entry points load anyway
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -261,7 +267,7 @@ class Config:
         flat: dict[str, bool | int | float | str] = {}
         for section in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
-                flat[f"{section}.{key}"] = value
+                flat[f"{section}.{key}"] = json.dumps(value) if isinstance(value, list) else value
         for key in STRUCTURED_KEYS:
             flat[key] = json.dumps(getattr(self, key))
         return flat
@@ -273,10 +279,15 @@ class Config:
         for assignment in assignments:
             key, sep, text = assignment.partition("=")
             key = key.strip()
+            append = key.endswith("+")
+            key = key.removesuffix("+").strip()
             if not sep:
                 raise ConfigError(f"--set expects key=value, got {assignment!r}")
             if key in STRUCTURED_KEYS:
-                raw[key] = _parse_structured(key, text)
+                value = _parse_structured(key, text)
+                if append and not (isinstance(raw[key], list) and isinstance(value, list)):
+                    raise ConfigError(f"{key}+= adds a list to a list; use {key}=")
+                raw[key] = raw[key] + value if append else value
                 continue
             section, _, name = key.partition(".")
             if section not in SECTIONS:
@@ -289,12 +300,30 @@ class Config:
                 raise ConfigError(
                     f"unknown config key {key!r}; valid keys in [{section}]: {list(hints)}"
                 )
+            if hints[name] == list[str]:  # JSON; `key+=` adds to what the config lists
+                text = text.strip()  # a bare name is one plugin
+                value = _json_list(key, text) if text[:1] in '["' else text
+                raw[section][name] = (list(raw[section][name]) if append else []) + (
+                    value if isinstance(value, list) else [value])
+                continue
+            if append:
+                raise ConfigError(f"{key}+= adds to a list; {key} is not one")
             raw[section][name] = _parse_scalar(key, text, hints[name])
         return Config.from_dict(raw)
 
     # ---- validation ---------------------------------------------------------------------
+    def load_plugins(self) -> None:
+        """Import the installed plugins and experiment.plugins in this process: every
+        process that builds anything from a config calls it first (fedisguise.plugins)."""
+        try:
+            load(self.experiment.plugins)
+        except PluginError as err:
+            raise ConfigError(f"experiment.plugins: {err}") from None
+
     def validate(self) -> None:
-        """Check names against the registries and values against their ranges."""
+        """Check names against the registries (the plugins' names too: they load first) and
+        values against their ranges."""
+        self.load_plugins()
         from fedisguise.attacks import ATTACKS, build_attack, parse_spec
         from fedisguise.data import DATASETS, PARTITIONERS
         from fedisguise.disguise import DISGUISES
@@ -548,13 +577,31 @@ def _build_section(name: str, section_cls: type, table: dict[str, Any]) -> Any:
         expected = hints[key]
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected == list[str]:
+            if isinstance(value, str):  # Flower's flat run config carries lists as JSON
+                value = _json_list(f"{name}.{key}", value)
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{name}.{key} must be a list of strings, got {value!r}")
+            values[key] = list(value)
+            continue
         if type(value) is not expected:
             raise ConfigError(
                 f"{name}.{key} must be {expected.__name__}, "
                 f"got {type(value).__name__} ({value!r})"
             )
         values[key] = value
-    return section_cls(**values)
+    section = section_cls(**values)
+    if name == "experiment":  # a file travels to other processes by its absolute path
+        section.plugins = absolute(section.plugins)
+    return section
+
+
+def _json_list(key: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{key} must be a list of strings (JSON in a flat run config), "
+                          f"got {text!r}") from None
 
 
 def _parse_scalar(key: str, text: str, expected: type) -> Any:
@@ -609,7 +656,8 @@ def disguise_error(spec: str | dict[str, Any], err: ValueError) -> ConfigError:
 
 def _choice(key: str, value: Any, choices: Any) -> None:
     if value not in choices:
-        raise ConfigError(f"unknown {key} {value!r}; valid choices: {sorted(choices)}")
+        names = listed(choices) if isinstance(choices, dict) else sorted(choices)
+        raise ConfigError(f"unknown {key} {value!r}; valid choices: {names}")
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

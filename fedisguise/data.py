@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedisguise.plugins import add, choices
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("FEDISGUISE_DATA", Path.home() / ".cache" / "fedisguise"))
 SPLITS = ("train", "test")
@@ -167,6 +169,7 @@ def load_synthetic(split: str, data_dir: str = "") -> ImageDataset:
     return ImageDataset(images, labels, num_classes)
 
 
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "cifar10": "cifar-10-batches-py"}
 DATASETS: dict[str, Callable[[str, str], ImageDataset]] = {
     "fashion-mnist": load_fashion_mnist,
     "mnist": load_mnist,
@@ -175,11 +178,26 @@ DATASETS: dict[str, Callable[[str, str], ImageDataset]] = {
 }
 
 
+DatasetLoader = Callable[[str, str], ImageDataset]
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Add a dataset: `loader(split, data_dir)` returns the whole "train" or "test" split as
+    an ImageDataset (float images N×C×H×W in [0, 1], int64 labels, num_classes)."""
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        if not callable(loader):
+            raise TypeError(f"register_dataset({name!r}) decorates a loader, got {loader!r}")
+        add(DATASETS, "dataset", name, loader)
+        return loader
+
+    return decorate
+
+
 def load_dataset(name: str, split: str, data_dir: str = "") -> ImageDataset:
     """Load a whole split once per process (clients reuse it across rounds), again when its
     files change (a long-lived worker must not keep serving a replaced dataset)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {sorted(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {choices(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid choices: {list(SPLITS)}")
     return _load_split(name, split, data_dir, dataset_fingerprint(name, data_dir))
@@ -199,8 +217,10 @@ def dataset_fingerprint(name: str, data_dir: str = "") -> tuple:
         folders = [Path(data_dir)]
     elif name == "fashion-mnist":
         folders = [DEBIAN_FASHION_MNIST, CACHE_DIR / "FashionMNIST"]
-    else:  # where torchvision downloads them
-        folders = [CACHE_DIR / {"mnist": "MNIST", "cifar10": "cifar-10-batches-py"}[name]]
+    elif name in TORCHVISION_FOLDERS:  # where torchvision downloads them
+        folders = [CACHE_DIR / TORCHVISION_FOLDERS[name]]
+    else:  # a plugin's dataset without data_dir: its files are its own business
+        return ()
     found, decoded = [], CACHE_DIR / "decoded"  # our own copies (data_dir may hold them)
     for folder in folders:
         for path in sorted(folder.rglob("*")) if folder.is_dir() else []:

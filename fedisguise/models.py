@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fedisguise.plugins import add, choices
+
 
 class LeNet(nn.Module):
     """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling, as used for (Fashion-)MNIST."""
@@ -157,10 +159,25 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
 }
 
 
+ModelBuilder = Callable[[int, int, int], nn.Module]
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Add a model: `builder(in_channels, num_classes, image_size)` returns an nn.Module
+    that maps N×C×S×S images to N×num_classes logits."""
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        if not callable(builder):
+            raise TypeError(f"register_model({name!r}) decorates a builder, got {builder!r}")
+        add(MODELS, "model", name, builder)
+        return builder
+
+    return decorate
+
+
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Instantiate a registered model for C×S×S inputs."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid choices: {sorted(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; valid choices: {choices(MODELS)}")
     if in_channels < 1 or num_classes < 2:
         raise ValueError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels}, "
                          f"{num_classes}")

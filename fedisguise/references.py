@@ -18,7 +18,7 @@ from fedisguise.config import Config
 # grid sets per cell or tunes per row. A defence's own settings (disguise, keys, DP, the
 # client's redraws, faults) are what it is; they are not part of its training.
 SIGNATURE = {"train": (), "data": ("validation",), "model": (), "strategy": (),
-             "experiment": ("name", "seed", "out", "mode")}
+             "experiment": ("name", "seed", "out", "mode", "plugins")}
 
 
 def training_signature(cfg: Config, tuned_key: str | None = None) -> tuple:

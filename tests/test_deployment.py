@@ -158,8 +158,14 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flw
     # short: a Unix socket's path must stay under 108 bytes
     workers = Path(tempfile.mkdtemp(prefix="fw-", dir="/tmp"))
     monkeypatch.setenv("FEDISGUISE_WORKER_DIR", str(workers))
+    # A plugin's model (a file named in experiment.plugins): every node's worker imports it.
+    plugin, pids = tmp_path / "model_plugin.py", tmp_path / "pids.txt"
+    plugin.write_text(MODEL_PLUGIN)
+    monkeypatch.setenv("PLUGIN_PIDS", str(pids))
     cfg = synthetic_config(tmp_path, **{"experiment.mode": "deployment",
                                         "experiment.name": "dep",
+                                        "experiment.plugins": str(plugin),
+                                        "model.name": "lenet-plugin",
                                         "data.train_per_client": 300,
                                         # one ClientApp process per node and round, not two
                                         "strategy.fraction_evaluate": 0.0})
@@ -190,6 +196,20 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flw
         assert "fedisguise.fast_node: zygote" in log and " ready on clientapp-" in log
     assert not list(workers.glob("clientapp-*"))
     shutil.rmtree(workers)
+    # the plugin was imported here and in both nodes' workers (and the ServerApp's process)
+    assert len(set(pids.read_text().split()) - {str(os.getpid())}) >= 2, pids.read_text()
+
+
+MODEL_PLUGIN = """
+import os
+from fedisguise.api import register_model
+from fedisguise.models import LeNet
+
+with open(os.environ["PLUGIN_PIDS"], "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+
+register_model("lenet-plugin")(LeNet)
+"""
 
 
 @pytest.mark.slow

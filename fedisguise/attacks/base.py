@@ -34,6 +34,7 @@ import torch
 
 from fedisguise.data import ImageDataset
 from fedisguise.disguise.base import check_params
+from fedisguise.plugins import add, choices
 
 LEVELS = (0, 1, 2)
 EVIDENCE_KINDS = ("update", "images", "candidates")
@@ -239,12 +240,19 @@ ATTACKS: dict[str, type[Attack]] = {}
 
 
 def register(cls: type[Attack]) -> type[Attack]:
+    """Add an attack under its `name` (fedisguise.api.register_attack for plugins): a
+    subclass of Attack that implements `reconstruct` and `score`."""
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise TypeError(f"register_attack takes a subclass of Attack, got {cls!r}")
     if cls.evidence not in EVIDENCE_KINDS:
         raise ValueError(f"{cls.__name__}.evidence must be one of {EVIDENCE_KINDS}")
     names = [f.name for f in cls.figures]
     if len(set(names)) != len(names):
         raise ValueError(f"{cls.__name__} declares a figure twice: {names}")
-    ATTACKS[cls.name] = cls
+    missing = [m for m in ("reconstruct", "score") if getattr(cls, m) is getattr(Attack, m)]
+    if missing:
+        raise TypeError(f"{cls.__qualname__} must implement {' and '.join(missing)}")
+    add(ATTACKS, "attack", cls.name, cls)
     return cls
 
 
@@ -252,7 +260,7 @@ def build_attack(spec: Mapping[str, Any] | AttackSpec) -> Attack:
     """The attack of a spec; its target is not the attack's business (see `parse_spec`)."""
     parsed = spec if isinstance(spec, AttackSpec) else parse_spec(spec)
     if parsed.name not in ATTACKS:
-        raise ValueError(f"unknown attack {parsed.name!r}; valid choices: {sorted(ATTACKS)}")
+        raise ValueError(f"unknown attack {parsed.name!r}; valid choices: {choices(ATTACKS)}")
     cls = ATTACKS[parsed.name]
     check_params(cls, parsed.params, kind="attack")
     return cls(**parsed.params)

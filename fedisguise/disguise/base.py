@@ -16,6 +16,7 @@ from typing import Any, ClassVar, get_type_hints
 import torch
 
 from fedisguise.disguise.keys import DisguiseKey
+from fedisguise.plugins import add, choices
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -162,7 +163,13 @@ DISGUISES: dict[str, type[Disguise]] = {"none": NoDisguise}
 
 
 def register(cls: type[Disguise]) -> type[Disguise]:
-    DISGUISES[cls.name] = cls
+    """Add a defence under its `name` (fedisguise.api.register_disguise for plugins): a
+    subclass of Disguise that implements `_apply`."""
+    if not (isinstance(cls, type) and issubclass(cls, Disguise)):
+        raise TypeError(f"register_disguise takes a subclass of Disguise, got {cls!r}")
+    if cls._apply is Disguise._apply:
+        raise TypeError(f"{cls.__qualname__} must implement _apply(images, labels)")
+    add(DISGUISES, "disguise", cls.name, cls)
     return cls
 
 
@@ -201,7 +208,7 @@ def build(spec: str | Mapping[str, Any], key: DisguiseKey | None = None) -> Disg
     """Build a disguise from a name or a `{name = ..., <params>}` table, under `key`."""
     name, params = spec_params(spec)
     if name not in DISGUISES:
-        raise ValueError(f"unknown disguise {name!r}; valid choices: {sorted(DISGUISES)}")
+        raise ValueError(f"unknown disguise {name!r}; valid choices: {choices(DISGUISES)}")
     cls = DISGUISES[name]
     check_params(cls, params)
     if cls.keyed and not isinstance(key, DisguiseKey):
