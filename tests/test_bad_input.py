@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import run
-from fedisguise import preflight, results
+from fedisguise import cli, preflight, results
 from tests.conftest import FEDAVG
 from tests.test_deployment import exiting_spawn
 
@@ -129,7 +129,7 @@ def test_a_port_lost_on_every_try_exits_2_naming_the_ports(tmp_path, capsys, mon
     monkeypatch.setattr(deployment.LocalFederation, "_spawn", exiting_spawn(
         starts, f"ERROR: {deployment.SUPERLINK_PORT_TAKEN}", 1))
     monkeypatch.setattr(deployment.LocalFederation, "_start_reaper", lambda self: None)
-    monkeypatch.setattr(run, "install_signal_handlers", lambda: None)
+    monkeypatch.setattr(cli, "install_signal_handlers", lambda: None)
     assert run.main([*SYNTHETIC, "--out", str(tmp_path), "--mode", "deployment"]) == 2
     line = one_error_line(capsys)
     assert len(starts) == deployment.PORT_TRIES
@@ -169,7 +169,7 @@ def test_a_disk_that_fills_in_round_2_exits_1_and_keeps_round_1(tmp_path, capsys
         return real(path, text)
 
     monkeypatch.setattr(results, "write_atomic", fills_in_round_2)
-    monkeypatch.setattr(run, "install_signal_handlers", lambda: None)
+    monkeypatch.setattr(cli, "install_signal_handlers", lambda: None)
     argv = [*SYNTHETIC, "--rounds", "3", "--out", str(tmp_path)]
     assert run.main(argv) == 1
     line = one_error_line(capsys)
@@ -186,7 +186,7 @@ def test_a_disk_that_fills_in_round_2_exits_1_and_keeps_round_1(tmp_path, capsys
 
 
 def test_run_py_catches_no_bare_exception():
-    tree = ast.parse((ROOT / "run.py").read_text())
+    tree = ast.parse((ROOT / "fedisguise" / "cli.py").read_text())
     caught = [ast.unparse(h.type) if h.type is not None else "bare"
               for h in ast.walk(tree) if isinstance(h, ast.ExceptHandler)]
     assert not {"bare", "Exception", "BaseException"} & set(caught), caught
