@@ -113,6 +113,9 @@ class ResourcesConfig:
     num_cpus: float = 1.0  # per simulated client
     num_gpus: float = 0.0  # per simulated client; fractions share one GPU
     device: str = "auto"  # auto = CUDA when present
+    # simulation on a running Ray cluster: "auto", or the head's HOST:PORT (Ray's own
+    # RAY_ADDRESS does the same); empty = a Ray started here for the run
+    ray_address: str = ""
 
 
 @dataclass
@@ -388,6 +391,9 @@ class Config:
         _check(s.max_examples >= 1, "strategy.max_examples", s.max_examples, ">= 1")
         _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
         _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
+        _check(r.ray_address in ("", "auto", "local") or re.fullmatch(
+            r"(ray://)?[\w.\-\[\]:]+:\d+", r.ray_address) is not None, "resources.ray_address",
+            r.ray_address, '"", "auto" or the head\'s HOST:PORT (ray://HOST:PORT for Ray Client)')
         _choice("client.key_scope", self.client.key_scope, KEY_SCOPES)
         _choice("client.redisguise", self.client.redisguise, REDISGUISE)
         self._validate_keys()

@@ -250,6 +250,22 @@ def _mark_failed(metrics_path: Path, why: str) -> dict[str, Any] | None:
     return record
 
 
+def cluster_modules(plugins: list[str]) -> list[Any]:
+    """The packages a Ray cluster's nodes need and may lack, shipped with the job: fedisguise,
+    strategies, and every plugin loaded here that is a package or a module (a plugin file is
+    found by its path, which other machines lack: install it there as a package)."""
+    import fedisguise
+    import strategies
+    from fedisguise.plugins import is_path, loaded
+
+    modules: dict[str, Any] = {"fedisguise": fedisguise, "strategies": strategies}
+    for spec in [*loaded(), *plugins]:
+        top = None if is_path(spec) else sys.modules.get(spec.split(".")[0])
+        if top is not None and hasattr(top, "__path__"):  # Ray ships packages, not files
+            modules.setdefault(top.__name__, top)
+    return list(modules.values())
+
+
 def run_simulation(cfg: Config) -> None:
     """Flower simulation: N virtual SuperNodes, each a ClientApp with its own partition."""
     from flwr.simulation import run_simulation as flwr_run_simulation
@@ -258,19 +274,11 @@ def run_simulation(cfg: Config) -> None:
     from fedisguise.server_app import make_server_app
 
     resources = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus}
-    backend_config = {
-        "client_resources": resources,
-        # Ray must see at least one client's worth of CPUs/GPUs or it schedules nothing.
-        "init_args": {"num_cpus": max(os.cpu_count() or 1, int(cfg.resources.num_cpus + 0.999))},
-    }
-    if cfg.resources.num_gpus > 0:
-        import torch
-
-        backend_config["init_args"]["num_gpus"] = max(torch.cuda.device_count(), 1)
+    backend_config = {"client_resources": resources, "init_args": ray_init_args(cfg)}
     # The Python entry point is marked deprecated in favour of `flwr run`, but it is the one
     # that lets the ServerApp share this process (and its observers) with the CLI.
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    start_ray(backend_config["init_args"])
+    start_ray(backend_config["init_args"], cfg.experiment.plugins)
     flwr_run_simulation(
         server_app=make_server_app(cfg, mode="simulation"),
         client_app=make_client_app(cfg),
@@ -279,7 +287,30 @@ def run_simulation(cfg: Config) -> None:
     )
 
 
-def start_ray(init_args: dict[str, Any]) -> None:
+def ray_address(cfg: Config) -> str:
+    """The running cluster to join (resources.ray_address, else RAY_ADDRESS), or ""."""
+    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS", "")
+    return "" if address == "local" else address
+
+
+def ray_init_args(cfg: Config) -> dict[str, Any]:
+    """ray.init's arguments: a cluster's address alone (Ray refuses num_cpus/num_gpus when
+    it joins one: the cluster has its own), else a Ray of this machine's size, started here
+    even where another is running ("local")."""
+    address = ray_address(cfg)
+    if address:
+        return {"address": address}
+    # Ray must see at least one client's worth of CPUs/GPUs or it schedules nothing.
+    args: dict[str, Any] = {"address": "local",
+                            "num_cpus": max(os.cpu_count() or 1, int(cfg.resources.num_cpus + 0.999))}
+    if cfg.resources.num_gpus > 0:
+        import torch
+
+        args["num_gpus"] = max(torch.cuda.device_count(), 1)
+    return args
+
+
+def start_ray(init_args: dict[str, Any], plugins: list[str] = ()) -> None:
     """Start Ray here, in the main thread, as Flower's Ray backend would (it skips its own
     ray.init when Ray is up), then put back this process's SIGINT/SIGTERM handlers.
 
@@ -298,8 +329,10 @@ def start_ray(init_args: dict[str, Any]) -> None:
     # Ray's workers inherit the environment, not this process's sys.path (Flower does this).
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ["PYTHONPATH"] = pythonpath
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, include_dashboard=False,
-             **init_args)
+    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": pythonpath}}
+    if init_args.get("address") != "local":  # a cluster's other machines get the code too
+        runtime_env["py_modules"] = cluster_modules(plugins)
+    ray.init(runtime_env=runtime_env, include_dashboard=False, **init_args)
     if threading.current_thread() is threading.main_thread():
         for sig, handler in saved.items():
             if handler is not None:

@@ -3,12 +3,19 @@
 import csv
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from fedisguise.config import Config
+from fedisguise.config import Config, ConfigError
 from fedisguise.experiment import run_experiment
 from tests.conftest import DEBIAN_FMNIST
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +58,64 @@ def test_simulation_improves_accuracy_and_writes_results(tmp_path):
     # Even a plain run shows its images: `none` applied through the disguise interface.
     assert record["grid"] == "images/plain_vs_disguised.png" and not record["privacy"]
     assert (run_dir / record["grid"]).stat().st_size > 0 and f"]({record['grid']})" in summary
+
+
+# ---- a Ray cluster that is already running (resources.ray_address, RAY_ADDRESS) -----------
+def test_joining_a_ray_cluster_passes_only_its_address(monkeypatch):
+    from fedisguise.experiment import ray_init_args
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    alone = ray_init_args(Config())
+    assert alone["address"] == "local" and alone["num_cpus"] >= 1  # never someone else's Ray
+    joined = Config().with_overrides(["resources.ray_address=10.0.0.5:6379"])
+    assert ray_init_args(joined) == {"address": "10.0.0.5:6379"}  # Ray refuses num_cpus then
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert ray_init_args(Config()) == {"address": "auto"}
+    assert ray_init_args(joined) == {"address": "10.0.0.5:6379"}  # the config wins
+    for bad in ("10.0.0.5", "http://x:1", "a b:1"):
+        with pytest.raises(ConfigError, match="resources.ray_address"):
+            Config().with_overrides([f"resources.ray_address={bad}"])
+
+
+@pytest.mark.slow
+def test_a_run_joins_a_ray_head_started_apart_and_ships_the_package(tmp_path):
+    """`ray start --head` on 127.0.0.1 (its own temp folder, so no other run joins it); a
+    run with resources.ray_address trains on it, and the job ships fedisguise and strategies
+    as py_modules for nodes that lack them."""
+    import signal
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # Ray's socket paths stay short
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp}", "--block"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(temp.glob("session_*/logs/gcs_server.out")):
+            assert head.poll() is None and time.monotonic() < deadline, "the head did not start"
+            time.sleep(1)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), "--config", str(ROOT / "configs" / "fedavg.toml"),
+             "--set", "data.dataset=synthetic", "--set", "data.train_per_client=200",
+             "--set", "train.optimizer=adam", "--set", "train.lr=0.003",
+             "--clients", "2", "--rounds", "2", "--out", str(tmp_path),
+             "--set", f"resources.ray_address=127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        record = json.loads((tmp_path / "fedavg" / "metrics.json").read_text())
+        assert record["status"] == "finished"
+        assert record["final"]["test_accuracy"] > 0.5
+        shipped = list(temp.glob("session_*/runtime_resources/py_modules_files/_ray_pkg_*"))
+        # fedisguise and strategies (session_latest links to the session: count names)
+        assert len({p.name for p in shipped if p.is_dir()}) == 2
+        assert list(temp.glob("session_*/logs/worker-*.out"))  # the head's workers trained
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block ends the head's processes with it
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
