@@ -266,6 +266,20 @@ def cluster_modules(plugins: list[str]) -> list[Any]:
     return list(modules.values())
 
 
+class OnceDeprecated(logging.Filter):
+    """Flower warns that run_simulation is deprecated on every call, four times in a
+    four-cell grid: once a process says it (README, "Flower's deprecations", has the plan)."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (str(record.msg).startswith("DEPRECATED FEATURE")
+                and "run_simulation" in str(record.args)):
+            return True
+        said, OnceDeprecated.said = OnceDeprecated.said, True
+        return not said
+
+
 def run_simulation(cfg: Config) -> None:
     """Flower simulation: N virtual SuperNodes, each a ClientApp with its own partition."""
     from flwr.simulation import run_simulation as flwr_run_simulation
@@ -277,7 +291,10 @@ def run_simulation(cfg: Config) -> None:
     backend_config = {"client_resources": resources, "init_args": ray_init_args(cfg)}
     # The Python entry point is marked deprecated in favour of `flwr run`, but it is the one
     # that lets the ServerApp share this process (and its observers) with the CLI.
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(logging.WARNING)
+    if not any(isinstance(f, OnceDeprecated) for f in flwr_log.filters):
+        flwr_log.addFilter(OnceDeprecated())
     start_ray(backend_config["init_args"], cfg.experiment.plugins)
     flwr_run_simulation(
         server_app=make_server_app(cfg, mode="simulation"),

@@ -119,3 +119,30 @@ def test_a_run_joins_a_ray_head_started_apart_and_ships_the_package(tmp_path):
         os.killpg(head.pid, signal.SIGTERM)  # --block ends the head's processes with it
         head.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_flowers_run_simulation_deprecation_is_said_once_a_process(monkeypatch):
+    import logging
+
+    from flwr.common.logger import warn_deprecated_feature
+
+    from fedisguise.experiment import OnceDeprecated
+
+    monkeypatch.setattr(OnceDeprecated, "said", False)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    flwr_log, keep, once = logging.getLogger("flwr"), Keep(), OnceDeprecated()
+    flwr_log.addHandler(keep)
+    flwr_log.addFilter(once)
+    try:
+        for _ in range(3):
+            warn_deprecated_feature("The `run_simulation` function is deprecated")
+        warn_deprecated_feature("something else")
+    finally:
+        flwr_log.removeHandler(keep)
+        flwr_log.removeFilter(once)
+    assert [m.count("run_simulation") for m in seen] == [1, 0]
