@@ -274,9 +274,9 @@ def hard_exit(code: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(code))
     sys.stdout.flush()
     sys.stderr.flush()
-    from fedisguise.deployment import _descendants, end_descendants
+    from fedisguise.processes import descendants, end_descendants
 
-    started = _descendants(os.getpid())  # Ray's workers outlive the raylet, re-parented
+    started = descendants(os.getpid())  # Ray's workers outlive the raylet, re-parented
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         stopper = threading.Thread(target=ray.shutdown, daemon=True)

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +34,8 @@ from typing import Self
 from fedisguise.config import Config, ConfigError
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
 from fedisguise.fast_node import remove_leftovers
-from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked, terminate
+from fedisguise.processes import descendants, flower_command
+from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked
 from fedisguise.tls import (
     ServerCertificates,
     generate_certificates,
@@ -48,25 +49,6 @@ FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flwr")
 # 1 s on each SuperNode before its ClientApp starts. Its own setting, kept unless set already.
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 SUPEREXEC_POLL = "0.1"
-
-
-def flower_command(name: str) -> str:
-    """Absolute path of Flower's executable `name`: the one installed next to this
-    interpreter, else the one on PATH.
-
-    A virtualenv's python run without activation has its bin/ off PATH, so PATH alone
-    would miss (or, worse, pick another environment's) Flower.
-    """
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(name)
-    if found:
-        return os.path.abspath(found)
-    raise FileNotFoundError(
-        f"Flower's `{name}` is neither in {beside.parent} (next to {sys.executable}) nor on "
-        f"PATH; install flwr into this environment (`pip install -e .`)"
-    )
 
 
 def child_env(flwr_home: Path) -> dict[str, str]:
@@ -146,7 +128,7 @@ def listens(process: subprocess.Popen, host: str, port: int) -> bool:
     sockets = _listening_sockets(port)
     if sockets is None:
         return listening(host, port)
-    for pid in [process.pid, *_descendants(process.pid)]:
+    for pid in [process.pid, *descendants(process.pid)]:
         try:
             fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except OSError:
@@ -211,48 +193,13 @@ def start_on_free_port(start: Callable[[], tuple[subprocess.Popen, int]], log: P
     return process
 
 
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of `pid`, read from /proc (helpers may leave their process group)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def _signal_tree(process: subprocess.Popen, sig: int) -> None:
-    for pid in [process.pid, *_descendants(process.pid)]:
+    for pid in [process.pid, *descendants(process.pid)]:
         for send in (lambda p: os.killpg(os.getpgid(p), sig), lambda p: os.kill(p, sig)):
             try:
                 send(pid)
             except (ProcessLookupError, PermissionError):
                 pass
-
-
-def end_descendants(pid: int, grace: float = 3.0, known: Iterable[int] = ()) -> None:
-    """SIGTERM every live descendant of `pid` (and the `known` pids, descendants seen
-    earlier that may have been re-parented since), then SIGKILL those left after `grace` s."""
-    terminate(lambda: set(_descendants(pid)) | {p for p in known if alive(p)}, grace)
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _load_prctl():
@@ -542,7 +489,7 @@ class LocalFederation:
         """End every process started here and all their descendants, re-parented ones
         included (found by the marker in their environment)."""
         self._watching.set()
-        trees = {p.pid: [p.pid, *_descendants(p.pid)] for p in self.processes}
+        trees = {p.pid: [p.pid, *descendants(p.pid)] for p in self.processes}
         for process in reversed(self.processes):
             _signal_tree(process, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -575,7 +522,7 @@ class LocalFederation:
         from fedisguise.reaper import marked
 
         return sorted(set(marked(self.marker))
-                      | {pid for p in self.processes for pid in (p.pid, *_descendants(p.pid))})
+                      | {pid for p in self.processes for pid in (p.pid, *descendants(p.pid))})
 
 
 @dataclass

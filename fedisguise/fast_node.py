@@ -159,7 +159,7 @@ def remove_leftovers(pid: int) -> bool:
     """Remove the socket and stub folder of the fast SuperNode that ran as `pid`, once it is
     gone: a SuperNode and zygote ended by SIGKILL (a stop's grace ran out, Flower's own
     5 s force-exit) clean up nothing. False, and nothing removed, while `pid` runs."""
-    from fedisguise.deployment import alive
+    from fedisguise.processes import alive
 
     if alive(pid):
         return False
@@ -180,7 +180,7 @@ def write_stub(folder: Path, sock: Path, real: str) -> Path:
 
 
 def real_clientapp() -> str:
-    from fedisguise.deployment import flower_command
+    from fedisguise.processes import flower_command
 
     return flower_command(STUB_NAME)
 
@@ -224,7 +224,7 @@ def serve_zygote(path: Path, watch: int) -> None:
     request's command line and descriptors, until process `watch` is gone or SIGTERM."""
     from flwr.supernode.cli import flwr_clientapp  # the import each message used to pay
 
-    from fedisguise.node_worker import _peer_uid, _unlink_own  # the worker's socket rules
+    from fedisguise.node_worker import peer_uid, unlink_own  # the worker's socket rules
 
     for name in WARM_IMPORTS:  # imported lazily by every flwr-clientapp run
         with contextlib.suppress(ImportError):
@@ -257,13 +257,13 @@ def serve_zygote(path: Path, watch: int) -> None:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
-            if _peer_uid(conn) != os.getuid():
+            if peer_uid(conn) != os.getuid():
                 conn.close()  # only the node's own user
                 continue
             _fork_child(conn, server, flwr_clientapp)
     finally:
         server.close()
-        _unlink_own(path, inode)
+        unlink_own(path, inode)
         _remove_stubs(path.with_suffix(""))  # the launcher's stub folder, gone with its zygote
 
 

@@ -32,7 +32,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -285,7 +284,7 @@ def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
     without one, or SIGTERM."""
     from fedisguise import client_work  # torch, data, disguises: imported once, here
     from fedisguise.config import Config
-    from fedisguise.deployment import alive
+    from fedisguise.processes import alive
 
     idle = float(os.environ.get(IDLE_ENV, "600")) if idle is None else idle
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -311,7 +310,7 @@ def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
             _answer(conn, handlers, Config)
             last = time.monotonic()
         # Leaving: new messages must start a new worker, and any already queued get answered.
-        _unlink_own(path, inode)
+        unlink_own(path, inode)
         server.setblocking(False)
         while True:
             try:
@@ -321,10 +320,10 @@ def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
             _answer(conn, handlers, Config)
     finally:
         server.close()
-        _unlink_own(path, inode)
+        unlink_own(path, inode)
 
 
-def _unlink_own(path: Path, inode: int) -> None:
+def unlink_own(path: Path, inode: int) -> None:
     """Remove the socket file if it is still this worker's (a successor may have bound the
     same name already)."""
     with contextlib.suppress(FileNotFoundError):
@@ -336,7 +335,7 @@ def _answer(conn: socket.socket, handlers: dict, config_type) -> None:
     """Read one request from `conn`, run its handler, send the reply or the traceback."""
     with conn:
         conn.setblocking(True)
-        if _peer_uid(conn) != os.getuid():
+        if peer_uid(conn) != os.getuid():
             return  # only the node's own user may ask
         try:
             kind = _recv(conn).decode()
@@ -355,7 +354,7 @@ def _answer(conn: socket.socket, handlers: dict, config_type) -> None:
             _send(conn, *frames)
 
 
-def _peer_uid(conn: socket.socket) -> int:
+def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
 
