@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedisguise.data import ImageDataset
-from fedisguise.disguise.base import check_params
+from fedisguise.disguise.base import DISGUISES, Disguise, check_params
 from fedisguise.plugins import add, choices
 
 LEVELS = (0, 1, 2)
@@ -213,11 +213,17 @@ class Attack:
     # The defences a defence-specific attack is built for (None: any). Against another one
     # the suite reports it "not applicable" without running it.
     defences: ClassVar[tuple[str, ...] | None] = None
+    # Or, by what the defences declare: the Disguise capability (a class attribute, e.g.
+    # "shuffles_windows") a defence must have for this attack to apply.
+    targets: ClassVar[str | None] = None
+    # The de-disguising stage the server's chain runs on its estimate, against the defences
+    # this attack applies to (the attack each of them fears most; fedisguise.attacks.chain).
+    chain_stage: ClassVar[bool] = False
     level: int = 0
 
     def scope(self) -> tuple[str, ...]:
         """The defences this attack, with its parameters, is built for (empty: any)."""
-        return self.defences or ()
+        return declared_scope(type(self))
 
     def applies_to(self, disguise: str) -> bool:
         """Whether this attack is built for the run's defence (by its registered name)."""
@@ -234,6 +240,27 @@ class Attack:
     def pairs_wanted(self) -> int:
         """How many victim-key pairs a Level-2 attacker of this kind holds."""
         return 0
+
+
+def declared_scope(cls: type[Attack]) -> tuple[str, ...]:
+    """The registered defences an attack class declares itself for: those with its
+    `targets` capability, else its `defences` by name (empty: any)."""
+    if cls.targets is None:
+        return cls.defences or ()
+    return capable(cls.targets)
+
+
+def capable(capability: str) -> tuple[str, ...]:
+    """The registered defences that declare `capability` (a Disguise class attribute)."""
+    if capability not in Disguise.CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; a Disguise declares "
+                         f"{list(Disguise.CAPABILITIES)}")
+    return tuple(sorted(n for n, c in DISGUISES.items() if getattr(c, capability)))
+
+
+def has(defence: str, capability: str) -> bool:
+    """Whether the registered defence `defence` declares `capability`."""
+    return defence in capable(capability)
 
 
 ATTACKS: dict[str, type[Attack]] = {}

@@ -32,15 +32,23 @@ from fedisguise.attacks.base import (
     Reconstruction,
     Runtime,
     build_attack,
+    declared_scope,
+    has,
     register,
 )
 from fedisguise.attacks.scoring import Scorer
-from fedisguise.disguise.base import spec_params
+from fedisguise.disguise.base import DISGUISES, NoDisguise, spec_params
 
-BLOCK_AFFINE = ("block-permutation", "rmt", "block-rmt", "disguisednets")
-# The defence-specific attack a Level-1 attacker runs on a chain's estimate.
-SPECIFIC = {"instahide": "instahide_attack", "visualmixer": "deshuffler",
-            "visualmixer-uniform": "deshuffler"}
+
+def specific_stage(disguise: str) -> str | None:
+    """The attack a defence fears most, run on a chain's estimate: the registered attack
+    that declares itself a chain stage (`chain_stage`) for a capability the defence has."""
+    found = sorted(name for name, cls in ATTACKS.items()
+                   if cls.chain_stage and disguise in declared_scope(cls))
+    if len(found) > 1:
+        raise ValueError(f"attacks {found} each declare themselves the chain's stage against "
+                         f"{disguise!r}; one may")
+    return found[0] if found else None
 
 
 def default_stages(disguise: str, level: int) -> list[dict[str, Any]]:
@@ -55,13 +63,14 @@ def default_stages(disguise: str, level: int) -> list[dict[str, Any]]:
     Level-1 attack; the rest get a U-Net on the victim's pairs.
     """
     first = {"name": "gradient_inversion"}
-    if level == 0 or disguise == "none":
+    if level == 0 or DISGUISES.get(disguise) is NoDisguise:
         return [first]
-    if disguise in SPECIFIC:
-        return [first, {"name": SPECIFIC[disguise]}]
+    specific = specific_stage(disguise)
+    if specific is not None:
+        return [first, {"name": specific}]
     if level == 1:
         return [first, {"name": "inverse_network", "level": 1}]
-    method = "known-pairs" if disguise in BLOCK_AFFINE else "unet"
+    method = "known-pairs" if has(disguise, "block_affine") else "unet"
     return [first, {"name": "inverse_network", "level": 2, "method": method}]
 
 

@@ -37,10 +37,11 @@ from fedisguise.attacks.base import (
     Evidence,
     Figure,
     GroundTruth,
+    has,
     Knowledge,
     Reconstruction,
-    Runtime,
     register,
+    Runtime,
 )
 from fedisguise.attacks.inverse import apply_inverse, train_inverse
 from fedisguise.attacks.scoring import Scorer, score_outsourced
@@ -48,7 +49,6 @@ from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.visualmixer import VisualMixer, window_levels
 from fedisguise.metrics import psnr
 
-SHUFFLERS = ("visualmixer", "visualmixer-uniform")
 METHODS = ("auto", "lowpass", "smooth", "rank")
 
 
@@ -200,7 +200,7 @@ def attacker_shuffles(evidence: Evidence, knowledge: Knowledge, runtime: Runtime
     if evidence.images is None:
         raise ValueError("an attack on window shuffles needs the shuffled images")
     name, _ = spec_params(knowledge.algorithm)
-    if name not in SHUFFLERS:
+    if not has(name, "shuffles_windows"):
         return f"an attack on window shuffles, not {name}"
     if evidence.images.ndim != 4 or not torch.isfinite(evidence.images).all():
         raise ValueError(f"shuffled images must be finite N×C×H×W, got shape "
@@ -223,7 +223,7 @@ class WindowStatistics(Attack):
 
     name = "window_stats"
     evidence = "images"
-    defences = SHUFFLERS
+    targets = "shuffles_windows"
     level = 1
     figures = (
         Figure("psnr_vs_original", "window statistics PSNR vs original (dB)"),
@@ -295,7 +295,8 @@ class Deshuffler(Attack):
 
     name = "deshuffler"
     evidence = "images"
-    defences = SHUFFLERS
+    targets = "shuffles_windows"
+    chain_stage = True
     level = 1
     figures = (
         Figure("psnr_vs_original", "de-shuffler PSNR vs original (dB)"),

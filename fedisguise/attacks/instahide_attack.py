@@ -54,10 +54,11 @@ from fedisguise.attacks.base import (
     Evidence,
     Figure,
     GroundTruth,
+    has,
     Knowledge,
     Reconstruction,
-    Runtime,
     register,
+    Runtime,
 )
 from fedisguise.attacks.scoring import PSNR_CAP, Scorer, matching_order
 from fedisguise.disguise.base import spec_params
@@ -381,7 +382,8 @@ class InstaHideAttack(Attack):
 
     name = "instahide_attack"
     evidence = "images"
-    defences = ("instahide",)
+    targets = "mixes_images"
+    chain_stage = True
     figures = (
         Figure("psnr_vs_original", "InstaHide attack PSNR vs original (dB)"),
         Figure("ssim_vs_original", "InstaHide attack SSIM vs original"),
@@ -407,7 +409,7 @@ class InstaHideAttack(Attack):
         if evidence.images is None:
             raise ValueError("the InstaHide attack needs encodings")
         name, _ = spec_params(knowledge.algorithm)
-        if name != "instahide":
+        if not has(name, "mixes_images"):
             return Reconstruction(figures={"status": "not applicable",
                                            "reason": f"an attack on InstaHide, not {name}"})
         started = time.perf_counter()

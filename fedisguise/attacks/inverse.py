@@ -23,15 +23,15 @@ from tqdm.auto import tqdm
 
 from fedisguise.attacks.base import (
     Attack,
+    capable,
     Evidence,
     Figure,
     GroundTruth,
     Knowledge,
     Reconstruction,
-    Runtime,
     register,
+    Runtime,
 )
-from fedisguise.attacks.chain import BLOCK_AFFINE
 from fedisguise.attacks.scoring import Scorer, score_outsourced
 from fedisguise.disguise.base import spec_params
 from fedisguise.unet import UNet
@@ -173,7 +173,7 @@ class InverseNetwork(Attack):
 
     def scope(self) -> tuple[str, ...]:
         """Known-pairs algebra inverts block-affine maps; the U-Net tries any defence."""
-        return BLOCK_AFFINE if self.method == "known-pairs" else ()
+        return capable("block_affine") if self.method == "known-pairs" else ()
 
     def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
                     ) -> Reconstruction:

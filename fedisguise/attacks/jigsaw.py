@@ -169,7 +169,7 @@ class Jigsaw(Attack):
 
     name = "jigsaw"
     evidence = "images"
-    defences = ("block-permutation", "disguisednets")  # the keyed block permutations
+    targets = "permutes_blocks"  # one keyed permutation of blocks for every image
     level = 1
     figures = (
         Figure("direct_accuracy", "jigsaw blocks placed right"),

@@ -55,6 +55,16 @@ class Disguise:
     # it comes in (InstaHide mixes within its batch; VisualMixer-authors averages attention
     # over it): then batches can be disguised together in one call.
     per_image: ClassVar[bool] = False
+    # What attacks may exploit, declared by the defence (attacks choose by these, never by
+    # name): each output block an affine map of its input block under the key, so known
+    # (plain, disguised) pairs solve it; one keyed permutation of blocks, the same for every
+    # image; pixels shuffled within windows; images mixed with other images.
+    block_affine: ClassVar[bool] = False
+    permutes_blocks: ClassVar[bool] = False
+    shuffles_windows: ClassVar[bool] = False
+    mixes_images: ClassVar[bool] = False
+    CAPABILITIES: ClassVar[tuple[str, ...]] = (
+        "block_affine", "permutes_blocks", "shuffles_windows", "mixes_images")
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -14,7 +14,6 @@ Outputs are on the [0, 1] scale of the inputs (X·R + Δ/255), so they may leave
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -53,7 +52,7 @@ def random_matrices(gen: torch.Generator, count: int, size: int, kind: str) -> t
 class _DisguisedNetsBase(Disguise):
     """Shared parameters and the fresh-per-image noise stream."""
 
-    permutes_blocks: ClassVar[bool] = False
+    block_affine = True  # X·R + Δ per block, blocks moved by π: known pairs solve R and π
     draws = True  # Δ, where noise_level > 0
     per_image = True
 

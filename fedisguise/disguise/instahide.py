@@ -25,6 +25,7 @@ MODES = ("inside", "cross")
 @register
 class InstaHide(Disguise):
     name = "instahide"
+    mixes_images = True  # each encoding mixes k images (and flips signs)
     draws = True  # weights, partners and masks: all of it; the key fixes nothing
 
     def __init__(self, key: DisguiseKey, k: int = 4, mode: str = "inside", upper: float = 0.65,

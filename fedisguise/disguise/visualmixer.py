@@ -325,6 +325,7 @@ def _lower_median(rows: torch.Tensor) -> torch.Tensor:
 
 class _Shuffler(Disguise):
     draws = True  # every image's shuffle is a draw; the key fixes nothing
+    shuffles_windows = True
     per_image = True
 
     def __init__(self, key: DisguiseKey) -> None:
