@@ -282,3 +282,66 @@ def test_an_attack_plugin_from_a_file_reaches_ray_actors_and_the_table(tmp_path)
     assert "examples behind the update" in md
     # the driver, and the two Ray actors that trained the two clients
     assert len(set(pids.read_text().split())) >= 3, pids.read_text()
+
+
+def test_a_plugin_defence_meets_the_attacks_its_capabilities_call_for(isolated):
+    """Stages and scopes follow what a defence declares, not its name."""
+    from fedisguise.api import Attack, Figure, register_attack
+    from fedisguise.attacks.chain import default_stages
+
+    @register_disguise
+    class Affine(Disguise):
+        name = "keyed-affine"
+        block_affine = True
+
+        def __init__(self, key=None):
+            pass
+
+        def _apply(self, images, labels):
+            return 0.5 * images + 0.25, labels
+
+    @register_disguise
+    class Mixer(Disguise):
+        name = "my-mixer"
+        mixes_images = True
+        keyed = False
+
+        def __init__(self, key=None):
+            pass
+
+        def _apply(self, images, labels):
+            return images.flip(0), labels
+
+    assert default_stages("keyed-affine", 2)[1] == {"name": "inverse_network", "level": 2,
+                                                    "method": "known-pairs"}
+    assert default_stages("keyed-affine", 1)[1] == {"name": "inverse_network", "level": 1}
+    assert default_stages("my-mixer", 1)[1] == {"name": "instahide_attack"}
+    assert "keyed-affine" in build_attack_scope("inverse_network", level=2, method="known-pairs")
+    assert "my-mixer" in build_attack_scope("instahide_attack")
+
+    @register_attack
+    class Rival(Attack):
+        name = "rival"
+        evidence = "images"
+        targets = "mixes_images"
+        chain_stage = True
+        figures = (Figure("psnr_vs_original", "rival PSNR"),)
+
+        def reconstruct(self, evidence, knowledge, runtime):
+            raise AssertionError
+
+        def score(self, reconstruction, truth, scorer):
+            raise AssertionError
+
+    with pytest.raises(ValueError, match=r"attacks \['instahide_attack', 'rival'\] each "
+                                         r"declare themselves the chain's stage"):
+        default_stages("my-mixer", 1)
+    Rival.targets = "no_such_capability"
+    with pytest.raises(ValueError, match="unknown capability 'no_such_capability'"):
+        Rival().scope()
+
+
+def build_attack_scope(name: str, **params) -> tuple[str, ...]:
+    from fedisguise.attacks import build_attack
+
+    return build_attack({"name": name, **params}).scope()
