@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedisguise.plugins import add, choices
+from fedisguise.plugins import choices, registrar
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("FEDISGUISE_DATA", Path.home() / ".cache" / "fedisguise"))
@@ -184,13 +184,7 @@ DatasetLoader = Callable[[str, str], ImageDataset]
 def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
     """Add a dataset: `loader(split, data_dir)` returns the whole "train" or "test" split as
     an ImageDataset (float images N×C×H×W in [0, 1], int64 labels, num_classes)."""
-    def decorate(loader: DatasetLoader) -> DatasetLoader:
-        if not callable(loader):
-            raise TypeError(f"register_dataset({name!r}) decorates a loader, got {loader!r}")
-        add(DATASETS, "dataset", name, loader)
-        return loader
-
-    return decorate
+    return registrar(DATASETS, "dataset", name)
 
 
 def load_dataset(name: str, split: str, data_dir: str = "") -> ImageDataset:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fedisguise.plugins import add, choices
+from fedisguise.plugins import choices, registrar
 
 
 class LeNet(nn.Module):
@@ -165,13 +165,7 @@ ModelBuilder = Callable[[int, int, int], nn.Module]
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Add a model: `builder(in_channels, num_classes, image_size)` returns an nn.Module
     that maps N×C×S×S images to N×num_classes logits."""
-    def decorate(builder: ModelBuilder) -> ModelBuilder:
-        if not callable(builder):
-            raise TypeError(f"register_model({name!r}) decorates a builder, got {builder!r}")
-        add(MODELS, "model", name, builder)
-        return builder
-
-    return decorate
+    return registrar(MODELS, "model", name)
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -20,12 +20,14 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
+from typing import Any, TypeVar
 
 ENTRY_POINT_GROUP = "fedisguise.plugins"
+F = TypeVar("F", bound=Callable[..., Any])
 
 _loaded: dict[str, ModuleType] = {}  # spec (absolute path or module name) -> module
 _installed_done = False
@@ -142,6 +144,17 @@ def add(registry: dict[str, object], kind: str, name: object, obj: object) -> No
         raise ValueError(f"{kind} name {name!r} is taken by {qualname(held)} ({origin(held)}); "
                          f"give {qualname(obj)} another name")
     registry[name] = obj
+
+
+def registrar(registry: dict[str, Any], kind: str, name: str) -> Callable[[F], F]:
+    """A decorator that adds a function (a dataset loader, a model builder) under `name`."""
+    def decorate(function: F) -> F:
+        if not callable(function):
+            raise TypeError(f"register_{kind}({name!r}) decorates a function, got {function!r}")
+        add(registry, kind, name, function)
+        return function
+
+    return decorate
 
 
 def qualname(obj: object) -> str:
