@@ -482,8 +482,23 @@ def _comparable(cfg: Config) -> dict[str, Any]:
     """What decides whether a finished cell still answers the grid's question."""
     settings = cfg.to_dict()
     settings["experiment"].pop("out")
-    settings.pop("deployment")  # how the processes talk does not change what a cell answers
+    # where and how the processes run does not change what a cell answers
+    settings.pop("deployment")
+    settings["resources"].pop("ray_address")
     return settings
+
+
+def _same_settings(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """A finished cell's settings against the grid's: equal, except that a setting added to
+    the config since the cell ran counts as equal while it holds its default (so that a new
+    option does not invalidate every finished cell of every grid)."""
+    default = _comparable(Config())
+    current = {section: ({k: v for k, v in values.items()
+                          if k in stored.get(section, {}) or v != default[section].get(k)}
+                         if isinstance(values, dict) and isinstance(stored.get(section), dict)
+                         else values)
+               for section, values in current.items()}
+    return stored == current
 
 
 def cell_done(cell: Cell) -> bool:
@@ -493,9 +508,10 @@ def cell_done(cell: Cell) -> bool:
     if not marker.is_file() or not (cell.config.run_dir / "metrics.json").is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("config") == _comparable(cell.config)
+        stored = json.loads(marker.read_text()).get("config")
     except json.JSONDecodeError:
         return False
+    return isinstance(stored, dict) and _same_settings(stored, _comparable(cell.config))
 
 
 def selected_defences(grid: Grid, only: Iterable[str] | None) -> set[str]:

@@ -340,6 +340,18 @@ def test_finished_cells_are_skipped_only_while_their_config_holds(tmp_path):
     assert cell_done(load_grid(path, out=str(tmp_path)).cells[1])
     changed = load_grid(path, overrides=["train.lr=0.5"], out=str(tmp_path)).cells[1]
     assert changed.name == cell.name and not cell_done(changed)
+    # A cell finished before a setting existed (here experiment.plugins) still counts while
+    # the setting holds its default, and not once it is set; where it runs never counts.
+    older = _comparable(cell.config)
+    del older["experiment"]["plugins"]
+    (run_dir / "cell.json").write_text(json.dumps({"config": older}))
+    assert cell_done(cell)
+    plugin = tmp_path / "p.py"
+    plugin.write_text("")
+    assert not cell_done(load_grid(path, overrides=[f"experiment.plugins={plugin}"],
+                                   out=str(tmp_path)).cells[1])
+    assert cell_done(load_grid(path, overrides=["resources.ray_address=auto"],
+                               out=str(tmp_path)).cells[1])
     # The table is written from what finished; the rest is listed as missing.
     table = write_table(grid)
     assert len(table["missing"]) == 7 and table["rows"][0]["accuracy"] == pytest.approx(0.8)
