@@ -61,14 +61,14 @@ def load_installed() -> None:
     global _installed_done
     if _installed_done:
         return
-    _installed_done = True
     for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
         module = point.value.partition(":")[0]
         try:
             load_one(module)
-        except PluginError as err:
+        except PluginError as err:  # said again on every call: never a later unknown name
             raise PluginError(f"installed plugin {point.name!r} "
                               f"({point.dist.name if point.dist else '?'}): {err}") from None
+    _installed_done = True
 
 
 def load_one(spec: str) -> ModuleType:
@@ -90,7 +90,7 @@ def _import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
-        if err.name and name.startswith(err.name):  # the plugin itself, not its imports
+        if err.name and (name == err.name or name.startswith(f"{err.name}.")):  # itself
             raise PluginError(f"plugin {name!r}: no module of that name is installed (a file "
                               "needs its .py path)") from None
         raise PluginError(f"plugin {name!r} failed to import: {err}") from err

@@ -345,3 +345,16 @@ def build_attack_scope(name: str, **params) -> tuple[str, ...]:
     from fedisguise.attacks import build_attack
 
     return build_attack({"name": name, **params}).scope()
+
+
+def test_a_broken_installed_plugin_is_named_on_every_call(monkeypatch, isolated):
+    """An entry point whose module fails stops every config that loads it, not just the
+    first (a second call must not fall through to a later "unknown disguise")."""
+    class Point:
+        name, value, dist = "broken", "no_such_plugin_module_xyz", None
+
+    monkeypatch.setattr(plugins, "_installed_done", False)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [Point()])
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="installed plugin 'broken' .*no module of that"):
+            Config().load_plugins()
