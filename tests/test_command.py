@@ -67,8 +67,8 @@ def test_the_wheel_installed_outside_the_checkout_runs_a_shipped_config(tmp_path
     entry, so no editable install of the checkout is active there), and run
     `fedisguise run smoke --rounds 1` in a folder far from the checkout."""
     dist = tmp_path / "dist"
-    # the example plugin's entry point is visible through this interpreter's site folders
-    # (below): its wheel goes into the venv as well, so that it loads there
+    # where the example plugin is installed beside the checkout, its entry point is visible
+    # through this interpreter's site folders (below): its wheel goes into the venv too there
     for project in (ROOT, ROOT / "examples" / "plugin-disguise"):
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                         "--no-build-isolation", "-w", str(dist), str(project)], check=True,
