@@ -136,6 +136,10 @@ def test_flowers_run_simulation_deprecation_is_said_once_a_process(monkeypatch):
             seen.append(record.getMessage())
 
     flwr_log, keep, once = logging.getLogger("flwr"), Keep(), OnceDeprecated()
+    # an earlier simulation in this process may have added its own: one filter at a time
+    earlier = [f for f in flwr_log.filters if isinstance(f, OnceDeprecated)]
+    for f in earlier:
+        flwr_log.removeFilter(f)
     flwr_log.addHandler(keep)
     flwr_log.addFilter(once)
     try:
@@ -145,4 +149,6 @@ def test_flowers_run_simulation_deprecation_is_said_once_a_process(monkeypatch):
     finally:
         flwr_log.removeHandler(keep)
         flwr_log.removeFilter(once)
+        for f in earlier:
+            flwr_log.addFilter(f)
     assert [m.count("run_simulation") for m in seen] == [1, 0]
