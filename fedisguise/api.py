@@ -10,6 +10,9 @@ benchmark without editing the package. Everything here keeps its name within a m
   decorated with `@register_attack`. `score_outsourced` scores image reconstructions.
 - A dataset: `@register_dataset("name")` on `loader(split, data_dir) -> ImageDataset`.
 - A model: `@register_model("name")` on `builder(in_channels, num_classes, image_size)`.
+- A DP mode: `register_dp_mode(DPMode(name, description, per_example=..., clips_on=...))`,
+  a new name for a combination of the mechanisms the pipeline has (DP-SGD on the clients,
+  or Flower's central-DP wrapper clipping on the server or the clients).
 
 Load the module through an installed package's `fedisguise.plugins` entry point, or list it
 in `experiment.plugins` / `run.py --plugin` (fedisguise.plugins).
@@ -31,6 +34,7 @@ from fedisguise.data import DatasetLoader, ImageDataset, register_dataset
 from fedisguise.disguise.base import Disguise
 from fedisguise.disguise.base import register as register_disguise
 from fedisguise.disguise.keys import DisguiseKey
+from fedisguise.dp_modes import DPMode, register_dp_mode
 from fedisguise.models import ModelBuilder, register_model
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "DatasetLoader",
     "Disguise",
     "DisguiseKey",
+    "DPMode",
     "Evidence",
     "Figure",
     "GroundTruth",
@@ -51,6 +56,7 @@ __all__ = [
     "register_attack",
     "register_dataset",
     "register_disguise",
+    "register_dp_mode",
     "register_model",
     "score_outsourced",
 ]

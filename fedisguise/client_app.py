@@ -61,10 +61,12 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         return Config.from_flat(dict(context.run_config), validate=False)
 
     def central_dp_mod(msg: Message, context: Context, call_next) -> Message:
-        """dp.mode = central-client: Flower's clipping mod clips the update before it
-        leaves (the server wrapper sends the norm); otherwise a pass-through."""
-        dp = resolve(context).dp
-        if dp.mode != "central-client" or msg.metadata.message_type != MessageType.TRAIN:
+        """A DP mode that clips on the clients (central-client): Flower's clipping mod
+        clips the update before it leaves (the server wrapper sends the norm); otherwise a
+        pass-through."""
+        cfg = resolve(context)
+        dp = cfg.dp
+        if cfg.dp_mode.clips_on != "client" or msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         mod = fixedclipping_mod if dp.clipping == "fixed" else adaptiveclipping_mod
         return mod(msg, context, call_next)

@@ -143,7 +143,7 @@ def train_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDic
     t = cfg.train
     device = resolve_device(cfg.resources.device)
     extra: dict[str, float] = {}
-    if cfg.dp.mode == "dp-sgd":
+    if cfg.dp_mode.per_example:
         loss, extra = _train_dp_round(model, data, cfg, context, order_seed, device,
                                       transform)
     else:

@@ -157,9 +157,11 @@ class Grid:
 
     @property
     def reference(self) -> str:
-        """The defence others are measured against: `none` if present, else the first."""
-        labels = [d.label for d in self.defences]
-        return "none" if "none" in labels else labels[0]
+        """The defence others are measured against: the first plain one (no disguise, no
+        DP, no faults: fedisguise.references.is_plain), else the first."""
+        plain = {c.defence for c in self.cells if is_plain(c.config)}
+        return next((d.label for d in self.defences if d.label in plain),
+                    self.defences[0].label)
 
 
 # ---- loading ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from fedisguise.dp_modes import DP_MODES, NO_DP, DPMode, dp_mode
 from fedisguise.plugins import PluginError, absolute, load
 from fedisguise.plugins import choices as listed
 
@@ -33,6 +34,9 @@ KEY_SCOPES = ("per-client", "federation")
 REDISGUISE = ("once", "round", "batch")
 # Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
 STRUCTURED_KEYS = ("disguise", "attacks", "faults")
+# The absence of a defence, as a run names it: the default, and the name under which
+# fedisguise.disguise.base registers NoDisguise (the config is a leaf: it imports no registry).
+NO_DISGUISE = "none"
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
@@ -146,9 +150,10 @@ class PrivacyConfig:
 class DPConfig:
     """Differential-privacy baseline (fedisguise.dp)."""
 
-    # none | dp-sgd (Opacus, on every client) | central-server | central-client (Flower's
-    # DP strategy wrappers: update clipping on the server or on the clients, server noise)
-    mode: str = "none"
+    # a registered mode (fedisguise.dp_modes): none | dp-sgd (Opacus, on every client) |
+    # central-server | central-client (Flower's DP strategy wrappers: update clipping on the
+    # server or on the clients, server noise)
+    mode: str = NO_DP.name
     noise_multiplier: float = 1.0  # used when target_epsilon = 0 (dp-sgd) / always (central)
     max_grad_norm: float = 1.0  # dp-sgd: per-sample clipping bound
     target_epsilon: float = 0.0  # dp-sgd, > 0: the noise that spends this over the whole run
@@ -211,7 +216,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
-    disguise: str | dict[str, Any] = "none"
+    disguise: str | dict[str, Any] = NO_DISGUISE
     attacks: list[dict[str, Any]] = field(default_factory=list)
     # clients that send bad train replies on purpose (fedisguise.faults)
     faults: list[dict[str, Any]] = field(default_factory=list)
@@ -237,7 +242,7 @@ class Config:
         _resolve_deprecated(sections["client"])
         cfg = cls(
             **sections,
-            disguise=copy.deepcopy(raw.get("disguise", "none")),
+            disguise=copy.deepcopy(raw.get("disguise", NO_DISGUISE)),
             attacks=copy.deepcopy(raw.get("attacks", [])),
             faults=copy.deepcopy(raw.get("faults", [])),
         )
@@ -403,13 +408,14 @@ class Config:
         _check(p.grid_images >= 1, "privacy.grid_images", p.grid_images, ">= 1")
 
         dp = self.dp
-        _choice("dp.mode", dp.mode, ("none", "dp-sgd", "central-server", "central-client"))
+        _choice("dp.mode", dp.mode, DP_MODES)
+        mode = dp_mode(dp.mode)
         _choice("dp.clipping", dp.clipping, ("fixed", "adaptive"))
         _check(dp.clipping_norm > 0, "dp.clipping_norm", dp.clipping_norm, "> 0")
         _check(0 < dp.target_clipped_quantile < 1, "dp.target_clipped_quantile",
                dp.target_clipped_quantile, "in (0, 1)")
         _check(dp.clip_norm_lr > 0, "dp.clip_norm_lr", dp.clip_norm_lr, "> 0")
-        if dp.mode.startswith("central"):
+        if mode.central:
             _check(dp.noise_multiplier >= 0, "dp.noise_multiplier", dp.noise_multiplier, ">= 0")
             _check(dp.clipped_count_stddev >= 0, "dp.clipped_count_stddev",
                    dp.clipped_count_stddev, ">= 0")
@@ -426,17 +432,17 @@ class Config:
         _check(dp.target_epsilon > 0 or dp.noise_multiplier > 0, "dp.noise_multiplier",
                dp.noise_multiplier, "> 0 (or set dp.target_epsilon)")
         _check(0 < dp.delta < 1, "dp.delta", dp.delta, "in (0, 1)")
-        if dp.mode == "dp-sgd":
+        if mode.per_example:
             from fedisguise.dp import check_model
 
             _check(s.name != "fedprox", "strategy.name", s.name,
-                   "not fedprox with dp.mode = 'dp-sgd' (its proximal term is not part of "
-                   "the DP-SGD step)")
+                   f"not fedprox with dp.mode = {dp.mode!r} (its proximal term is not part "
+                   "of the DP-SGD step)")
 
             try:
                 check_model(MODELS[self.model.name](3, 10, 32), self.model.name)
             except ValueError as err:
-                raise ConfigError(f"dp.mode = 'dp-sgd': {err}") from None
+                raise ConfigError(f"dp.mode = {dp.mode!r}: {err}") from None
 
         dep = self.deployment
         for key, value in (("certificates", dep.certificates),
@@ -505,6 +511,16 @@ class Config:
                 raise ConfigError(f"client.redisguise = {c.redisguise!r} has nothing to draw "
                                   f"afresh: disguise {name!r} makes no random draws with "
                                   f"these parameters; use 'once'")
+
+    @property
+    def disguised(self) -> bool:
+        """Whether the clients disguise their images at all."""
+        return self.disguise_name != NO_DISGUISE
+
+    @property
+    def dp_mode(self) -> DPMode:
+        """The run's DP mode (fedisguise.dp_modes): what it does, not what it is called."""
+        return dp_mode(self.dp.mode)
 
     @property
     def disguise_name(self) -> str:

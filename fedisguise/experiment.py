@@ -164,13 +164,14 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
     if not claimed:  # run.py claims before it starts (exit 2 there); nothing claims twice
         claim_run_dir(cfg, force)
     metrics_path = cfg.run_dir / "metrics.json"
-    from fedisguise import transform
+    from fedisguise.disguise import DISGUISES
     from fedisguise.interrupts import as_interrupt
     from fedisguise.results import mark_interrupted, rewrite_record
 
     started = time.perf_counter()
     try:
-        cfg = transform.prepare(cfg)  # a transformation network is trained once, before the run
+        defence = DISGUISES[cfg.disguise_name]
+        cfg = defence.prepare(cfg)  # e.g. a transformation network, trained once before the run
         if cfg.experiment.mode == "simulation":
             run_simulation(cfg)
         else:
@@ -204,9 +205,8 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
     record["timing"] = {"training": time.perf_counter() - started}
     try:
         started = time.perf_counter()
-        if cfg.disguise_name == "transform-net":
-            record["transform_net"] = transform.figures(cfg)
-        if cfg.disguise_name == "none":
+        record.update(defence.run_record(cfg))
+        if not cfg.disguised:
             record["grid"] = plain_grid(cfg, cfg.run_dir)
         elif keys_known(cfg, remote=bool(superlink)):
             record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)

@@ -19,6 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedisguise.config import NO_DISGUISE
+from fedisguise.dp_modes import NO_DP, dp_mode
+
 # What an attack reaches, per row of the table: (key, title, higher is stronger). The
 # reconstruction figures are what the strongest attack of any kind recovers (`best.*`).
 AXES = (
@@ -33,12 +36,11 @@ def curve_name(changes: Mapping[str, Any]) -> str:
     """The curve a defence entry belongs to: its `curve`, else its disguise or DP mode."""
     if changes.get("curve"):
         return str(changes["curve"])
-    disguise = changes.get("disguise", "none")
-    name = disguise.get("name", "none") if isinstance(disguise, Mapping) else str(disguise)
-    if name != "none":
+    disguise = changes.get("disguise", NO_DISGUISE)
+    name = disguise.get("name", NO_DISGUISE) if isinstance(disguise, Mapping) else str(disguise)
+    if name != NO_DISGUISE:
         return name
-    mode = (changes.get("dp") or {}).get("mode", "none")
-    return {"none": "none", "dp-sgd": "dp-sgd"}.get(mode, "central-dp")
+    return dp_mode((changes.get("dp") or {}).get("mode", NO_DP.name)).frontier_curve
 
 
 def _reached(row: Mapping[str, Any], key: str) -> float:

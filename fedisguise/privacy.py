@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from fedisguise.config import Config
 from fedisguise.data import load_dataset, server_test_set
-from fedisguise.disguise import build as build_disguise
+from fedisguise.disguise.base import NoDisguise
 from fedisguise.metrics import psnr, ssim, vfe, visual_privacy
 from fedisguise.models import build_model
 from fedisguise.node_data import node_disguise
@@ -98,5 +98,5 @@ def plain_grid(cfg: Config, run_dir: Path) -> str:
     test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
                            cfg.experiment.seed)
     k = min(cfg.privacy.grid_images, len(test))
-    shown, _ = build_disguise("none").apply(test.images[:k], test.labels[:k])
+    shown, _ = NoDisguise().apply(test.images[:k], test.labels[:k])
     return write_grid(cfg, test.images[:k], shown, run_dir)

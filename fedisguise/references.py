@@ -36,7 +36,7 @@ def training_signature(cfg: Config, tuned_key: str | None = None) -> tuple:
 
 def is_plain(cfg: Config) -> bool:
     """No defence at all: no disguise, no DP, no client sending faults on purpose."""
-    return cfg.disguise_name == "none" and cfg.dp.mode == "none" and not cfg.faults
+    return not cfg.disguised and not cfg.dp_mode.private and not cfg.faults
 
 
 def references(defences: list[Any], utility_config: dict[str, Config], fallback: str,

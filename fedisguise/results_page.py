@@ -75,7 +75,7 @@ def cost_points(row: dict[str, Any]) -> tuple[float, float | None] | None:
     return -100 * row["accuracy_gap"], None if half is None else 100 * half
 
 
-def cost_text(row: dict[str, Any]) -> str:
+def cost_text(row: dict[str, Any], summary: dict[str, Any]) -> str:
     cost = cost_points(row)
     if row.get("reference") is None:
         return "no plain row trains as it does"
@@ -84,7 +84,7 @@ def cost_text(row: dict[str, Any]) -> str:
     if cost is None:
         return "–"
     text = f"{cost[0]:+.1f}" + ("" if cost[1] is None else f" ± {cost[1]:.1f}")
-    if row["reference"] not in ("none", row["defence"]):
+    if row["reference"] != summary["reference"]:  # named where it is not the grid's
         text += f" vs {row['reference']}"
     return text + (" (above its reference)" if row.get("above_reference") else "")
 
@@ -146,7 +146,7 @@ def answer_table(summary: dict[str, Any]) -> list[dict[str, str]]:
         out.append({
             "defence": row["defence"],
             "accuracy": accuracy_text(row, summary),
-            "cost (points)": cost_text(row),
+            "cost (points)": cost_text(row, summary),
             **{f"Level {lv}: PSNR / recognisability": level_figure(levels.get(lv))
                for lv in LEVELS_SHOWN},
             "membership AUC": _ci(row.get("membership.auc"), row.get("membership.auc_std"),
@@ -159,7 +159,7 @@ def central_table(summary: dict[str, Any]) -> list[dict[str, str]]:
     """The centralised rows: accuracy, and cost against their own reference."""
     return [{"centralised row": row["defence"],
              "accuracy": accuracy_text(row, summary),
-             "cost (points)": cost_text(row) if row.get("accuracy") is not None else "–"}
+             "cost (points)": cost_text(row, summary) if row.get("accuracy") is not None else "–"}
             for row in summary["rows"] if is_central(row)]
 
 

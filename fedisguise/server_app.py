@@ -83,7 +83,7 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
         "device": None,
         "keys": {"scope": cfg.client.key_scope, "source": key_source(cfg),
                  "draws": draws_source(cfg)},
-        "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp.mode != "none" else None,
+        "dp": {"mode": cfg.dp.mode, "delta": cfg.dp.delta} if cfg.dp_mode.private else None,
         "privacy": {}, "attacks": {},
         # clients that send bad replies on purpose (config `faults`): what the server's
         # checks and strategy were up against
@@ -119,14 +119,14 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
             record["final"] = {k: record["rounds"][-1][k] for k in FINAL_KEYS}
             record["failures"] = [dataclasses.asdict(f) for f in strategy.failures]
             record["wall_seconds"] = time.perf_counter() - started
-            if cfg.disguise_name != "none":
+            if cfg.disguised:
                 record["privacy"] = {"misusability": acc}
             write_run(run_dir, record, ledger.entries)
             progress.update(1)
             # The clients' accuracy on their own (disguised) shards, as the table reports
             # it; a disguised model's accuracy on plain images beside it.
             shown = {"test_acc": record["rounds"][-1].get("test_accuracy")}
-            if cfg.disguise_name != "none":
+            if cfg.disguised:
                 shown["plain_acc"] = acc
             progress.set_postfix({k: "–" if v is None else f"{v:.4f}" for k, v in shown.items()})
         return MetricRecord({"test_loss": loss, "test_accuracy": acc})
@@ -197,7 +197,7 @@ def round_row(cfg: Config, strategy: ObservedStrategy, ledger: UpdateLedger, r: 
     # disguise and without client evaluation, the server's plain evaluation is the same.
     central = {"test_accuracy": plain_acc, "test_loss": plain_loss}
     source = clients if "test_accuracy" in clients else (
-        central if cfg.disguise_name == "none" else {})
+        central if not cfg.disguised else {})
     return {
         "round": r,
         "train_loss": _number(train.get("train_loss")),
@@ -215,7 +215,7 @@ def round_row(cfg: Config, strategy: ObservedStrategy, ledger: UpdateLedger, r: 
                           if e.server_round == r and e.refused is None),
         # DP-SGD: the largest cumulative ε any client reports; central DP: the server's
         # user-level estimate; None without DP.
-        "epsilon": central_epsilon(cfg, r) if cfg.dp.mode.startswith("central") else max(
+        "epsilon": central_epsilon(cfg, r) if cfg.dp_mode.central else max(
             (e.epsilon for e in ledger.entries
              if e.server_round == r and e.epsilon is not None), default=None),
     }

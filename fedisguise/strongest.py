@@ -51,8 +51,8 @@ def candidates(record: dict[str, Any]) -> list[dict[str, Any]]:
 def _describe(found: dict[str, Any]) -> str:
     """An attack as the table names it: kind, the chain's level where it is one, and the
     method where the kind has several (the inverse network's U-Net or known pairs)."""
-    if found["attack"] == "chain":
-        return f"chain L{found['level']}"
+    if ATTACKS[found["attack"]].named_by_level:
+        return f"{found['attack']} L{found['level']}"
     return found["attack"] + (f" ({found['method']})" if found.get("method") else "")
 
 

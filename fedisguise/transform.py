@@ -121,10 +121,8 @@ def cache_key(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
 def prepare(cfg: Config) -> Config:
     """For a `transform-net` run without a `path`: train ψ and h_θ (or take the one an
     earlier run with the same settings trained, from experiment.out's cache), save h_θ in the
-    run's folder, and return the config whose disguise spec points at it. Other runs pass
-    through."""
-    if cfg.disguise_name != "transform-net":
-        return cfg
+    run's folder, and return the config whose disguise spec points at it
+    (TransformNet.prepare, for transform-net runs only)."""
     _, params = spec_params(cfg.disguise)
     if params.get("path"):
         build_disguise(cfg.disguise)  # a missing, broken or mismatching file fails now
@@ -150,7 +148,7 @@ def prepare(cfg: Config) -> Config:
     for name in (FILE, "transform-net.json"):
         shutil.copyfile(cached / name, run_dir / name)
     return replace(cfg, disguise={**cfg.disguise, "path": str(run_dir / FILE)}
-                   if isinstance(cfg.disguise, dict) else {"name": "transform-net",
+                   if isinstance(cfg.disguise, dict) else {"name": cfg.disguise_name,
                                                            "path": str(run_dir / FILE)})
 
 
@@ -179,7 +177,5 @@ def train_for(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
 
 def figures(cfg: Config) -> dict[str, Any] | None:
     """What the run records about its h_θ (no history, no weights)."""
-    if cfg.disguise_name != "transform-net":
-        return None
     _, info = load_transform_net(spec_params(cfg.disguise)[1]["path"])
     return {k: v for k, v in info.items() if k != "history"}

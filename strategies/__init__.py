@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from fedisguise.dp_modes import dp_mode
 from strategies.liveness import NodeGuard, RunFailed
 from strategies.observed import (
     ClientFailure,
@@ -49,17 +50,19 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
 }
 
 
+# Flower's DP wrappers by where a mode clips (fedisguise.dp_modes: DPMode.clips_on) and how.
 CENTRAL_DP = {
-    ("central-server", "fixed"): DifferentialPrivacyServerSideFixedClipping,
-    ("central-server", "adaptive"): DifferentialPrivacyServerSideAdaptiveClipping,
-    ("central-client", "fixed"): DifferentialPrivacyClientSideFixedClipping,
-    ("central-client", "adaptive"): DifferentialPrivacyClientSideAdaptiveClipping,
+    ("server", "fixed"): DifferentialPrivacyServerSideFixedClipping,
+    ("server", "adaptive"): DifferentialPrivacyServerSideAdaptiveClipping,
+    ("client", "fixed"): DifferentialPrivacyClientSideFixedClipping,
+    ("client", "adaptive"): DifferentialPrivacyClientSideAdaptiveClipping,
 }
 
 
 def central_dp(inner: Strategy, dp_config, num_sampled: int) -> Strategy:
-    """Flower's DP wrapper around `inner` for dp.mode central-server / central-client."""
-    wrapper = CENTRAL_DP[dp_config.mode, dp_config.clipping]
+    """Flower's DP wrapper around `inner` for a central dp.mode (server noise; clipping
+    where the mode says)."""
+    wrapper = CENTRAL_DP[dp_mode(dp_config.mode).clips_on, dp_config.clipping]
     if dp_config.clipping == "fixed":
         return wrapper(inner, noise_multiplier=dp_config.noise_multiplier,
                        clipping_norm=dp_config.clipping_norm, num_sampled_clients=num_sampled)
@@ -85,7 +88,7 @@ def build_strategy(strategy_config, num_clients: int,
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid choices: {sorted(STRATEGIES)}")
     inner = STRATEGIES[name](strategy_config, num_clients)
-    if dp_config is not None and dp_config.mode.startswith("central"):
+    if dp_config is not None and dp_mode(dp_config.mode).central:
         # The observer stays outermost: attacks see each update as it arrived, before the
         # wrapper clips it (server side) and noises the aggregate.
         inner = central_dp(inner, dp_config, sampled_clients(strategy_config, num_clients))

@@ -216,9 +216,13 @@ class Attack:
     # Or, by what the defences declare: the Disguise capability (a class attribute, e.g.
     # "shuffles_windows") a defence must have for this attack to apply.
     targets: ClassVar[str | None] = None
-    # The de-disguising stage the server's chain runs on its estimate, against the defences
-    # this attack applies to (the attack each of them fears most; fedisguise.attacks.chain).
-    chain_stage: ClassVar[bool] = False
+    # Its place in the server's chain (fedisguise.attacks.chain): True, the de-disguising
+    # stage against the defences this attack applies to (the attack each of them fears most);
+    # "first", the default first stage (images estimated from an update); "any", the default
+    # de-disguising stage against every other defence, given the chain's `level`.
+    chain_stage: ClassVar[bool | str] = False
+    # Tables name it with its level ("chain L2"): the level decides what it runs.
+    named_by_level: ClassVar[bool] = False
     level: int = 0
 
     def scope(self) -> tuple[str, ...]:
@@ -264,6 +268,8 @@ def has(defence: str, capability: str) -> bool:
 
 
 ATTACKS: dict[str, type[Attack]] = {}
+# chain_stage values -> the evidence such a stage takes ("": not a stage)
+CHAIN_STAGES = {False: "", True: "images", "first": "update", "any": "images"}
 
 
 def register(cls: type[Attack]) -> type[Attack]:
@@ -273,6 +279,14 @@ def register(cls: type[Attack]) -> type[Attack]:
         raise TypeError(f"register_attack takes a subclass of Attack, got {cls!r}")
     if cls.evidence not in EVIDENCE_KINDS:
         raise ValueError(f"{cls.__name__}.evidence must be one of {EVIDENCE_KINDS}")
+    takes = CHAIN_STAGES.get(cls.chain_stage) if isinstance(cls.chain_stage, bool | str) \
+        else None
+    if takes is None:
+        raise ValueError(f"{cls.__name__}.chain_stage must be one of {list(CHAIN_STAGES)}, "
+                         f"got {cls.chain_stage!r}")
+    if takes and cls.evidence != takes:
+        raise ValueError(f"{cls.__name__}.chain_stage = {cls.chain_stage!r} takes evidence "
+                         f"{takes!r}, not {cls.evidence!r}")
     names = [f.name for f in cls.figures]
     if len(set(names)) != len(names):
         raise ValueError(f"{cls.__name__} declares a figure twice: {names}")

@@ -44,7 +44,7 @@ def specific_stage(disguise: str) -> str | None:
     """The attack a defence fears most, run on a chain's estimate: the registered attack
     that declares itself a chain stage (`chain_stage`) for a capability the defence has."""
     found = sorted(name for name, cls in ATTACKS.items()
-                   if cls.chain_stage and disguise in declared_scope(cls))
+                   if cls.chain_stage is True and disguise in declared_scope(cls))
     if len(found) > 1:
         raise ValueError(f"attacks {found} each declare themselves the chain's stage against "
                          f"{disguise!r}; one may")
@@ -62,16 +62,26 @@ def default_stages(disguise: str, level: int) -> list[dict[str, Any]]:
     victim's key do not undo per-image randomness, so InstaHide and the shufflers keep their
     Level-1 attack; the rest get a U-Net on the victim's pairs.
     """
-    first = {"name": "gradient_inversion"}
+    first = {"name": default_stage("first")}
     if level == 0 or DISGUISES.get(disguise) is NoDisguise:
         return [first]
     specific = specific_stage(disguise)
     if specific is not None:
         return [first, {"name": specific}]
     if level == 1:
-        return [first, {"name": "inverse_network", "level": 1}]
+        return [first, {"name": default_stage("any"), "level": 1}]
     method = "known-pairs" if has(disguise, "block_affine") else "unet"
-    return [first, {"name": "inverse_network", "level": 2, "method": method}]
+    return [first, {"name": default_stage("any"), "level": 2, "method": method}]
+
+
+def default_stage(role: str) -> str:
+    """The registered attack that declares itself the default chain's `role` stage
+    (`chain_stage` "first" or "any")."""
+    found = sorted(name for name, cls in ATTACKS.items() if cls.chain_stage == role)
+    if len(found) != 1:
+        raise ValueError(f"the default chain needs one attack with chain_stage = {role!r}; "
+                         f"found {found}")
+    return found[0]
 
 
 @register
@@ -80,6 +90,7 @@ class Chain(Attack):
 
     name = "chain"
     evidence = "update"
+    named_by_level = True
     figures = (
         Figure("psnr_vs_original", "chain PSNR vs original (dB)"),
         Figure("ssim_vs_original", "chain SSIM vs original"),
@@ -101,7 +112,7 @@ class Chain(Attack):
             raise ValueError("`inversion` tunes the default chain's first stage; with explicit "
                              "`stages`, set the parameters in the first stage")
         if self.inversion:
-            build_attack({"name": "gradient_inversion", **self.inversion})
+            build_attack({"name": default_stage("first"), **self.inversion})
 
     def _check_stage(self, i: int, spec: Any) -> Attack:
         if not isinstance(spec, dict) or "round" in spec or "client" in spec:
@@ -135,7 +146,7 @@ class Chain(Attack):
     def reconstruct(self, evidence: Evidence, knowledge: Knowledge, runtime: Runtime
                     ) -> Reconstruction:
         # The defence a Level-0 attacker faces is unknown to it: it runs inversion only.
-        stages = self.plan(knowledge.algorithm if knowledge.level else "none")
+        stages = self.plan(knowledge.algorithm if knowledge.level else NoDisguise.name)
         first = stages[0].reconstruct(evidence, knowledge, runtime)
         names = [s.name for s in stages]
         figures = {"status": first.figures.get("status", "ok"), "level": self.level,

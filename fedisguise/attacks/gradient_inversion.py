@@ -343,6 +343,7 @@ class GradientInversion(Attack):
     one; figures record the one used."""
 
     name = "gradient_inversion"
+    chain_stage = "first"  # the default chain's estimate of the images behind an update
     evidence = "update"
     figures = (
         Figure("psnr_vs_original", "GI PSNR vs original (dB)"),

@@ -147,6 +147,7 @@ class InverseNetwork(Attack):
 
     name = "inverse_network"
     evidence = "images"
+    chain_stage = "any"  # the default chain's stage against defences with no specific one
     figures = (
         Figure("psnr_vs_original", "inverse net PSNR vs original (dB)"),
         Figure("ssim_vs_original", "inverse net SSIM vs original"),

@@ -33,6 +33,7 @@ from fedisguise.attacks.base import (
     Knowledge,
     Reconstruction,
     Runtime,
+    has,
     register,
 )
 from fedisguise.attacks.scoring import Scorer, score_outsourced
@@ -193,7 +194,7 @@ class Jigsaw(Attack):
         # A pure permutation keeps each block's pixels, so the public mean image says where
         # a block sits; DisguisedNets' per-block transforms change them, so edges alone there.
         name, _ = spec_params(knowledge.algorithm) if knowledge.algorithm else (None, {})
-        prior = knowledge.public.images if name == "block-permutation" else None
+        prior = knowledge.public.images if name and has(name, "keeps_block_pixels") else None
         solved = solve(disguised, self.block_size, prior)
         rec = reassemble(disguised, solved["placement"], self.block_size)
         return Reconstruction(

@@ -85,7 +85,7 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
     disguised = data.train.images if data.batches is None else replay_batches(
         data, trained_batches(cfg, len(plain), order_seed), server_round,
         cfg.train.batch_size)
-    if steps and cfg.dp.mode == "dp-sgd":  # Opacus drew Poisson batches from the same seed
+    if steps and cfg.dp_mode.per_example:  # Opacus drew Poisson batches from the same seed
         idx = torch.cat(list(poisson_batches(len(plain), cfg.train.batch_size,
                                              cfg.train.local_epochs, order_seed, steps)))
     elif steps:
@@ -107,7 +107,7 @@ def trained_batches(cfg: Config, num_examples: int, order_seed: int
     its disguise drew them under client.redisguise = "batch": epoch by epoch (`train_local`),
     or Opacus's Poisson batches one by one under DP-SGD."""
     t = cfg.train
-    if cfg.dp.mode == "dp-sgd":
+    if cfg.dp_mode.per_example:
         return [[b] for b in poisson_batches(num_examples, t.batch_size, t.local_epochs,
                                              order_seed, t.local_steps)]
     return list(epoch_batches(num_examples, t.batch_size, t.local_epochs,

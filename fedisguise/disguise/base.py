@@ -15,6 +15,7 @@ from typing import Any, ClassVar, get_type_hints
 
 import torch
 
+from fedisguise.config import NO_DISGUISE
 from fedisguise.disguise.keys import DisguiseKey
 from fedisguise.plugins import add, choices
 
@@ -58,13 +59,16 @@ class Disguise:
     # What attacks may exploit, declared by the defence (attacks choose by these, never by
     # name): each output block an affine map of its input block under the key, so known
     # (plain, disguised) pairs solve it; one keyed permutation of blocks, the same for every
-    # image; pixels shuffled within windows; images mixed with other images.
+    # image; blocks moved with their pixels kept (no per-block transform); pixels shuffled
+    # within windows; images mixed with other images.
     block_affine: ClassVar[bool] = False
     permutes_blocks: ClassVar[bool] = False
+    keeps_block_pixels: ClassVar[bool] = False
     shuffles_windows: ClassVar[bool] = False
     mixes_images: ClassVar[bool] = False
     CAPABILITIES: ClassVar[tuple[str, ...]] = (
-        "block_affine", "permutes_blocks", "shuffles_windows", "mixes_images")
+        "block_affine", "permutes_blocks", "keeps_block_pixels", "shuffles_windows",
+        "mixes_images")
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -141,8 +145,20 @@ class Disguise:
     @classmethod
     def buildable(cls, params: Mapping[str, Any]) -> bool:
         """Whether the spec can be built as it stands; False where the harness makes what it
-        needs first (transform-net without `path`: fedisguise.transform.prepare trains it)."""
+        needs first (transform-net without `path`: `prepare` trains it)."""
         return True
+
+    @classmethod
+    def prepare(cls, cfg: Any) -> Any:
+        """Work the harness does once before a run of this defence: the Config the run
+        uses (transform-net trains its network here and points the spec at it)."""
+        return cfg
+
+    @classmethod
+    def run_record(cls, cfg: Any) -> dict[str, Any]:
+        """What a finished run records about the defence beyond the standard figures (merged
+        into metrics.json; never key material)."""
+        return {}
 
     def _apply(self, images: torch.Tensor, labels: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,7 +168,7 @@ class Disguise:
 class NoDisguise(Disguise):
     """The plain-FL baseline: images pass through unchanged (but still validated)."""
 
-    name = "none"
+    name = NO_DISGUISE  # the config's default
     keyed = False
     per_image = True
 

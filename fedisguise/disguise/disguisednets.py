@@ -153,6 +153,7 @@ class _DisguisedNetsBase(Disguise):
 @register
 class BlockPermutation(_DisguisedNetsBase):
     permutes_blocks = True
+    keeps_block_pixels = True  # no matrix per block: the jigsaw may use a public prior
     name = "block-permutation"
 
     def __init__(self, key: DisguiseKey, block_size: int = 4, noise_level: float = 0.0) -> None:

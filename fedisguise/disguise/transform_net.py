@@ -305,6 +305,18 @@ class TransformNet(Disguise):
     def buildable(cls, params: dict[str, Any]) -> bool:
         return bool(params.get("path"))
 
+    @classmethod
+    def prepare(cls, cfg: Any) -> Any:
+        from fedisguise import transform
+
+        return transform.prepare(cfg)
+
+    @classmethod
+    def run_record(cls, cfg: Any) -> dict[str, Any]:
+        from fedisguise import transform
+
+        return {"transform_net": transform.figures(cfg)}
+
     def _check_shape(self, chw: tuple[int, int, int]) -> None:
         channels = self.net.out.out_channels
         if chw[0] != channels:
