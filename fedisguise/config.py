@@ -34,6 +34,10 @@ KEY_SCOPES = ("per-client", "federation")
 REDISGUISE = ("once", "round", "batch")
 # Keys whose values are structured (a spec or a list): JSON strings in Flower's flat run config.
 STRUCTURED_KEYS = ("disguise", "attacks", "faults")
+# Flower's run config also says who finishes the run, outside the Config: DRIVER where
+# run.py's driver submits it and adds the figures itself; empty in a user's own `flwr run`,
+# whose ServerApp then adds them (fedisguise.server_app, fedisguise.finish).
+DRIVER_KEY, DRIVER = "driver", "fedisguise"
 # The absence of a defence, as a run names it: the default, and the name under which
 # fedisguise.disguise.base registers NoDisguise (the config is a leaf: it imports no registry).
 NO_DISGUISE = "none"
@@ -255,6 +259,8 @@ class Config:
         """Inverse of `to_flat`: dotted scalar keys plus JSON-encoded structured keys."""
         nested: dict[str, Any] = {}
         for key, value in flat.items():
+            if key == DRIVER_KEY:
+                continue
             if key in STRUCTURED_KEYS:
                 try:
                     nested[key] = json.loads(value) if isinstance(value, str) else value

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from fedisguise.config import Config, ConfigError
+from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
 from fedisguise.fast_node import remove_leftovers
 from fedisguise.processes import descendants, flower_command
@@ -618,7 +618,7 @@ def submit_run(cfg: Config, flwr_home: Path, env: dict[str, str]) -> None:
             f"deployment mode needs the fedisguise source tree (pyproject.toml in {APP_DIR}); "
             "install with `pip install -e .` from a checkout"
         )
-    submit_app(APP_DIR, cfg.to_flat(), flwr_home, env)
+    submit_app(APP_DIR, {**cfg.to_flat(), DRIVER_KEY: DRIVER}, flwr_home, env)
 
 
 def submit_app(app_dir: Path, run_config: dict[str, bool | float | str], flwr_home: Path,

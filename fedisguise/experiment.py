@@ -19,11 +19,6 @@ from typing import Any
 
 from fedisguise.config import Config, ConfigError
 
-REMOTE_KEYS = ("the SuperNodes of a remote federation (--superlink) may disguise with their "
-               "own disguise-key-file and draw from their own secret beside it, which this "
-               "machine cannot see")
-
-
 # Written into a run folder, exclusively, by the one run that claims it: its pid and host.
 CLAIM = ".fedisguise-claim"
 
@@ -166,12 +161,12 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
     metrics_path = cfg.run_dir / "metrics.json"
     from fedisguise.disguise import DISGUISES
     from fedisguise.interrupts import as_interrupt
-    from fedisguise.results import mark_interrupted, rewrite_record
+    from fedisguise.results import mark_interrupted
 
     started = time.perf_counter()
     try:
-        defence = DISGUISES[cfg.disguise_name]
-        cfg = defence.prepare(cfg)  # e.g. a transformation network, trained once before the run
+        # e.g. a transformation network, trained once before the run
+        cfg = DISGUISES[cfg.disguise_name].prepare(cfg)
         if cfg.experiment.mode == "simulation":
             run_simulation(cfg)
         else:
@@ -196,44 +191,10 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
             record = _mark_failed(metrics_path, "the server ended before the last round; "
                                   "see the log above")
         return record
-    from fedisguise.preflight import keys_known
-    from fedisguise.privacy import plain_grid, privacy_figures
+    from fedisguise.finish import after_training
 
-    # Where the run's time went (a grid adds them up, fedisguise.compare): training is
-    # everything up to a trained model, Flower's start and the transformation network's
-    # training included.
-    record["timing"] = {"training": time.perf_counter() - started}
-    try:
-        started = time.perf_counter()
-        record.update(defence.run_record(cfg))
-        if not cfg.disguised:
-            record["grid"] = plain_grid(cfg, cfg.run_dir)
-        elif keys_known(cfg, remote=bool(superlink)):
-            record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
-        else:  # never figures for a key that may not be the one node 0 used
-            record["privacy"] = {**(record.get("privacy") or {}), "skipped": REMOTE_KEYS}
-            print(f"privacy figures skipped: {REMOTE_KEYS}", file=sys.stderr)
-        record["timing"]["privacy"] = time.perf_counter() - started
-        if cfg.attacks and not keys_known(cfg, remote=bool(superlink)):
-            raise RuntimeError(f"attacks not run: {REMOTE_KEYS}")  # preflight refuses this
-        started = time.perf_counter()
-        if cfg.attacks:
-            from fedisguise.attacks.suite import run_attacks
-
-            record["attacks"] = run_attacks(cfg, cfg.run_dir)
-        record["timing"]["attacks"] = time.perf_counter() - started
-    except (KeyboardInterrupt, Exception) as why:  # the figures done so far are kept
-        interrupt = why if isinstance(why, KeyboardInterrupt) else as_interrupt(why)
-        if interrupt is None:
-            raise
-        record["status"] = "interrupted"
-        record["error"] = f"{interrupt or 'interrupted (Ctrl-C)'} after training, during " \
-                          "the privacy figures or attacks"
-        rewrite_record(cfg.run_dir, record)
-        if interrupt is why:
-            raise
-        raise interrupt from why
-    return rewrite_record(cfg.run_dir, record)
+    return after_training(cfg, record, remote=bool(superlink),
+                          training_seconds=time.perf_counter() - started)
 
 
 def _mark_failed(metrics_path: Path, why: str) -> dict[str, Any] | None:

@@ -2,6 +2,9 @@
 
 Runs in the driver process in simulation and in Flower's `flwr-serverapp` process in
 deployment; either way it writes results/<run>/ itself, so both modes produce the same files.
+Under a user's own `flwr run .` (no driver: fedisguise.config.DRIVER_KEY) it also does what
+run.py's driver does around the run: it refuses, in one line and before training, what it
+cannot do, and adds the privacy figures and attacks after it (fedisguise.finish).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 
 from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
-from fedisguise.config import Config
+from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
 from fedisguise.data import server_test_set
 from fedisguise.faults import describe
 from fedisguise.fast_node import shorten_retries
@@ -245,10 +248,63 @@ def make_server_app(config: Config | None = None, mode: str = "simulation") -> S
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = config if config is not None else Config.from_flat(dict(context.run_config))
-        run_server(grid, cfg, mode if config is not None else cfg.experiment.mode)
+        if config is not None:
+            run_server(grid, config, mode)
+            return
+        flat = dict(context.run_config)
+        cfg = Config.from_flat(flat)
+        if flat.get(DRIVER_KEY) == DRIVER:  # run.py's driver adds the figures itself
+            run_server(grid, cfg, cfg.experiment.mode)
+        else:
+            run_for_flwr(grid, cfg)
 
     return app
+
+
+def flwr_run_refusal(cfg: Config) -> str | None:
+    """What a user's own `flwr run` cannot do with `cfg`, in one line (None: all of it)."""
+    from fedisguise.disguise import DISGUISES
+    from fedisguise.disguise.base import spec_params
+    from fedisguise.preflight import check_remote
+
+    name, params = cfg.disguise_name, spec_params(cfg.disguise)[1]
+    if not DISGUISES[name].buildable(params):
+        return (f"`flwr run` cannot prepare disguise {name!r} (it is built before the run, "
+                f"and every node must get the result): run `fedisguise run` once, or set the "
+                f"disguise's path")
+    try:  # the nodes' keys are theirs: attacks need a defence without key or draws
+        check_remote(cfg)
+    except ConfigError as err:
+        return f"`flwr run` cannot run these attacks: {err}; use `fedisguise run`"
+    return None
+
+
+def run_for_flwr(grid: Grid, cfg: Config) -> dict:
+    """A user's own `flwr run`: refuse first what cannot be done, train, then add the
+    privacy figures and attacks as run.py does. A run that does not finish raises, so that
+    Flower records it as failed."""
+    from fedisguise.finish import after_training
+
+    refusal = flwr_run_refusal(cfg)
+    if refusal is not None:
+        print(f"fedisguise: {refusal}", file=sys.stderr)
+        raise RuntimeError(refusal)
+    started = time.perf_counter()
+    record = run_server(grid, cfg, cfg.experiment.mode)
+    if record.get("status") != "finished":
+        raise RuntimeError(f"run {cfg.experiment.name} {record.get('status')}: "
+                           f"{record.get('error')}")
+    # The nodes may be anywhere, with key files of their own: the keys count as unknown.
+    try:
+        return after_training(cfg, record, remote=True,
+                              training_seconds=time.perf_counter() - started)
+    except Exception as err:  # `flwr run` exits 0 either way: metrics.json says it failed
+        from fedisguise.results import rewrite_record
+
+        record["status"] = "failed"
+        record["error"] = f"after training: {type(err).__name__}: {err}"
+        rewrite_record(cfg.run_dir, record)
+        raise
 
 
 app = make_server_app()

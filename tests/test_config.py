@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedisguise.config import Config, ConfigError, load_config
+from fedisguise.config import DRIVER_KEY, Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_flat_round_trip_keeps_everything():
 
 def test_pyproject_flower_defaults_mirror_the_config_defaults():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["tool"]["flwr"]["app"]["config"] == Config().to_flat()
+    assert pyproject["tool"]["flwr"]["app"]["config"] == {**Config().to_flat(), DRIVER_KEY: ""}
 
 
 @pytest.mark.parametrize("name", ["fedavg", "smoke"])
