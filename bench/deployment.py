@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedisguise.config import load_config  # noqa: E402
+from fedisguise.config import DRIVER, DRIVER_KEY, load_config  # noqa: E402
 from fedisguise.deployment import APP_DIR, LocalFederation, submit_app  # noqa: E402
 from fedisguise.experiment import run_experiment  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
@@ -63,8 +63,8 @@ def fedisguise_run(cfg, mode: str, out: Path, name: str, worker: bool = True,
         options = {} if worker else {"warm-worker": "false"}
         with LocalFederation.from_config(cfg, cfg.run_dir / "logs", options) as federation:
             # quiet: Flower's streamed logs would land in --json's stdout
-            submit_app(APP_DIR, cfg.to_flat(), federation.flwr_home, federation.env,
-                       quiet=True)
+            submit_app(APP_DIR, {**cfg.to_flat(), DRIVER_KEY: DRIVER}, federation.flwr_home,
+                       federation.env, quiet=True)
         record = json.loads((cfg.run_dir / "metrics.json").read_text())
     if record.get("status") != "finished":
         raise RuntimeError(f"{cfg.experiment.name}: run {record.get('status')}: "

@@ -12,7 +12,7 @@
    1000 iterations, then Level 1 and Level 2), with the server's attacks on the CPU and on
    CUDA: wall seconds, their ratio, and the PSNR each recovered.
 3. `cells`: cells of the full grid, seed 0, exactly as `run.py --compare` builds them
-   (fedisguise.compare.load_grid), run on the GPU one after another while the budget lasts:
+   (fedisguise.grids.spec.load_grid), run on the GPU one after another while the budget lasts:
    `none`'s utility cell (60 rounds: its plateau round on this machine) and membership
    cell, then the utility cell of every `LABEL=LR` given (the grid's tuning is not rerun:
    the learning rate is the one named, e.g. the CPU grid's choice).
@@ -62,7 +62,7 @@ class Bench:
             Path(self.args.json_out).write_text(json.dumps(self.report, indent=2) + "\n")
 
     def cells(self, overrides: list[str]) -> dict[str, Any]:
-        from fedisguise.compare import load_grid
+        from fedisguise.grids.spec import load_grid
 
         base = [f"data.data_dir={self.args.data_dir}"] if self.args.data_dir else []
         grid = load_grid(GRID, base + overrides, out=str(self.work / "grid"))
@@ -122,7 +122,7 @@ class Bench:
 
 
 def summary(out: dict[str, Any]) -> dict[str, Any]:
-    from fedisguise.compare import cell_figures, plateau_round
+    from fedisguise.grids.figures import cell_figures, plateau_round
 
     record = out["record"]
     figures = cell_figures(record)

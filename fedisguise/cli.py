@@ -93,7 +93,8 @@ def cell_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from fedisguise.compare import load_grid, run_grid, selected_defences
+    from fedisguise.grids.runner import run_grid, selected_defences
+    from fedisguise.grids.spec import load_grid
     from fedisguise.config import ConfigError
 
     try:
@@ -129,7 +130,7 @@ def run_compare(args: argparse.Namespace) -> int:
               "was running is marked interrupted; run the same command to resume",
               file=sys.stderr)
         hard_exit(interrupt_code(why))
-    from fedisguise.compare import answer_lines, time_line
+    from fedisguise.grids.table import answer_lines, time_line
 
     print(f"\n{grid.name}: {len(outcome['ran'])} cells run, {len(outcome['skipped'])} "
           f"already finished, {len(outcome['failed'])} failed")

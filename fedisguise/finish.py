@@ -31,7 +31,7 @@ def after_training(cfg: Config, record: dict[str, Any], remote: bool,
     from fedisguise.privacy import plain_grid, privacy_figures
     from fedisguise.results import rewrite_record
 
-    # Where the run's time went (a grid adds them up, fedisguise.compare): training is
+    # Where the run's time went (a grid adds them up, fedisguise.grids.table): training is
     # everything up to a trained model, Flower's start and the transformation network's
     # training included.
     record["timing"] = {"training": training_seconds}

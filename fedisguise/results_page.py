@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedisguise.compare import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau_texts
+from fedisguise.grids.figures import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau_texts
 from fedisguise.config import ConfigError, read_toml
 from fedisguise.intervals import mean_halfwidth
 

@@ -13,19 +13,11 @@ import pytest
 
 from fedisguise.attacks import base as attacks_base
 from fedisguise.attacks.base import Attack, Figure, figure_catalogue, register
-from fedisguise.compare import (
-    Grid,
-    _comparable,
-    answer_lines,
-    attack_columns,
-    best_figures,
-    cell_done,
-    cell_figures,
-    load_grid,
-    run_grid,
-    table_rows,
-    write_table,
-)
+from fedisguise.grids.done import cell_done, comparable
+from fedisguise.grids.figures import attack_columns, best_figures, cell_figures, table_rows
+from fedisguise.grids.runner import run_grid
+from fedisguise.grids.spec import Grid, load_grid
+from fedisguise.grids.table import answer_lines, write_table
 from fedisguise.config import ConfigError, load_config
 from tests.conftest import DEBIAN_FMNIST
 
@@ -289,7 +281,7 @@ def test_a_newly_registered_attack_reaches_the_table(tmp_path, monkeypatch):
                                       "echo-1": {"attack": "echo", "status": "ok",
                                                  "leak": 0.0, "queries": 100}})))
         (cell.config.run_dir / "cell.json").write_text(json.dumps(
-            {"config": _comparable(cell.config)}))
+            {"config": comparable(cell.config)}))
     table = write_table(grid)
     with (grid.out / "table.csv").open() as fh:
         reader = csv.DictReader(fh)
@@ -335,14 +327,14 @@ def test_finished_cells_are_skipped_only_while_their_config_holds(tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(fake_record(0.8, [1.0, 1.0])))
     assert not cell_done(cell)  # metrics without the marker: a run that did not finish
-    (run_dir / "cell.json").write_text(json.dumps({"config": _comparable(cell.config)}))
+    (run_dir / "cell.json").write_text(json.dumps({"config": comparable(cell.config)}))
     assert cell_done(cell)
     assert cell_done(load_grid(path, out=str(tmp_path)).cells[1])
     changed = load_grid(path, overrides=["train.lr=0.5"], out=str(tmp_path)).cells[1]
     assert changed.name == cell.name and not cell_done(changed)
     # A cell finished before a setting existed (here experiment.plugins) still counts while
     # the setting holds its default, and not once it is set; where it runs never counts.
-    older = _comparable(cell.config)
+    older = comparable(cell.config)
     del older["experiment"]["plugins"]
     (run_dir / "cell.json").write_text(json.dumps({"config": older}))
     assert cell_done(cell)
@@ -425,7 +417,7 @@ def test_the_headline_grid_has_the_rows_the_answer_needs():
     none = next(c.config for c in grid.cells if c.defence == "none" and c.utility)
     assert (none.experiment.clients, none.data.train_per_client, none.experiment.rounds,
             none.data.partitioner, none.data.alpha) == (20, 1000, 60, "dirichlet", 0.5)
-    from fedisguise.compare import row_references
+    from fedisguise.grids.figures import row_references
     refs = row_references(grid)
     central = [d for d in grid.defences if d.curve == "central"]
     assert {d.label for d in central} == {"none-central", "visualmixer-central",
@@ -503,7 +495,7 @@ def finish_cells(grid, plans: dict, accuracy: dict[str, float]) -> None:
         (cell.config.run_dir / "metrics.json").write_text(json.dumps(fake_record(
             accuracy[cell.defence], [1.0, 1.0], attacks=attacks)))
         (cell.config.run_dir / "cell.json").write_text(json.dumps(
-            {"config": _comparable(cell.config)}))
+            {"config": comparable(cell.config)}))
 
 
 def test_the_level_table_takes_the_strongest_attack_at_or_below_each_level(tmp_path):
@@ -731,7 +723,7 @@ def test_tune_values_without_a_tuning_table_are_refused(tmp_path):
 
 
 def test_plateau_is_the_first_round_from_which_the_last_five_stay_near_the_best():
-    from fedisguise.compare import plateau_round
+    from fedisguise.grids.figures import plateau_round
 
     rising = [0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.862, 0.861, 0.863, 0.862, 0.864]
     assert plateau_round(rising) == 10  # round 9 still holds 0.85 in its last five

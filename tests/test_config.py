@@ -83,7 +83,7 @@ def test_the_default_config_is_the_quickstart_grid():
     """`python run.py` shows what the product is for: plain FL beside a disguise, and against
     both the server's chain attack and membership inference in a regime where it bites."""
     import run
-    from fedisguise.compare import load_grid
+    from fedisguise.grids.spec import load_grid
 
     assert run.is_compare_file(run.DEFAULT_CONFIG)
     assert not run.is_compare_file(ROOT / "configs" / "fedavg.toml")

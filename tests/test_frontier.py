@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from fedisguise.compare import _comparable, cell_done, load_grid, write_table
+from fedisguise.grids.done import cell_done, comparable
+
+from fedisguise.grids.spec import load_grid
+
+from fedisguise.grids.table import write_table
 from fedisguise.config import ConfigError
 from fedisguise.frontier import curve_name, dominators, mark_dominated
 from tests.test_compare import BASE, MEMBERSHIP, PSNR, fake_attack, fake_record, use_registry
@@ -83,7 +87,7 @@ def test_the_table_flags_dominated_settings_and_draws_both_frontiers(tmp_path, m
         (cell.config.run_dir / "metrics.json").write_text(
             json.dumps(fake_record(acc, [1.0, 1.0], gi=[psnr], auc=[auc])))
         (cell.config.run_dir / "cell.json").write_text(
-            json.dumps({"config": _comparable(cell.config)}))
+            json.dumps({"config": comparable(cell.config)}))
         assert cell_done(cell)
     table = write_table(grid)
     rows = {r["defence"]: r for r in table["rows"]}

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from fedisguise.compare import load_grid, run_grid
+from fedisguise.grids.runner import run_grid
+
+from fedisguise.grids.spec import load_grid
 from fedisguise.config import ConfigError
 from fedisguise.more_seeds import called_for
 from tests.test_compare import fake_record, grid_file

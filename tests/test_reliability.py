@@ -319,7 +319,8 @@ def test_the_server_keeps_finished_rounds_and_marks_a_run_without_training_faile
 def test_a_grid_reruns_an_interrupted_cell_from_scratch_and_skips_finished_ones(
         tmp_path, monkeypatch):
     from fedisguise import experiment
-    from fedisguise.compare import load_grid, run_grid
+    from fedisguise.grids.runner import run_grid
+    from fedisguise.grids.spec import load_grid
     from tests.test_compare import GRID, grid_file
 
     grid = load_grid(grid_file(tmp_path, GRID), out=str(tmp_path))
@@ -335,7 +336,7 @@ def test_a_grid_reruns_an_interrupted_cell_from_scratch_and_skips_finished_ones(
         return record
 
     monkeypatch.setattr(experiment, "run_experiment", fake_run)
-    monkeypatch.setattr("fedisguise.compare.write_table", lambda grid: {})
+    monkeypatch.setattr("fedisguise.grids.runner.write_table", lambda grid: {})
     stale = grid.cells[1].config.run_dir
     stale.mkdir(parents=True)
     (stale / "rounds.csv").write_text("an interrupted run's rows")

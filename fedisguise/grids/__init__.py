@@ -1,0 +1,1 @@
+"""Comparison grids (`run.py --compare`): spec, tuned, runner, figures, table."""
