@@ -143,7 +143,7 @@ def main() -> None:
         regimes = [tuple(map(int, r.split(":"))) for r in args.regimes.split(",")]
     tmp = tempfile.TemporaryDirectory()
     if args.transform_net:
-        from fedisguise.disguise.transform_net import save_transform_net, train_transform_net
+        from fedisguise.disguise.transform_net_training import save_transform_net, train_transform_net
 
         psi = build_model("lenet", 1, 10, 28)
         net, info = train_transform_net(train.images[:512], train.labels[:512], psi, epochs=1,

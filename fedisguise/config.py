@@ -4,26 +4,26 @@ One `Config` describes one reproducible run. It is validated once, before anythi
 (unknown key, wrong type, unknown dataset/model/strategy name, out-of-range value), and the
 resolved form is saved with every result. Flower's run config holds flat scalars only, so
 `to_flat()` / `from_flat()` carry a Config through `[tool.flwr.app.config]` and `--run-config`.
+
+A leaf: types and structure are checked here; names against the registries and values against
+their ranges in fedisguise.validation, which sits above the registries and hands its check to
+`Config.validate` when imported.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
-import math
-import os
-import re
 import tomllib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from fedisguise.dp_modes import DP_MODES, NO_DP, DPMode, dp_mode
+from fedisguise.dp_modes import NO_DP, DPMode, dp_mode
 from fedisguise.plugins import PluginError, absolute, load
-from fedisguise.plugins import choices as listed
 
 MODES = ("simulation", "deployment")
 DEVICES = ("auto", "cpu", "cuda")
@@ -336,187 +336,15 @@ class Config:
 
     def validate(self) -> None:
         """Check names against the registries (the plugins' names too: they load first) and
-        values against their ranges."""
-        self.load_plugins()
-        from fedisguise.attacks import ATTACKS, build_attack, parse_spec
-        from fedisguise.data import DATASETS, PARTITIONERS
-        from fedisguise.disguise import DISGUISES
-        from fedisguise.disguise.base import check_params, spec_params
-        from fedisguise.faults import check_faults
-        from fedisguise.models import MODELS
-        from fedisguise.training import OPTIMIZERS
-        from strategies import STRATEGIES, check_robust
+        values against their ranges: fedisguise.validation, which sits above the registries
+        and hands its check to the config when imported (the config imports no registry).
+        Every entry point imports it; a process that did not is told so, never unchecked."""
+        if _validator is None:
+            raise RuntimeError("a Config was validated before fedisguise.validation was "
+                               "imported in this process: import it first (the entry points "
+                               "do), so that names are checked against the registries")
+        _validator(self)
 
-        e, d, t, s, r = self.experiment, self.data, self.train, self.strategy, self.resources
-        for section in SECTIONS:  # --set train.lr=inf parses as a float; no setting means it
-            for key, value in dataclasses.asdict(getattr(self, section)).items():
-                _check(not isinstance(value, float) or math.isfinite(value),
-                       f"{section}.{key}", value, "a finite number")
-        _choice("experiment.mode", e.mode, MODES)
-        _choice("data.dataset", d.dataset, DATASETS)
-        _choice("data.partitioner", d.partitioner, PARTITIONERS)
-        _choice("model.name", self.model.name, MODELS)
-        _choice("train.optimizer", t.optimizer, OPTIMIZERS)
-        _choice("strategy.name", s.name, STRATEGIES)
-        _choice("resources.device", r.device, DEVICES)
-        _check(e.name != "" and "/" not in e.name and e.name not in (".", ".."),
-               "experiment.name", e.name, "a non-empty name without '/'")
-        # It names a folder: no control character (NUL ends a C path), at most 255 bytes
-        # (NAME_MAX), so the folder can be made at all
-        _check(not any(ord(ch) < 32 or ord(ch) == 127 for ch in e.name), "experiment.name",
-               e.name, "a name without control characters (NUL, newline, tab, ...)")
-        _check(len(os.fsencode(e.name)) <= NAME_MAX, "experiment.name",
-               e.name[:40] + "...", f"a name of at most {NAME_MAX} bytes (it names a folder); "
-               f"this one has {len(os.fsencode(e.name))}")
-        _check(e.rounds >= 1, "experiment.rounds", e.rounds, ">= 1")
-        _check(e.clients >= 1, "experiment.clients", e.clients, ">= 1")
-        _check(d.alpha > 0, "data.alpha", d.alpha, "> 0")
-        _check(d.train_per_client >= 0, "data.train_per_client", d.train_per_client, ">= 0")
-        _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
-        _check(0 <= d.validation < 0.5, "data.validation", d.validation,
-               "a fraction in [0, 0.5) of each client's training images")
-        _check(d.union_of == 0 or (d.union_of >= 2 and e.clients == 1), "data.union_of",
-               d.union_of, "0, or >= 2 with experiment.clients = 1 (one client holding the "
-               "union of that many clients' images)")
-        # The evaluation set is cut into one shard per client (fedisguise.data.client_data).
-        _check(d.test_samples == 0 or d.test_samples >= e.clients, "data.test_samples",
-               d.test_samples, f"0 (all) or >= experiment.clients ({e.clients}): every "
-               "client evaluates on its own shard")
-        _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
-        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
-        _check(t.local_steps >= 0, "train.local_steps", t.local_steps, ">= 0")
-        _check(t.lr > 0, "train.lr", t.lr, "> 0")
-        _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
-        _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
-        _check(0 < s.fraction_train <= 1, "strategy.fraction_train", s.fraction_train, "in (0, 1]")
-        _check(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate",
-               s.fraction_evaluate, "in [0, 1]")
-        _check(s.proximal_mu >= 0, "strategy.proximal_mu", s.proximal_mu, ">= 0")
-        try:
-            check_robust(s, e.clients)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        _check(1 <= s.min_clients <= e.clients, "strategy.min_clients", s.min_clients,
-               f"in [1, experiment.clients = {e.clients}]")
-        _check(s.node_timeout > 0, "strategy.node_timeout", s.node_timeout, "> 0 seconds")
-        _check(s.max_examples >= 1, "strategy.max_examples", s.max_examples, ">= 1")
-        _check(r.num_cpus > 0, "resources.num_cpus", r.num_cpus, "> 0")
-        _check(r.num_gpus >= 0, "resources.num_gpus", r.num_gpus, ">= 0")
-        _check(r.ray_address in ("", "auto", "local") or re.fullmatch(
-            r"(ray://)?[\w.\-\[\]:]+:\d+", r.ray_address) is not None, "resources.ray_address",
-            r.ray_address, '"", "auto" or the head\'s HOST:PORT (ray://HOST:PORT for Ray Client)')
-        _choice("client.key_scope", self.client.key_scope, KEY_SCOPES)
-        _choice("client.redisguise", self.client.redisguise, REDISGUISE)
-        self._validate_keys()
-        p = self.privacy
-        _check(p.examiner_epochs >= 1, "privacy.examiner_epochs", p.examiner_epochs, ">= 1")
-        _check(p.examiner_samples >= 0, "privacy.examiner_samples", p.examiner_samples, ">= 0")
-        _check(p.grid_images >= 1, "privacy.grid_images", p.grid_images, ">= 1")
-
-        dp = self.dp
-        _choice("dp.mode", dp.mode, DP_MODES)
-        mode = dp_mode(dp.mode)
-        _choice("dp.clipping", dp.clipping, ("fixed", "adaptive"))
-        _check(dp.clipping_norm > 0, "dp.clipping_norm", dp.clipping_norm, "> 0")
-        _check(0 < dp.target_clipped_quantile < 1, "dp.target_clipped_quantile",
-               dp.target_clipped_quantile, "in (0, 1)")
-        _check(dp.clip_norm_lr > 0, "dp.clip_norm_lr", dp.clip_norm_lr, "> 0")
-        if mode.central:
-            _check(dp.noise_multiplier >= 0, "dp.noise_multiplier", dp.noise_multiplier, ">= 0")
-            _check(dp.clipped_count_stddev >= 0, "dp.clipped_count_stddev",
-                   dp.clipped_count_stddev, ">= 0")
-            from flwr.serverapp.strategy import FedAvg
-
-            from strategies import central_dp, sampled_clients
-
-            try:  # Flower checks its wrapper's parameters when it is built: do it now
-                central_dp(FedAvg(), dp, sampled_clients(s, e.clients))
-            except ValueError as err:
-                raise ConfigError(f"dp ({dp.mode}, {dp.clipping} clipping): {err}") from None
-        _check(dp.max_grad_norm > 0, "dp.max_grad_norm", dp.max_grad_norm, "> 0")
-        _check(dp.target_epsilon >= 0, "dp.target_epsilon", dp.target_epsilon, ">= 0")
-        _check(dp.target_epsilon > 0 or dp.noise_multiplier > 0, "dp.noise_multiplier",
-               dp.noise_multiplier, "> 0 (or set dp.target_epsilon)")
-        _check(0 < dp.delta < 1, "dp.delta", dp.delta, "in (0, 1)")
-        if mode.per_example:
-            from fedisguise.dp import check_model
-
-            _check(s.name != "fedprox", "strategy.name", s.name,
-                   f"not fedprox with dp.mode = {dp.mode!r} (its proximal term is not part "
-                   "of the DP-SGD step)")
-
-            try:
-                check_model(MODELS[self.model.name](3, 10, 32), self.model.name)
-            except ValueError as err:
-                raise ConfigError(f"dp.mode = {dp.mode!r}: {err}") from None
-
-        dep = self.deployment
-        for key, value in (("certificates", dep.certificates),
-                           ("root_certificates", dep.root_certificates),
-                           ("supernode_auth", dep.supernode_auth)):
-            _check(dep.tls or not value, f"deployment.{key}", value,
-                   "unset unless deployment.tls = true")
-
-        disguise_name = self.disguise_name
-        _choice("disguise", disguise_name, DISGUISES)
-        params = spec_params(self.disguise)[1]
-        try:
-            check_params(DISGUISES[disguise_name], params)
-            DISGUISES[disguise_name].check_spec(params)  # values, before anything is built
-        except ValueError as err:
-            raise disguise_error(self.disguise, err) from None
-        if not isinstance(self.attacks, list):
-            raise ConfigError(f"attacks must be a list of tables, got {self.attacks!r}")
-        for i, attack in enumerate(self.attacks):
-            if not isinstance(attack, dict) or "name" not in attack:
-                raise ConfigError(f"attacks[{i}] must be a table with a 'name', got {attack!r}")
-            _choice(f"attacks[{i}].name", attack["name"], ATTACKS)
-            try:
-                spec = parse_spec(attack)
-                built = build_attack(spec)  # parameter names, types and ranges
-            except ValueError as err:
-                raise ConfigError(f"attacks[{i}]: {err}") from None
-            _check(spec.target.round <= e.rounds, f"attacks[{i}].round", spec.target.round,
-                   f"<= experiment.rounds ({e.rounds})")
-            _check(spec.target.client < e.clients, f"attacks[{i}].client", spec.target.client,
-                   f"< experiment.clients ({e.clients})")
-            plan = getattr(built, "plan", None)
-            if plan is not None:  # a chain's default stages depend on the run's disguise
-                try:
-                    plan(self.disguise)
-                except ValueError as err:
-                    raise ConfigError(f"attacks[{i}]: {err}") from None
-
-        try:
-            self.faults = check_faults(self.faults, e.clients, e.rounds)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-
-    def _validate_keys(self) -> None:
-        """Where keys come from: one source, and none for a defence that takes no key
-        (a key file it would never read hides a misconfigured run)."""
-        from fedisguise.disguise import DISGUISES
-
-        c = self.client
-        if c.key_file and c.key_dir:
-            raise ConfigError("client.key_file and client.key_dir are both set; choose one "
-                              "(key_file: one master key; key_dir: a key file per node)")
-        if c.key_dir and c.key_scope != "per-client":
-            raise ConfigError(f"client.key_dir gives every node its own key, so it needs "
-                              f"client.key_scope = 'per-client', got {c.key_scope!r} (to "
-                              f"share one key, set client.key_file instead)")
-        name = self.disguise_name
-        if name in DISGUISES and not DISGUISES[name].keyed:
-            for key, value in (("client.key_file", c.key_file), ("client.key_dir", c.key_dir)):
-                if value:
-                    raise ConfigError(f"disguise {name!r} takes no key; remove {key}")
-        if name in DISGUISES and c.redisguise != "once":
-            from fedisguise.disguise.base import spec_params
-
-            if not DISGUISES[name].redraws(spec_params(self.disguise)[1]):
-                raise ConfigError(f"client.redisguise = {c.redisguise!r} has nothing to draw "
-                                  f"afresh: disguise {name!r} makes no random draws with "
-                                  f"these parameters; use 'once'")
 
     @property
     def disguised(self) -> bool:
@@ -662,32 +490,10 @@ def _parse_structured(key: str, text: str) -> Any:
         ) from None
 
 
-def disguise_error(spec: str | dict[str, Any], err: ValueError) -> ConfigError:
-    """A defence's ValueError as a ConfigError naming `disguise.<param>`: the first of the
-    spec's own parameters the message names, else the first of the defence's, else none."""
-    from fedisguise.disguise import DISGUISES
-    from fedisguise.disguise.base import spec_params
-
-    name, given = spec_params(spec)
-    accepted = [p for p in inspect.signature(DISGUISES[name].__init__).parameters
-                if p not in ("self", "key")] if name in DISGUISES else []
-    message = str(err)
-    key = "disguise"
-    for candidates in (list(given), accepted):
-        found = [(m.start(), p) for p in candidates
-                 if (m := re.search(rf"(?<![\w.]){re.escape(p)}(?!\w)", message))]
-        if found:
-            key = f"disguise.{min(found)[1]}"
-            break
-    return ConfigError(f"{key} ({name}): {message}")
+_validator: Callable[[Config], None] | None = None
 
 
-def _choice(key: str, value: Any, choices: Any) -> None:
-    if value not in choices:
-        names = listed(choices) if isinstance(choices, dict) else sorted(choices)
-        raise ConfigError(f"unknown {key} {value!r}; valid choices: {names}")
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+def set_validator(check: Callable[[Config], None]) -> None:
+    """Install the full check (fedisguise.validation does, once, when imported)."""
+    global _validator
+    _validator = check

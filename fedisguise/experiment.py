@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise.config import Config, ConfigError
 
 # Written into a run folder, exclusively, by the one run that claims it: its pid and host.

@@ -13,12 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
-from fedisguise.config import Config, ConfigError, disguise_error
+from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset, load_dataset, server_test_set
 from fedisguise.disguise import DISGUISES, DisguiseKey
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.keys import KEY_MAGIC, SECRET_MAGIC, key_path, node_secret_file
+from fedisguise.validation import disguise_error
 
 PROBE_IMAGES = 4  # real images the disguise is tried on: enough for InstaHide's mixing
 # Free space --out must have before a run starts: a run's metrics, per-round CSV, PNG grids

@@ -34,9 +34,9 @@ from fedisguise.data import (
     server_test_set,
     unassigned_train_indices,
 )
-from fedisguise.disguise import build as build_disguise
+from fedisguise.disguise.base import build as build_disguise
 from fedisguise.disguise.base import spec_params
-from fedisguise.disguise.transform_net import (
+from fedisguise.disguise.transform_net_training import (
     HARNESS_DEFAULTS,
     TRAINING_DEFAULTS,
     load_transform_net,

@@ -14,7 +14,7 @@ from fedisguise.attacks.inverse import apply_inverse, train_inverse
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import load_dataset
 from fedisguise.disguise import DisguiseKey, build
-from fedisguise.disguise.transform_net import (
+from fedisguise.disguise.transform_net_training import (
     feature_distance,
     feature_extractor,
     load_transform_net,
