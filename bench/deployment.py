@@ -37,9 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.config import DRIVER, DRIVER_KEY, load_config  # noqa: E402
-from fedisguise.deployment import APP_DIR, LocalFederation, submit_app  # noqa: E402
+from fedisguise.deployment import LocalFederation  # noqa: E402
 from fedisguise.experiment import run_experiment  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
+from fedisguise.submission import APP_DIR, submit_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_APP = ROOT / "bench" / "flower_floor"

@@ -105,7 +105,7 @@ def run_compare(args: argparse.Namespace) -> int:
         grid = load_grid(args.compare, cell_overrides(args), out=args.out)
         only = None if args.only is None else args.only.split(",")
         chosen = selected_defences(grid, only)
-        from fedisguise.deployment import check_security
+        from fedisguise.submission import check_security
         from fedisguise.preflight import preflight
 
         # cheap after the first cell: the data are loaded once
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--only picks defences of a comparison grid; it needs --compare "
                               "(or a config with a [compare] table)")
         if cfg.experiment.mode == "deployment":
-            from fedisguise.deployment import check_security
+            from fedisguise.submission import check_security
 
             check_security(cfg, args.superlink)
         from fedisguise.preflight import preflight
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     install_signal_handlers()
-    from fedisguise.deployment import PortsTaken
+    from fedisguise.ports import PortsTaken
     from fedisguise.experiment import run_experiment
     from fedisguise.results import NoSpace
 

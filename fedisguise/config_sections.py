@@ -134,7 +134,7 @@ class DPConfig:
 class DeploymentConfig:
     """How Flower's processes talk in deployment mode (fedisguise.deployment, fedisguise.tls).
 
-    Paths are checked where they are used (`fedisguise.deployment.check_security`), not here:
+    Paths are checked where they are used (`fedisguise.submission.check_security`), not here:
     this config also reaches the ServerApp, possibly on a machine without these files.
     """
 

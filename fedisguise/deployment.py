@@ -11,6 +11,7 @@ With `superlink="host:port"` nothing is started: the run goes to SuperNodes else
 `root-certificates` in the `flwr` connection) and SuperNode authentication
 (`flower-superlink --enable-supernode-auth`; each public key registered with
 `flwr supernode register` before its SuperNode starts with `--auth-supernode-private-key`).
+Ports come from fedisguise.ports, and the run is submitted through fedisguise.submission.
 """
 
 from __future__ import annotations
@@ -18,207 +19,30 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
+from fedisguise.config import Config
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
 from fedisguise.fast_node import remove_leftovers
-from fedisguise.processes import descendants, flower_command
+from fedisguise.ports import (RUNTIME_PORT_TAKEN, SUPERLINK_PORT_TAKEN, free_port,
+                              start_on_free_port)
+from fedisguise.processes import descendants, die_with_parent, flower_command, signal_tree
 from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked
-from fedisguise.tls import (
-    ServerCertificates,
-    generate_certificates,
-    generate_supernode_key,
-)
+from fedisguise.submission import (APP_DIR, CONNECTION, SUPEREXEC_POLL_ENV, check_security,
+                                   child_env, submit_run, write_connection)
+from fedisguise.tls import ServerCertificates, generate_certificates, generate_supernode_key
 
-APP_DIR = Path(__file__).resolve().parents[1]  # the folder whose pyproject.toml is the app
-CONNECTION = "fedisguise"
 FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flwr")
-# Flower's SuperExec looks for new tasks every second by default; a message then waits up to
-# 1 s on each SuperNode before its ClientApp starts. Its own setting, kept unless set already.
-SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
-SUPEREXEC_POLL = "0.1"
-
-
-def child_env(flwr_home: Path) -> dict[str, str]:
-    """The environment of every Flower process started here.
-
-    SuperLink and SuperNodes start their helpers (`flower-superexec`, `flwr-serverapp`,
-    `flwr-clientapp`) by name from PATH: this interpreter's bin/ goes first so that they
-    come from the same environment as `flower_command`'s executables. Their SuperExecs poll
-    for tasks every SUPEREXEC_POLL s (a local SuperLink's keeps Flower's 1 s: `_spawn`).
-    """
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path.rstrip(os.pathsep), "FLWR_HOME": str(flwr_home),
-            SUPEREXEC_POLL_ENV: os.environ.get(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL)}
-
-
-_HANDED_OUT: set[int] = set()  # ports free_port gave to processes started from here
-_HANDED_OUT_LOCK = threading.Lock()
-# Flower 1.41's flower-supernode binds its runtime API (`--port`) before anything else and
-# exits with this line when the port is taken (flwr/supernode/cli/flower_supernode.py).
-RUNTIME_PORT_TAKEN = "SuperNode Runtime HTTP API failed to start"
-# flower-superlink serves its APIs on `--port` through uvicorn, which logs this line and the
-# SuperLink exits 1 when the port is taken (measured with Flower 1.41).
-SUPERLINK_PORT_TAKEN = "error while attempting to bind on address"
-PORT_TRIES = 3
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, and not one this process handed out already.
-
-    The port is released before the child binds it, so another bind can still take it in
-    between (start_on_free_port retries that case); handing each out once at least keeps two
-    of our own children from being given the same one.
-    """
-    with _HANDED_OUT_LOCK:
-        for _ in range(64):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                return port
-    raise RuntimeError(f"no port on {host} that this process has not handed out already")
-
-
-def listening(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def _listening_sockets(port: int) -> set[str] | None:
-    """The 'socket:[inode]' names of every TCP socket listening on `port`, from /proc/net;
-    None where the kernel gives no /proc/net (not Linux)."""
-    names: set[str] = set()
-    found = False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        found = True
-        for line in lines:
-            fields = line.split()  # sl local_address rem_address st ... uid timeout inode
-            if (len(fields) > 9 and fields[3] == "0A"
-                    and int(fields[1].rsplit(":", 1)[1], 16) == port):
-                names.add(f"socket:[{fields[9]}]")
-    return names if found else None
-
-
-def listens(process: subprocess.Popen, host: str, port: int) -> bool:
-    """True if `process` or one of its descendants listens on host:port.
-
-    Another process listening there (one that took the port between free_port and the
-    child's bind) does not count: its child will exit with the port-taken line, and
-    start_on_free_port starts it again. Without /proc/net, anything listening counts.
-    """
-    sockets = _listening_sockets(port)
-    if sockets is None:
-        return listening(host, port)
-    for pid in [process.pid, *descendants(process.pid)]:
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) in sockets:
-                    return True
-            except OSError:
-                continue
-    return False
-
-
-def await_listen(host: str, port: int, timeout: float, process: subprocess.Popen) -> bool:
-    """True once `process` (or a descendant) listens on host:port, False if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if listens(process, host, port):
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.1)
-    raise TimeoutError(f"{process.args[0]} did not listen on {host}:{port} within {timeout:.0f} s")
-
-
-class PortsTaken(OSError):
-    """A local SuperLink or SuperNode lost every port it was given before it could bind it:
-    the machine's loopback ports are taken, not a fault of the run (run.py exits 2)."""
-
-
-def start_on_free_port(start: Callable[[], tuple[subprocess.Popen, int]], log: Path,
-                       taken: str, what: str, host: str, timeout: float,
-                       forget: Callable[[subprocess.Popen], None]) -> subprocess.Popen:
-    """Start a process on a port from free_port and wait until it listens there.
-
-    free_port releases the port before the child binds it, so another bind (an outbound
-    connection's port, say) can take it in between. A child that exits with the `taken` line
-    in its `log` is started again on a fresh port, PORT_TRIES times in all, each lost log
-    kept as <log>.port-taken-<try>.log and the lost process handed to `forget`. Returns the
-    last process: listening, or exited for a reason of its own (the caller says so);
-    PortsTaken where it lost its port every time.
-    """
-    process, port = start()
-    lost = []
-    for attempt in range(1, PORT_TRIES + 1):
-        if await_listen(host, port, timeout, process):
-            break
-        if taken not in log.read_text(errors="replace"):
-            break  # it ended for a reason of its own
-        lost.append(port)
-        if attempt == PORT_TRIES:  # the exited process stays listed: the federation reaps it
-            raise PortsTaken(f"{what} lost its port to another program on each of "
-                             f"{PORT_TRIES} tries (ports {', '.join(map(str, lost))} on "
-                             f"{host}); something is taking loopback ports as fast as they "
-                             f"free up; nothing was trained: try again later, with --force (logs: "
-                             f"{log.parent})")
-        log.rename(log.with_name(f"{log.stem}.port-taken-{attempt}.log"))
-        print(f"{what}: port {port} was taken before it bound it; starting it again on a "
-              f"fresh port", file=sys.stderr)
-        forget(process)
-        process, port = start()
-    return process
-
-
-def _signal_tree(process: subprocess.Popen, sig: int) -> None:
-    for pid in [process.pid, *descendants(process.pid)]:
-        for send in (lambda p: os.killpg(os.getpgid(p), sig), lambda p: os.kill(p, sig)):
-            try:
-                send(pid)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _load_prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()  # loaded here: a preexec_fn must not import (locks, threads)
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL when the thread that started it dies (run.py's main
-    thread); the reaper covers the grandchildren, which this does not reach."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class LocalFederation:
@@ -306,7 +130,7 @@ class LocalFederation:
                                    env=env, stdin=subprocess.DEVNULL,
                                    # only a prctl call, loaded beforehand: no lock taken
                                    start_new_session=True,
-                                   preexec_fn=_die_with_parent)  # noqa: PLW1509
+                                   preexec_fn=die_with_parent)  # noqa: PLW1509
         log.close()  # the child holds its own descriptor
         self.processes.append(process)
         return process
@@ -491,7 +315,7 @@ class LocalFederation:
         self._watching.set()
         trees = {p.pid: [p.pid, *descendants(p.pid)] for p in self.processes}
         for process in reversed(self.processes):
-            _signal_tree(process, signal.SIGTERM)
+            signal_tree(process, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.processes:
             try:
@@ -552,92 +376,6 @@ def node_key_files(cfg: Config) -> list[Path]:
     return [key_path(cfg.client.key_dir, i) for i in range(cfg.experiment.clients)]
 
 
-def write_connection(flwr_home: Path, address: str, tls: bool = False,
-                     root_certificates: str | Path | None = None) -> None:
-    """`flwr run` reads SuperLink connections from $FLWR_HOME/config.toml (Flower >= 1.41).
-
-    Without TLS the connection is `insecure`; with TLS `flwr` verifies the SuperLink against
-    `root_certificates` (a CA certificate; Flower wants an absolute path) or, when None,
-    against the system's CA store.
-    """
-    if root_certificates and not tls:
-        raise ValueError("root_certificates need tls=True")
-    lines = [f"address = {_toml_value(address)}"]
-    if not tls:
-        lines.append("insecure = true")
-    elif root_certificates:
-        ca = Path(root_certificates).expanduser().resolve()
-        lines.append(f"root-certificates = {_toml_value(str(ca))}")
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        + "".join(f"{line}\n" for line in lines)
-    )
-
-
-def check_security(cfg: Config, superlink: str | None = None) -> None:
-    """Fail before anything starts when `[deployment]` names files that are not there, or a
-    setting that does not apply to where the run goes (local federation or `superlink`)."""
-    dep = cfg.deployment
-    if superlink:
-        for key in ("certificates", "supernode_auth"):
-            if getattr(dep, key):
-                raise ConfigError(
-                    f"deployment.{key} is for the local federation; with --superlink the "
-                    "remote SuperLink's operator sets up its certificates and registers its "
-                    "SuperNodes (give its CA as deployment.root_certificates)")
-        if dep.root_certificates and not Path(dep.root_certificates).expanduser().is_file():
-            raise ConfigError(f"deployment.root_certificates: no file {dep.root_certificates}")
-        return
-    if dep.root_certificates:
-        raise ConfigError("deployment.root_certificates is for --superlink; the local "
-                          "federation's CA is deployment.certificates/ca.crt")
-    if dep.certificates:
-        certificates = ServerCertificates.in_dir(dep.certificates)
-        missing = certificates.missing()
-        if missing:
-            raise ConfigError(
-                f"deployment.certificates: {dep.certificates} lacks {', '.join(missing)} "
-                "(make a set with `python -m fedisguise.tls certs DIR`)")
-        if certificates.key.stat().st_mode & 0o077:
-            raise ConfigError(f"deployment.certificates: {certificates.key} is readable by "
-                              f"others; `chmod 600` it")
-    if dep.fast_nodes:
-        from fedisguise.fast_node import poll_interval
-
-        try:
-            poll_interval()
-        except ValueError as err:
-            raise ConfigError(f"deployment.fast_nodes: {err}") from None
-
-
-def submit_run(cfg: Config, flwr_home: Path, env: dict[str, str]) -> None:
-    """`flwr run` the app with this config as its run config, streaming the logs here."""
-    if not (APP_DIR / "pyproject.toml").is_file():
-        raise RuntimeError(
-            f"deployment mode needs the fedisguise source tree (pyproject.toml in {APP_DIR}); "
-            "install with `pip install -e .` from a checkout"
-        )
-    submit_app(APP_DIR, {**cfg.to_flat(), DRIVER_KEY: DRIVER}, flwr_home, env)
-
-
-def submit_app(app_dir: Path, run_config: dict[str, bool | float | str], flwr_home: Path,
-               env: dict[str, str], quiet: bool = False) -> None:
-    """`flwr run app_dir` with `run_config` (flat), streaming its logs here (or, `quiet`,
-    keeping them for the error message only)."""
-    config_file = flwr_home / "run-config.toml"
-    config_file.write_text("".join(f"{_toml_key(k)} = {_toml_value(v)}\n"
-                                   for k, v in run_config.items()))
-    command = [flower_command("flwr"), "run", str(app_dir), CONNECTION,
-               "--run-config", str(config_file), "--stream"]
-    completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False,
-                               capture_output=quiet, text=quiet)
-    if completed.returncode != 0:
-        tail = ("\n" + (completed.stdout + completed.stderr)[-2000:]) if quiet else ""
-        raise RuntimeError(f"`{' '.join(command)}` failed with exit code "
-                           f"{completed.returncode}{tail}")
-
-
 def run_deployment(cfg: Config, superlink: str | None = None) -> None:
     """Run `cfg` on real Flower processes: local ones, or an existing SuperLink."""
     check_security(cfg, superlink)
@@ -654,13 +392,3 @@ def run_deployment(cfg: Config, superlink: str | None = None) -> None:
         submit_run(cfg, federation.flwr_home, federation.env)
 
 
-def _toml_key(key: str) -> str:
-    return '"' + key + '"'
-
-
-def _toml_value(value: bool | float | str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,3 +68,31 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def signal_tree(process: subprocess.Popen, sig: int) -> None:
+    for pid in [process.pid, *descendants(process.pid)]:
+        for send in (lambda p: os.killpg(os.getpgid(p), sig), lambda p: os.kill(p, sig)):
+            try:
+                send(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _load_prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # loaded here: a preexec_fn must not import (locks, threads)
+
+
+def die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the thread that started it dies (run.py's main
+    thread); the reaper covers the grandchildren, which this does not reach."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

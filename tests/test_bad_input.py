@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import run
+from fedisguise import ports as loopback
 from fedisguise import cli, preflight, results
 from tests.conftest import FEDAVG
 from tests.test_deployment import exiting_spawn
@@ -132,7 +133,7 @@ def test_a_port_lost_on_every_try_exits_2_naming_the_ports(tmp_path, capsys, mon
     monkeypatch.setattr(cli, "install_signal_handlers", lambda: None)
     assert run.main([*SYNTHETIC, "--out", str(tmp_path), "--mode", "deployment"]) == 2
     line = one_error_line(capsys)
-    assert len(starts) == deployment.PORT_TRIES
+    assert len(starts) == loopback.PORT_TRIES
     ports = [a[a.index("--port") + 1] for a in starts]
     assert f"SuperLink lost its port to another program on each of 3 tries (ports " \
            f"{', '.join(ports)} on 127.0.0.1)" in line

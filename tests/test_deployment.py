@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 
 import run
+from fedisguise import ports as loopback
 from fedisguise import tls
 from fedisguise.config import Config, ConfigError
-from fedisguise.deployment import (
-    CONNECTION,
-    FLOWER_COMMANDS,
-    LocalFederation,
-    check_security,
-    child_env,
-    flower_command,
-    submit_run,
-    write_connection,
-)
+from fedisguise.deployment import FLOWER_COMMANDS, LocalFederation, child_env, flower_command
+from fedisguise.submission import CONNECTION, check_security, submit_run, write_connection
 from fedisguise.experiment import run_experiment
 from tests.conftest import FEDAVG, synthetic_config
 
@@ -241,7 +234,7 @@ def test_a_supernode_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh
         time.sleep(1.5)  # a beat of the watcher: a restarted SuperNode is no dead one
         assert federation.dead == {} and node.poll() is None
         fresh = int(node.args[node.args.index("--port") + 1])
-        assert fresh != port and deployment.listening("127.0.0.1", fresh)
+        assert fresh != port and loopback.listening("127.0.0.1", fresh)
         assert sum(p.poll() is None for p in federation.supernodes) == 2
     assert federation_processes(flwr_tmp) == []
 
@@ -260,7 +253,7 @@ def test_a_superlink_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh
         with LocalFederation(1, log_dir=tmp_path) as federation:
             lost = tmp_path / "superlink.port-taken-1.log"
             assert deployment.SUPERLINK_PORT_TAKEN in lost.read_text()
-            assert federation.port != port and deployment.listening("127.0.0.1", federation.port)
+            assert federation.port != port and loopback.listening("127.0.0.1", federation.port)
             superlinks = [p for p in federation.processes if "flower-superlink" in p.args[0]]
             assert len(superlinks) == 1 and superlinks[0].poll() is None  # the lost one forgotten
             assert f"--superlink 127.0.0.1:{federation.port}" in " ".join(
@@ -319,7 +312,7 @@ def test_a_port_another_process_listens_on_is_not_mistaken_for_the_childs(tmp_pa
         foreign.bind(("127.0.0.1", 0))
         foreign.listen()
         taken = foreign.getsockname()[1]
-        fresh = deployment.free_port()
+        fresh = loopback.free_port()
         ports = iter([taken, fresh])
 
         def start() -> tuple[subprocess.Popen, int]:
@@ -335,9 +328,9 @@ def test_a_port_another_process_listens_on_is_not_mistaken_for_the_childs(tmp_pa
                                                     forgotten.append)
             assert process is started[1] and forgotten == [started[0]]
             assert started[0].returncode == 1 and process.poll() is None
-            assert deployment.listens(process, "127.0.0.1", fresh)
-            assert not deployment.listens(process, "127.0.0.1", taken)
-            assert deployment.listening("127.0.0.1", taken)  # what the old check looked at
+            assert loopback.listens(process, "127.0.0.1", fresh)
+            assert not loopback.listens(process, "127.0.0.1", taken)
+            assert loopback.listening("127.0.0.1", taken)  # what the old check looked at
             lost = tmp_path / "superlink.port-taken-1.log"
             assert deployment.SUPERLINK_PORT_TAKEN in lost.read_text()
         finally:
@@ -347,23 +340,23 @@ def test_a_port_another_process_listens_on_is_not_mistaken_for_the_childs(tmp_pa
 
 
 def test_a_listener_in_a_grandchild_counts_as_the_childs(tmp_path):
-    from fedisguise import deployment
+    from fedisguise import processes
 
-    port = deployment.free_port()
+    port = loopback.free_port()
     parent = subprocess.Popen([sys.executable, "-c",
                                "import subprocess, sys; subprocess.run([sys.executable, '-c', "
                                "sys.argv[1], sys.argv[2], sys.argv[3]])",
                                LISTEN_AND_WAIT, str(port), str(tmp_path / "log")],
                               start_new_session=True)
     try:
-        assert deployment.await_listen("127.0.0.1", port, 30, parent)
+        assert loopback.await_listen("127.0.0.1", port, 30, parent)
     finally:
-        deployment._signal_tree(parent, signal.SIGKILL)
+        processes.signal_tree(parent, signal.SIGKILL)
         parent.wait()
 
 
 def test_free_port_never_hands_out_a_port_twice():
-    from fedisguise.deployment import free_port
+    from fedisguise.ports import free_port
 
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == 200

@@ -10,8 +10,9 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedisguise.config import DRIVER, DRIVER_KEY, Config
-from fedisguise.deployment import APP_DIR, CONNECTION, LocalFederation, flower_command
+from fedisguise.deployment import LocalFederation, flower_command
 from fedisguise.server_app import flwr_run_refusal, make_server_app
+from fedisguise.submission import APP_DIR, CONNECTION
 from tests.conftest import synthetic_config
 
 ATTACK = {"name": "gradient_inversion", "round": 1, "client": 0, "iterations": 30}

@@ -114,7 +114,7 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
         return Process()
 
     monkeypatch.setattr(deployment.LocalFederation, "_spawn", spawn)
-    monkeypatch.setattr(deployment, "await_listen", lambda *a, **k: True)
+    monkeypatch.setattr("fedisguise.ports.await_listen", lambda *a, **k: True)
     monkeypatch.setattr(deployment, "submit_run", lambda *a, **k: None)
     deployment.run_deployment(cfg)
     launched = [a for a in spawned if a[1:4] == ["-m", "fedisguise.fast_node", "supernode"]]
