@@ -51,11 +51,11 @@ from fedisguise.attacks.base import (  # noqa: E402
     Runtime,
     ServerView,
 )
-from fedisguise.attacks.instahide_attack import (  # noqa: E402
+from fedisguise.attacks.instahide_attack import score_recovery  # noqa: E402
+from fedisguise.attacks.instahide_recovery import (  # noqa: E402
     candidates_from,
     challenge_members,
     recover,
-    score_recovery,
 )
 from fedisguise.attacks.scoring import Scorer  # noqa: E402
 import fedisguise.validation  # noqa: E402, F401 - Config.validate checks names

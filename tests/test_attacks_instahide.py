@@ -8,13 +8,13 @@ import torch.nn.functional as F
 
 from fedisguise.attacks import build_attack
 from fedisguise.attacks.base import Evidence, GroundTruth, Knowledge, Runtime, ServerView
-from fedisguise.attacks.instahide_attack import (
+from fedisguise.attacks.instahide_attack import score_recovery
+from fedisguise.attacks.instahide_recovery import (
     Mixing,
     challenge_members,
     fit_weights,
     orient,
     retrieve_signs,
-    score_recovery,
 )
 from fedisguise.data import ImageDataset, load_synthetic
 from fedisguise.disguise import DisguiseKey, build
