@@ -108,7 +108,7 @@ def test_uniform_variant_and_parameter_errors():
 def test_random_permutations_are_uniform_permutations(length):
     import numpy as np
 
-    from fedisguise.disguise.visualmixer import random_permutations
+    from fedisguise.disguise.shuffling import random_permutations
 
     perms = random_permutations((20000, length), np.random.default_rng(3), torch.device("cpu"))
     assert torch.equal(perms.sort(-1).values, torch.arange(length).expand(20000, length))
@@ -121,7 +121,7 @@ def test_random_permutations_are_uniform_permutations(length):
 def test_default_two_level_path_keeps_split_regions_within_their_quadrants():
     import numpy as np
 
-    from fedisguise.disguise.visualmixer import _region4_rows, _region4_tables
+    from fedisguise.disguise.shuffling import _region4_rows, _region4_tables
 
     tables = _region4_tables(4, torch.int16, torch.device("cpu"))  # w = 4: plain positions
     whole = torch.arange(40000) % 2 == 0

@@ -37,8 +37,9 @@ from torch import nn
 
 from fedisguise.disguise.base import Disguise, register
 from fedisguise.disguise.keys import DisguiseKey
-from fedisguise.disguise.visualmixer import random_permutations
+from fedisguise.disguise.shuffling import random_permutations
 from fedisguise.metrics import vfe
+
 
 # Sub-block counts per region side, by image VFE (rows) and attention score (columns).
 SETTINGS = ((8, 8, 8, 8), (4, 8, 8, 8), (2, 4, 8, 8))
