@@ -25,7 +25,8 @@ from flwr.app import (
 
 from fedisguise import messages as m
 from fedisguise.config import Config
-from fedisguise.data import ClientData, ImageDataset, dataset_fingerprint
+from fedisguise.data import ImageDataset, dataset_fingerprint
+from fedisguise.partitions import ClientData
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint, node_secret
 from fedisguise.faults import corrupt, fault_for
 from fedisguise.models import build_model

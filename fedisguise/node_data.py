@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from fedisguise.config import Config
-from fedisguise.data import ClientData, ImageDataset, client_data
+from fedisguise.data import ImageDataset
+from fedisguise.partitions import ClientData, client_data
 from fedisguise.disguise import Disguise
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret

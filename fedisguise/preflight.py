@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import ImageDataset, load_dataset, server_test_set
+from fedisguise.data import ImageDataset, load_dataset
+from fedisguise.partitions import server_test_set
 from fedisguise.disguise import DISGUISES, DisguiseKey
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.base import spec_params
@@ -85,10 +86,10 @@ def check_data(cfg: Config) -> ImageDataset:
 
 def check_validation(cfg: Config) -> None:
     """Every client keeps training images after its validation split is held out."""
-    from fedisguise.data import _cached_partitions, held_out
+    from fedisguise.partitions import cached_partitions, held_out
 
     d = cfg.data
-    parts = _cached_partitions(d.dataset, d.data_dir, d.partitioner, d.alpha,
+    parts = cached_partitions(d.dataset, d.data_dir, d.partitioner, d.alpha,
                                cfg.experiment.seed, d.union_of or cfg.experiment.clients)
     sizes = [min(len(p), d.train_per_client) if d.train_per_client else len(p) for p in parts]
     for pid, own in enumerate([sum(sizes)] if d.union_of else sizes):

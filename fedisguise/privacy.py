@@ -18,7 +18,8 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from fedisguise.config import Config
-from fedisguise.data import load_dataset, server_test_set
+from fedisguise.data import load_dataset
+from fedisguise.partitions import server_test_set
 from fedisguise.disguise.base import NoDisguise
 from fedisguise.metrics import psnr, ssim, vfe, visual_privacy
 from fedisguise.models import build_model

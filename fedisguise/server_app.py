@@ -25,7 +25,7 @@ from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
 import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
-from fedisguise.data import server_test_set
+from fedisguise.partitions import server_test_set
 from fedisguise.faults import describe
 from fedisguise.fast_node import shorten_retries
 from fedisguise.models import build_model

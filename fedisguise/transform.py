@@ -26,14 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import (
-    ImageDataset,
-    client_data,
-    dataset_fingerprint,
-    load_dataset,
-    server_test_set,
-    unassigned_train_indices,
-)
+from fedisguise.data import ImageDataset, dataset_fingerprint, load_dataset
+from fedisguise.partitions import client_data, server_test_set, unassigned_train_indices
 from fedisguise.disguise.base import build as build_disguise
 from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.transform_net_training import (

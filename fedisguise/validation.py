@@ -36,7 +36,8 @@ def validate(self: Config) -> None:
     values against their ranges."""
     self.load_plugins()
     from fedisguise.attacks import ATTACKS, build_attack, parse_spec
-    from fedisguise.data import DATASETS, PARTITIONERS
+    from fedisguise.data import DATASETS
+    from fedisguise.partitions import PARTITIONERS
     from fedisguise.disguise import DISGUISES
     from fedisguise.disguise.base import check_params, spec_params
     from fedisguise.faults import check_faults
@@ -75,7 +76,7 @@ def validate(self: Config) -> None:
     _check(d.union_of == 0 or (d.union_of >= 2 and e.clients == 1), "data.union_of",
            d.union_of, "0, or >= 2 with experiment.clients = 1 (one client holding the "
            "union of that many clients' images)")
-    # The evaluation set is cut into one shard per client (fedisguise.data.client_data).
+    # The evaluation set is cut into one shard per client (fedisguise.partitions.client_data).
     _check(d.test_samples == 0 or d.test_samples >= e.clients, "data.test_samples",
            d.test_samples, f"0 (all) or >= experiment.clients ({e.clients}): every "
            "client evaluates on its own shard")

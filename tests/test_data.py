@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fedisguise import data
-from fedisguise.data import client_data, load_dataset, partition_indices, read_idx
+from fedisguise.data import load_dataset, read_idx
+from fedisguise.partitions import client_data, partition_indices
 from tests.conftest import DEBIAN_FMNIST
 
 

@@ -13,7 +13,7 @@ from flwr.common.config import parse_config_args
 from fedisguise import deployment, privacy
 from fedisguise.attacks.suite import ground_truth
 from fedisguise.client_work import _PREPARED, prepared_data
-from fedisguise.data import server_test_set
+from fedisguise.partitions import server_test_set
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.keygen import main as keygen
 from fedisguise.disguise.keys import (
