@@ -24,7 +24,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.attacks import inverse, jigsaw  # noqa: E402
-from fedisguise.attacks.gradient_inversion import invert, update_delta  # noqa: E402
+from fedisguise.attacks.gradient_inversion import invert  # noqa: E402
+from fedisguise.attacks.update_algebra import update_delta  # noqa: E402
 from fedisguise.attacks.membership import reference_statistics  # noqa: E402
 from fedisguise.data import load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402

@@ -28,8 +28,8 @@ from fedisguise.attacks.gradient_inversion import (
     GradientInversion,
     _simulated_delta,
     match_reconstructions,
-    trainable,
 )
+from fedisguise.attacks.update_algebra import trainable
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset, load_dataset

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from fedisguise.attacks import build_attack, inverse, jigsaw
-from fedisguise.attacks.gradient_inversion import invert, recover_labels, update_delta
+from fedisguise.attacks.gradient_inversion import invert
+from fedisguise.attacks.update_algebra import recover_labels, update_delta
 from fedisguise.attacks.membership import evaluate_membership, roc_auc, tpr_at_fpr
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset, load_dataset

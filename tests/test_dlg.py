@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from fedisguise.attacks.base import Evidence, GroundTruth, Knowledge, Runtime, ServerView
-from fedisguise.attacks.gradient_inversion import GradientInversion, invert, update_delta
+from fedisguise.attacks.gradient_inversion import GradientInversion, invert
+from fedisguise.attacks.update_algebra import update_delta
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.data import ImageDataset, load_dataset
 from fedisguise.metrics import psnr

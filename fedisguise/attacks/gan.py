@@ -33,7 +33,7 @@ from fedisguise.attacks.base import (
     Runtime,
     register,
 )
-from fedisguise.attacks.gradient_inversion import total_variation
+from fedisguise.attacks.update_algebra import total_variation
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.metrics import ssim
 from fedisguise.models import build_model
