@@ -58,7 +58,6 @@ from fedisguise.attacks.instahide_recovery import (  # noqa: E402
     recover,
 )
 from fedisguise.attacks.scoring import Scorer  # noqa: E402
-import fedisguise.validation  # noqa: E402, F401 - Config.validate checks names
 from fedisguise.config import Config  # noqa: E402
 from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise.config import Config
 from fedisguise.data import load_dataset
 from fedisguise.disguise import DISGUISES

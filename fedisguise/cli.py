@@ -69,7 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace):
-    import fedisguise.validation  # noqa: F401 - Config.validate checks names (registries)
     from fedisguise.config import load_config
 
     overrides = cell_overrides(args) + ([f"experiment.out={args.out}"] if args.out else [])

@@ -15,7 +15,6 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
-import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise.config import Config
 
 WARM_WORKER = "warm-worker"  # node_config entry: false runs every message in its own process

@@ -203,8 +203,8 @@ class Config:
     def validate(self) -> None:
         """Check names against the registries (the plugins' names too: they load first) and
         values against their ranges: fedisguise.validation, which sits above the registries
-        and hands its check to the config when imported (the config imports no registry).
-        Every entry point imports it; a process that did not is told so, never unchecked."""
+        and hands its check to the config when imported (the config imports no registry;
+        the package's __init__ imports it). Without it, an error, never an unchecked run."""
         if _validator is None:
             raise RuntimeError("a Config was validated before fedisguise.validation was "
                                "imported in this process: import it first (the entry points "

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise.config import Config, ConfigError
 
 # Written into a run folder, exclusively, by the one run that claims it: its pid and host.

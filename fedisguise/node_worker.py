@@ -282,7 +282,6 @@ def supernode_pid() -> int:
 def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
     """Answer messages on `path` until `watch` (a pid; 0: none) is gone, `idle` s pass
     without one, or SIGTERM."""
-    import fedisguise.validation  # noqa: F401 - the run config is checked here
     from fedisguise import client_work  # torch, data, disguises: imported once, here
     from fedisguise.config import Config
     from fedisguise.processes import alive

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
-import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
 from fedisguise.partitions import server_test_set
 from fedisguise.faults import describe

@@ -3,8 +3,9 @@ strategies, DP modes, faults; the plugins' names too, loaded first) and its valu
 their ranges.
 
 Above the config and the registries: the config is a leaf that imports neither, and this
-module hands it `validate` when imported (`Config.validate`, `Config.from_dict`), so each
-entry point (the CLI, the grids, the Flower apps, a SuperNode's worker) imports it once.
+module hands it `validate` when imported (`Config.validate`, `Config.from_dict`). The
+package's __init__ imports it, so every process that uses fedisguise has it; it imports the
+registries (torch and all) only when a config is validated.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
-import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise.config import Config
 
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"

@@ -18,7 +18,13 @@ from fedisguise import ports as loopback
 from fedisguise import tls
 from fedisguise.config import Config, ConfigError
 from fedisguise.deployment import FLOWER_COMMANDS, LocalFederation, child_env, flower_command
-from fedisguise.submission import CONNECTION, check_security, submit_run, write_connection
+from fedisguise.submission import (
+    CONNECTION,
+    SUPEREXEC_POLL,
+    check_security,
+    submit_run,
+    write_connection,
+)
 from fedisguise.experiment import run_experiment
 from tests.conftest import FEDAVG, synthetic_config
 
@@ -81,7 +87,7 @@ def test_only_the_supernodes_superexecs_poll_fast(tmp_path, monkeypatch):
     federation._spawn(["x"], "superlink.log", "superlink")
     federation._spawn(["x"], "supernode-0.log", "supernode-0")
     # the SuperLink's SuperExec starts one ServerApp a run: Flower's own 1 s beat
-    assert seen == {"superlink": None, "supernode-0": deployment.SUPEREXEC_POLL}
+    assert seen == {"superlink": None, "supernode-0": SUPEREXEC_POLL}
     monkeypatch.setenv(deployment.SUPEREXEC_POLL_ENV, "0.5")  # the user's setting, everywhere
     federation._spawn(["x"], "superlink.log", "superlink")
     federation._spawn(["x"], "supernode-0.log", "supernode-0")

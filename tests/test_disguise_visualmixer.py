@@ -155,13 +155,13 @@ def test_default_path_holds_beyond_int16_offsets_and_across_chunks(monkeypatch):
     of two images leaves a short last chunk: the shuffle must still follow plan() region by
     region (split regions keep their 2×2 quadrants, whole ones mix them) and every 4×4
     region keep its pixels."""
-    from fedisguise.disguise import visualmixer
+    from fedisguise.disguise import shuffling
 
-    monkeypatch.setattr(visualmixer, "_CHUNK_PIXELS", 2 * 2 * 184 * 184)
+    monkeypatch.setattr(shuffling, "_CHUNK_PIXELS", 2 * 2 * 184 * 184)
     x = torch.rand(5, 2, 184, 184, generator=torch.Generator().manual_seed(4))
     d = build({"name": "visualmixer", "min_window": 2, "max_window": 4}, KEY)
     plan = d.plan(x)
-    assert list(plan) == [4, 2] and visualmixer._offset_dtype(184, 184) == torch.int32
+    assert list(plan) == [4, 2] and shuffling._offset_dtype(184, 184) == torch.int32
     out, _ = d.apply(x)
     split = ~plan[4].repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(5, -1)
     a, b = to_blocks(x, 2), to_blocks(out, 2)

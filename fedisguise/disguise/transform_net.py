@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from fedisguise.disguise.base import Disguise, register
 from fedisguise.disguise.keys import DisguiseKey
@@ -17,8 +16,8 @@ from fedisguise.disguise.transform_net_training import (
     TRAINING_DEFAULTS,
     check_training,
     load_transform_net,
+    transform_images,
 )
-from fedisguise.unet import UNet
 
 
 @register
@@ -110,10 +109,3 @@ class TransformNet(Disguise):
         return transform_images(self.net, images), labels
 
 
-@torch.no_grad()
-def transform_images(net: UNet, images: torch.Tensor) -> torch.Tensor:
-    """h_θ(images) in chunks, without gradients, on the images' device and in their dtype."""
-    if not len(images):
-        return images.clone()
-    net = net.to(images.device)
-    return torch.cat([net(chunk) for chunk in images.split(1024)]).to(images.dtype)

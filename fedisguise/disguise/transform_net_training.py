@@ -234,3 +234,12 @@ HARNESS_DEFAULTS: dict[str, Any] = {"classifier": "", "classifier_path": "",
                                     "classifier_epochs": 3, "trainer": "coordinator",
                                     "trainer_client": 0, "train_samples": 10000}
 TRAINERS = ("coordinator", "client")
+
+
+@torch.no_grad()
+def transform_images(net: UNet, images: torch.Tensor) -> torch.Tensor:
+    """h_θ(images) in chunks, without gradients, on the images' device and in their dtype."""
+    if not len(images):
+        return images.clone()
+    net = net.to(images.device)
+    return torch.cat([net(chunk) for chunk in images.split(1024)]).to(images.dtype)

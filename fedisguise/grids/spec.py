@@ -60,7 +60,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import fedisguise.validation  # noqa: F401 - Config.validate checks names against the registries
 from fedisguise import frontier
 from fedisguise.config import Config, ConfigError, SECTIONS, STRUCTURED_KEYS, read_toml
 from fedisguise.references import is_plain
