@@ -14,23 +14,16 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedisguise import messages as m
 from fedisguise.config import Config
 from fedisguise.data import ImageDataset, dataset_fingerprint
-from fedisguise.partitions import ClientData
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint, node_secret
 from fedisguise.faults import corrupt, fault_for
 from fedisguise.models import build_model
 from fedisguise.node_data import BatchDraws, node_batch_draws, node_data
+from fedisguise.partitions import ClientData
 from fedisguise.training import (
     BatchTransform,
     evaluate,

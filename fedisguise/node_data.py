@@ -15,10 +15,10 @@ import torch
 
 from fedisguise.config import Config
 from fedisguise.data import ImageDataset
-from fedisguise.partitions import ClientData, client_data
 from fedisguise.disguise import Disguise
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
+from fedisguise.partitions import ClientData, client_data
 from fedisguise.training import BatchTransform
 
 

@@ -13,7 +13,6 @@ import torch
 
 from fedisguise.data import ImageDataset, load_dataset, split_labels, split_subset
 
-
 # ---- partitioners -----------------------------------------------------------------------
 def partition_iid(labels: np.ndarray, num_partitions: int, seed: int, alpha: float = 0.0
                   ) -> list[np.ndarray]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from fedisguise.processes import descendants
 
-
 _HANDED_OUT: set[int] = set()  # ports free_port gave to processes started from here
 _HANDED_OUT_LOCK = threading.Lock()
 

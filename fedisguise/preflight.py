@@ -15,11 +15,11 @@ from pathlib import Path
 
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset, load_dataset
-from fedisguise.partitions import server_test_set
 from fedisguise.disguise import DISGUISES, DisguiseKey
 from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.keys import KEY_MAGIC, SECRET_MAGIC, key_path, node_secret_file
+from fedisguise.partitions import server_test_set
 from fedisguise.validation import disguise_error
 
 PROBE_IMAGES = 4  # real images the disguise is tried on: enough for InstaHide's mixing

@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from fedisguise.config import Config
 from fedisguise.data import load_dataset
-from fedisguise.partitions import server_test_set
 from fedisguise.disguise.base import NoDisguise
 from fedisguise.metrics import psnr, ssim, vfe, visual_privacy
 from fedisguise.models import build_model
 from fedisguise.node_data import node_disguise
+from fedisguise.partitions import server_test_set
 from fedisguise.training import evaluate, resolve_device, train_local
 
 VFE_REGION = 4

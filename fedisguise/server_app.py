@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
 from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
-from fedisguise.partitions import server_test_set
-from fedisguise.faults import describe
 from fedisguise.fast_node import shorten_retries
+from fedisguise.faults import describe
 from fedisguise.models import build_model
+from fedisguise.partitions import server_test_set
 from fedisguise.results import new_record, out_of_space, write_run
 from fedisguise.training import evaluate, resolve_device
 from strategies import (

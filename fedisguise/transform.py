@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset, dataset_fingerprint, load_dataset
-from fedisguise.partitions import client_data, server_test_set, unassigned_train_indices
 from fedisguise.disguise.base import build as build_disguise
 from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.transform_net_training import (
@@ -39,6 +38,7 @@ from fedisguise.disguise.transform_net_training import (
     transform_images,
 )
 from fedisguise.models import build_model
+from fedisguise.partitions import client_data, server_test_set, unassigned_train_indices
 from fedisguise.training import evaluate, resolve_device, train_local
 
 FILE = "transform-net.pt"

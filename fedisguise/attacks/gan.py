@@ -33,8 +33,8 @@ from fedisguise.attacks.base import (
     Runtime,
     register,
 )
-from fedisguise.attacks.update_algebra import total_variation
 from fedisguise.attacks.scoring import Scorer
+from fedisguise.attacks.update_algebra import total_variation
 from fedisguise.metrics import ssim
 from fedisguise.models import build_model
 

@@ -46,7 +46,6 @@ from fedisguise.attacks.update_algebra import (
 )
 from fedisguise.models import build_model
 
-
 METHODS = ("ig", "dlg")
 DELTA_MODES = ("effective-gradient", "unrolled")
 INITS = ("uniform", "zeros", "gray")  # where the dummy images start

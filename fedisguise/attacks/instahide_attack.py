@@ -49,11 +49,11 @@ from fedisguise.attacks.base import (
     Evidence,
     Figure,
     GroundTruth,
-    has,
     Knowledge,
     Reconstruction,
-    register,
     Runtime,
+    has,
+    register,
 )
 from fedisguise.attacks.instahide_recovery import (
     PairSimilarity,
@@ -65,7 +65,6 @@ from fedisguise.attacks.instahide_recovery import (
 from fedisguise.attacks.scoring import PSNR_CAP, Scorer, matching_order
 from fedisguise.disguise.base import spec_params
 from fedisguise.metrics import psnr, ssim
-
 
 # ---- the attack under the contract -------------------------------------------------------
 @register

@@ -14,7 +14,6 @@ import torch
 
 from fedisguise.disguise.blocks import from_blocks, images_per_chunk, to_blocks
 
-
 _ORDERS_8 = math.factorial(8)  # orders of one half of a 4×4 region
 _PAIRS_2x2 = 24 * 24  # the two 2×2 quadrants of one half, permuted independently
 

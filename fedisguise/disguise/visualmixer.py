@@ -38,10 +38,10 @@ from fedisguise.disguise.base import Disguise, register
 from fedisguise.disguise.blocks import from_blocks, to_blocks
 from fedisguise.disguise.keys import DisguiseKey
 from fedisguise.disguise.shuffling import (
-    window_layout,
     random_permutations,
     shuffle_regions4,
     shuffle_windows,
+    window_layout,
 )
 from fedisguise.metrics import block_sums, pixel_gradient
 

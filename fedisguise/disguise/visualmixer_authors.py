@@ -40,7 +40,6 @@ from fedisguise.disguise.keys import DisguiseKey
 from fedisguise.disguise.shuffling import random_permutations
 from fedisguise.metrics import vfe
 
-
 # Sub-block counts per region side, by image VFE (rows) and attention score (columns).
 SETTINGS = ((8, 8, 8, 8), (4, 8, 8, 8), (2, 4, 8, 8))
 SCORE_EDGES = (0.1, 0.5, 0.9)  # score <= edge picks that column; above the last, column 3

@@ -21,7 +21,6 @@ from fedisguise.grids.tuned import resolve_tuning
 from fedisguise.intervals import difference_halfwidth
 from fedisguise.references import is_plain, references
 
-
 UTILITY_HEAD = ("accuracy", "accuracy_gap", "visual_privacy", "misusability", "epsilon")
 UTILITY_TAIL = ("seconds_per_round", "time_ratio", "first_round_seconds")
 UTILITY_FIGURES = ("accuracy", "visual_privacy", "misusability", "epsilon",

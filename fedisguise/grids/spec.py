@@ -61,10 +61,9 @@ from pathlib import Path
 from typing import Any
 
 from fedisguise import frontier
-from fedisguise.config import Config, ConfigError, SECTIONS, STRUCTURED_KEYS, read_toml
+from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError, read_toml
 from fedisguise.references import is_plain
 from fedisguise.tuning import BASE, Tuning, literal, parse_tuning, tune_values
-
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 COMPARE_KEYS = {"name", "seeds", "more_seeds", "base", "defence", "attack", "tune"}
