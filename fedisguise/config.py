@@ -207,10 +207,10 @@ class Config:
         the package's __init__ imports it). Without it, an error, never an unchecked run."""
         if _validator is None:
             raise RuntimeError("a Config was validated before fedisguise.validation was "
-                               "imported in this process: import it first (the entry points "
-                               "do), so that names are checked against the registries")
+                               "imported in this process (the package's __init__ imports it): "
+                               "import it first, so that names are checked against the "
+                               "registries")
         _validator(self)
-
 
     @property
     def disguised(self) -> bool:

@@ -38,11 +38,11 @@ def validate(self: Config) -> None:
     self.load_plugins()
     from fedisguise.attacks import ATTACKS, build_attack, parse_spec
     from fedisguise.data import DATASETS
-    from fedisguise.partitions import PARTITIONERS
     from fedisguise.disguise import DISGUISES
     from fedisguise.disguise.base import check_params, spec_params
     from fedisguise.faults import check_faults
     from fedisguise.models import MODELS
+    from fedisguise.partitions import PARTITIONERS
     from fedisguise.training import OPTIMIZERS
     from strategies import STRATEGIES, check_robust
 
