@@ -1,0 +1,64 @@
+"""Keep a grid's finished cells in the repository, so that a grid longer than one session
+survives the machine it ran on.
+
+Why: the headline grid takes hours on 2 cores, and a results folder goes with its machine. A
+grid resumes from any folder holding its finished cells (fedisguise.grids.done), so keeping
+each cell's record (cell.json, metrics.json, rounds.csv, summary.md and its attack images)
+lets the next session resume where this one stopped. Captures and update dumps stay behind:
+the table, the page and the report read none of them.
+
+    python docs/grid_cells.py archive /tmp/grid/compare-fmnist-cpu docs/grid-cells/compare-fmnist-cpu
+    python docs/grid_cells.py restore docs/grid-cells/compare-fmnist-cpu /tmp/grid/compare-fmnist-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+RECORD = ("cell.json", "metrics.json", "rounds.csv", "summary.md")
+
+
+def finished_cells(grid_dir: Path) -> list[Path]:
+    """Cell folders whose run finished (the marker is written only after a whole run)."""
+    return sorted(p.parent for p in grid_dir.glob("*/cell.json")
+                  if (p.parent / "metrics.json").is_file())
+
+
+def copy_cell(source: Path, target: Path) -> None:
+    """A cell's record and attack images; nothing else of the run."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RECORD:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    for picture in sorted((source / "images").glob("attack-*.png")):
+        (target / "images").mkdir(exist_ok=True)
+        shutil.copy2(picture, target / "images" / picture.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["archive", "restore"])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("target", type=Path)
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        print(f"error: {args.source} is not a folder", file=sys.stderr)
+        return 2
+    cells = finished_cells(args.source)
+    copied = 0
+    for cell in cells:
+        target = args.target / cell.name
+        if (target / "cell.json").is_file() and (
+                (target / "cell.json").read_bytes() == (cell / "cell.json").read_bytes()):
+            continue  # the same finished run is already there
+        copy_cell(cell, target)
+        copied += 1
+    print(f"{args.action}: {copied} new of {len(cells)} finished cells -> {args.target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
