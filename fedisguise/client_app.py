@@ -41,13 +41,12 @@ def reply_content(kind: str, content: RecordDict, context: Context, cfg: Config,
 
         return forward(kind, content, context)
     from fedisguise import client_work
+    from fedisguise.resolved import resolve
 
-    if not validated:
-        cfg.validate()
-    else:  # a Ray actor is handed a validated config, but not the driver's plugins
-        cfg.load_plugins()
+    # validated (from the run config) and its plugins loaded once per process and run
+    run = resolve(cfg, scope=context.run_id, validate=not validated)
     handler = client_work.train_reply if kind == "train" else client_work.evaluate_reply
-    return handler(content, context, cfg)
+    return handler(content, context, run)
 
 
 def make_client_app(config: Config | None = None) -> ClientApp:

@@ -1,7 +1,8 @@
 """What a client does with one message: find its partition -> disguise it (once, with its
 key) -> train or evaluate, and the reply's content.
 
-Plain functions of (content, context, config), so that the same code runs inside Flower's
+Plain functions of (content, context, run), the run resolved once per process
+(fedisguise.resolved), so that the same code runs inside Flower's
 ClientApp (simulation: a Ray actor) and inside a node's warm worker (deployment:
 fedisguise.node_worker), which keeps torch imported and the prepared data in memory across
 Flower's one-process-per-message ClientApps. The node's partition comes from
@@ -24,10 +25,10 @@ from fedisguise.faults import corrupt, fault_for
 from fedisguise.models import build_model
 from fedisguise.node_data import BatchDraws, node_batch_draws, node_data
 from fedisguise.partitions import ClientData
+from fedisguise.resolved import ResolvedRun
 from fedisguise.training import (
     BatchTransform,
     evaluate,
-    resolve_device,
     train_local,
     training_order_seed,
 )
@@ -70,8 +71,9 @@ def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
     return partition_id, num_partitions
 
 
-def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientData:
+def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> ClientData:
     """This client's train data and test shard, disguised here, under this client's key."""
+    cfg = run.cfg
     partition_id, num_partitions = node_partition(context, cfg)
     node_key_file = str(context.node_config.get(NODE_KEY_FILE, ""))
     d, c = cfg.data, cfg.client
@@ -81,7 +83,7 @@ def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientDat
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
                  dataset_fingerprint(d.dataset, d.data_dir), d.partitioner, d.alpha,
                  d.train_per_client, d.test_samples, d.validation, d.union_of,
-                 repr(cfg.disguise),
+                 repr(run.disguise),
                  key_fingerprint(cfg, partition_id, node_key_file),
                  node_secret(cfg, partition_id, node_key_file, create=True).fingerprint(),
                  c.redisguise, server_round if c.redisguise == "round" else 0)
@@ -90,7 +92,7 @@ def prepared_data(cfg: Config, context: Context, server_round: int) -> ClientDat
         return _PREPARED[cache_key]
     if c.redisguise == "round":
         _PREPARED.clear()  # only the current round's draw is needed
-    data = node_data(cfg, partition_id, server_round, node_key_file, is_node=True)
+    data = node_data(run, partition_id, server_round, node_key_file, is_node=True)
     _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
                                       validation=data.validation)
     while len(_PREPARED) > 1 and sum(map(_nbytes, _PREPARED.values())) > PREPARED_MAX_BYTES:
@@ -105,37 +107,37 @@ def _model_from(content: RecordDict, cfg: Config, data: ImageDataset) -> torch.n
     return model
 
 
-def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
-    return Message(content=train_reply(msg.content, context, cfg), reply_to=msg)
+def handle_train(msg: Message, context: Context, run: ResolvedRun) -> Message:
+    return Message(content=train_reply(msg.content, context, run), reply_to=msg)
 
 
-def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
-    return Message(content=evaluate_reply(msg.content, context, cfg), reply_to=msg)
+def handle_evaluate(msg: Message, context: Context, run: ResolvedRun) -> Message:
+    return Message(content=evaluate_reply(msg.content, context, run), reply_to=msg)
 
 
-def batch_draws(cfg: Config, context: Context) -> BatchDraws | None:
+def batch_draws(run: ResolvedRun, context: Context) -> BatchDraws | None:
     """This node's per-batch disguise where client.redisguise = "batch" (built per message,
-    so that the cache never holds a key), else None: the prepared data is disguised."""
-    if cfg.client.redisguise != "batch":
+    so that the data cache never holds a key), else None: the prepared data is disguised."""
+    if run.cfg.client.redisguise != "batch":
         return None
-    partition_id, _ = node_partition(context, cfg)
-    return node_batch_draws(cfg, partition_id, str(context.node_config.get(NODE_KEY_FILE, "")),
+    partition_id, _ = node_partition(context, run.cfg)
+    return node_batch_draws(run, partition_id, str(context.node_config.get(NODE_KEY_FILE, "")),
                             is_node=True)
 
 
-def train_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDict:
+def train_reply(content: RecordDict, context: Context, run: ResolvedRun) -> RecordDict:
     """Train the received model on this node's disguised partition; the reply's content."""
+    cfg = run.cfg
     partition_id, _ = node_partition(context, cfg)
     torch.set_num_threads(max(1, int(cfg.resources.num_cpus)))
     server_round = int(content["config"]["server-round"])
-    data = prepared_data(cfg, context, server_round).train
-    draws = batch_draws(cfg, context)
+    data = prepared_data(run, context, server_round).train
+    draws = batch_draws(run, context)
     transform = draws.training(server_round) if draws else None
     model = _model_from(content, cfg, data)
     # One seed fixes the training order of every client in every round.
     order_seed = training_order_seed(cfg.experiment.seed, server_round, partition_id)
-    t = cfg.train
-    device = resolve_device(cfg.resources.device)
+    t, device = cfg.train, run.device
     extra: dict[str, float] = {}
     if cfg.dp_mode.per_example:
         loss, extra = _train_dp_round(model, data, cfg, context, order_seed, device,
@@ -189,14 +191,14 @@ def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, con
     }
 
 
-def evaluate_reply(content: RecordDict, context: Context, cfg: Config) -> RecordDict:
+def evaluate_reply(content: RecordDict, context: Context, run: ResolvedRun) -> RecordDict:
     """Accuracy of the global model on this client's test shard, disguised as clients use it,
     and on its validation split where it holds one out; the reply's content."""
-    server_round = int(content["config"]["server-round"])
-    prepared = prepared_data(cfg, context, server_round)
-    data, device = prepared.test, resolve_device(cfg.resources.device)
+    cfg, server_round = run.cfg, int(content["config"]["server-round"])
+    prepared = prepared_data(run, context, server_round)
+    data, device = prepared.test, run.device
     model = _model_from(content, cfg, data)
-    draws = batch_draws(cfg, context)
+    draws = batch_draws(run, context)
 
     def fresh(split: str) -> dict:
         """Freshly disguised batches of the training batch size, as the VisualMixer authors

@@ -200,6 +200,13 @@ def load_dataset(name: str, split: str, data_dir: str = "") -> ImageDataset:
 
 @functools.lru_cache(maxsize=8)
 def _load_split(name: str, split: str, data_dir: str, fingerprint: tuple) -> ImageDataset:
+    return read_split(name, split, data_dir)
+
+
+def read_split(name: str, split: str, data_dir: str = "") -> ImageDataset:
+    """The one call of a registered loader: every image the package reads comes through
+    here, by way of `load_dataset` (a whole split, kept per process) or the shared decoded
+    copy (`split_subset`, `split_labels`)."""
     return DATASETS[name](split, data_dir)
 
 
@@ -264,7 +271,7 @@ def _shared_split(name: str, split: str, data_dir: str, fingerprint: tuple
     images_path, labels_path = folder / f"{tag}-images.npy", folder / f"{tag}-labels.npy"
     meta_path = folder / f"{tag}.classes"
     if not (images_path.is_file() and labels_path.is_file() and meta_path.is_file()):
-        full = DATASETS[name](split, data_dir)  # not load_dataset's: no copy kept here
+        full = read_split(name, split, data_dir)  # not load_dataset's: no copy kept here
         pixels = full.images.mul(255.0).round_()
         if not torch.equal(pixels.div(255.0), full.images):
             return None  # not 8-bit data: nothing exact to share

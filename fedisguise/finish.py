@@ -25,10 +25,10 @@ def after_training(cfg: Config, record: dict[str, Any], remote: bool,
                    training_seconds: float) -> dict[str, Any]:
     """Add the figures to a finished run's `record` and write it; returns it. KeyboardInterrupt
     (or a signal that unwinds as one) marks it `interrupted` with the figures done so far."""
-    from fedisguise.disguise import DISGUISES
     from fedisguise.interrupts import as_interrupt
     from fedisguise.preflight import keys_known
     from fedisguise.privacy import plain_grid, privacy_figures
+    from fedisguise.resolved import resolve
     from fedisguise.results import rewrite_record
 
     # Where the run's time went (a grid adds them up, fedisguise.grids.table): training is
@@ -36,13 +36,14 @@ def after_training(cfg: Config, record: dict[str, Any], remote: bool,
     # training included.
     record["timing"] = {"training": training_seconds}
     known = keys_known(cfg, remote=remote)
+    run = resolve(cfg)  # the trained run's config: after the defence prepared itself
     try:
         started = time.perf_counter()
-        record.update(DISGUISES[cfg.disguise_name].run_record(cfg))
+        record.update(run.disguise.defence.run_record(cfg))
         if not cfg.disguised:
             record["grid"] = plain_grid(cfg, cfg.run_dir)
         elif known:
-            record["privacy"] = privacy_figures(cfg, record, cfg.run_dir)
+            record["privacy"] = privacy_figures(run, record, cfg.run_dir)
         else:  # never figures for a key that may not be the one node 0 used
             record["privacy"] = {**(record.get("privacy") or {}), "skipped": REMOTE_KEYS}
             print(f"privacy figures skipped: {REMOTE_KEYS}", file=sys.stderr)
@@ -53,7 +54,7 @@ def after_training(cfg: Config, record: dict[str, Any], remote: bool,
         if cfg.attacks:
             from fedisguise.attacks.suite import run_attacks
 
-            record["attacks"] = run_attacks(cfg, cfg.run_dir)
+            record["attacks"] = run_attacks(run, cfg.run_dir)
         record["timing"]["attacks"] = time.perf_counter() - started
     except (KeyboardInterrupt, Exception) as why:  # the figures done so far are kept
         interrupt = why if isinstance(why, KeyboardInterrupt) else as_interrupt(why)

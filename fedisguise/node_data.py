@@ -16,9 +16,9 @@ import torch
 from fedisguise.config import Config
 from fedisguise.data import ImageDataset
 from fedisguise.disguise import Disguise
-from fedisguise.disguise import build as build_disguise
 from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
 from fedisguise.partitions import ClientData, client_data
+from fedisguise.resolved import ResolvedRun
 from fedisguise.training import BatchTransform
 
 
@@ -71,41 +71,43 @@ def train_stream(cfg: Config, server_round: int) -> str:
     return f"train:round-{server_round}" if cfg.client.redisguise == "round" else "train"
 
 
-def _node_parts(cfg: Config, partition_id: int, node_key_file: str, is_node: bool
+def _node_parts(run: ResolvedRun, partition_id: int, node_key_file: str, is_node: bool
                 ) -> tuple[Disguise, DisguiseKey, DisguiseKey]:
-    """Node `partition_id`'s disguise, key and draws secret; `is_node`: the node itself,
-    which makes its secret file on first use (the experimenter only reads it)."""
-    key = node_key(cfg, partition_id, node_key_file)
-    secret = node_secret(cfg, partition_id, node_key_file, create=is_node)
-    return build_disguise(cfg.disguise, key), key, secret
+    """Node `partition_id`'s disguise, key and draws secret (each file read once per process:
+    fedisguise.disguise.keys); `is_node`: the node itself, which makes its secret file on
+    first use (the experimenter only reads it)."""
+    key = node_key(run.cfg, partition_id, node_key_file)
+    secret = node_secret(run.cfg, partition_id, node_key_file, create=is_node)
+    return run.disguise.build(key), key, secret
 
 
-def node_batch_draws(cfg: Config, partition_id: int, node_key_file: str = "",
+def node_batch_draws(run: ResolvedRun, partition_id: int, node_key_file: str = "",
                      is_node: bool = False) -> BatchDraws:
     """Node `partition_id`'s per-batch disguise (client.redisguise = "batch")."""
-    disguise, _, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
+    disguise, _, secret = _node_parts(run, partition_id, node_key_file, is_node)
     return BatchDraws(disguise, secret)
 
 
-def node_disguise(cfg: Config, partition_id: int, stream: str, node_key_file: str = "",
+def node_disguise(run: ResolvedRun, partition_id: int, stream: str, node_key_file: str = "",
                   is_node: bool = False) -> tuple[Disguise, DisguiseKey]:
     """Node `partition_id`'s disguise under its key, its random draws on `stream` of its
     secret."""
-    disguise, key, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
+    disguise, key, secret = _node_parts(run, partition_id, node_key_file, is_node)
     disguise.reseed(stream, secret)
     return disguise, key
 
 
-def node_data(cfg: Config, partition_id: int, server_round: int, node_key_file: str = "",
+def node_data(run: ResolvedRun, partition_id: int, server_round: int, node_key_file: str = "",
               test: bool = True, is_node: bool = False) -> NodeData:
     """Node `partition_id`'s data in round `server_round`, plain and disguised; its test shard
     disguised too (on the `test` stream, as clients evaluate) unless `test` is False.
     `is_node`: called by the node itself (see `_node_parts`)."""
+    cfg = run.cfg
     d = cfg.data
     plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
                         partition_id, cfg.experiment.clients, d.train_per_client,
                         d.test_samples, d.validation, d.union_of)
-    disguise, key, secret = _node_parts(cfg, partition_id, node_key_file, is_node)
+    disguise, key, secret = _node_parts(run, partition_id, node_key_file, is_node)
     if cfg.client.redisguise == "batch":  # nothing is disguised ahead: every batch afresh
         return NodeData(plain=plain, train=plain.train, test=plain.test if test else None,
                         key=key, validation=plain.validation if test else None,

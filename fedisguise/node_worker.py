@@ -283,7 +283,7 @@ def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
     """Answer messages on `path` until `watch` (a pid; 0: none) is gone, `idle` s pass
     without one, or SIGTERM."""
     from fedisguise import client_work  # torch, data, disguises: imported once, here
-    from fedisguise.config import Config
+    from fedisguise.resolved import resolve_flat
     from fedisguise.processes import alive
 
     idle = float(os.environ.get(IDLE_ENV, "600")) if idle is None else idle
@@ -307,7 +307,7 @@ def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
                 if (watch and not alive(watch)) or time.monotonic() - last > idle:
                     break
                 continue
-            _answer(conn, handlers, Config)
+            _answer(conn, handlers, resolve_flat)
             last = time.monotonic()
         # Leaving: new messages must start a new worker, and any already queued get answered.
         unlink_own(path, inode)
@@ -317,7 +317,7 @@ def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
                 conn, _ = server.accept()
             except (BlockingIOError, OSError):
                 break
-            _answer(conn, handlers, Config)
+            _answer(conn, handlers, resolve_flat)
     finally:
         server.close()
         unlink_own(path, inode)
@@ -331,8 +331,9 @@ def unlink_own(path: Path, inode: int) -> None:
             path.unlink()
 
 
-def _answer(conn: socket.socket, handlers: dict, config_type) -> None:
-    """Read one request from `conn`, run its handler, send the reply or the traceback."""
+def _answer(conn: socket.socket, handlers: dict, resolve_flat) -> None:
+    """Read one request from `conn`, run its handler on the run its config describes
+    (resolved once per run: fedisguise.resolved), send the reply or the traceback."""
     with conn:
         conn.setblocking(True)
         if peer_uid(conn) != os.getuid():
@@ -345,8 +346,8 @@ def _answer(conn: socket.socket, handlers: dict, config_type) -> None:
         try:
             if kind not in handlers:
                 raise ValueError(f"unknown message kind {kind!r}")
-            reply = handlers[kind](content, context, config_type.from_flat(
-                dict(context.run_config)))
+            reply = handlers[kind](content, context, resolve_flat(
+                dict(context.run_config), context.run_id))
             frames = (b"ok", *_encode(reply, context))
         except Exception:  # the ClientApp raises it again, with this traceback
             frames = (b"error", traceback.format_exc().encode())

@@ -16,10 +16,15 @@ from pathlib import Path
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset, load_dataset
 from fedisguise.disguise import DISGUISES, DisguiseKey
-from fedisguise.disguise import build as build_disguise
-from fedisguise.disguise.base import spec_params
-from fedisguise.disguise.keys import KEY_MAGIC, SECRET_MAGIC, key_path, node_secret_file
+from fedisguise.disguise.keys import (
+    KEY_MAGIC,
+    SECRET_MAGIC,
+    key_path,
+    node_secret_file,
+    read_key_file,
+)
 from fedisguise.partitions import server_test_set
+from fedisguise.resolved import resolve
 from fedisguise.validation import disguise_error
 
 PROBE_IMAGES = 4  # real images the disguise is tried on: enough for InstaHide's mixing
@@ -128,7 +133,7 @@ def check_keys(cfg: Config) -> None:
 def _load(config_key: str, path: str | Path, what: str = "", header: str = KEY_MAGIC
           ) -> None:
     try:
-        DisguiseKey.load(path, header)
+        read_key_file(path, header)  # the read the experimenter's copies then reuse
     except (OSError, ValueError) as err:
         raise ConfigError(f"{config_key}{what}: {err}") from None
 
@@ -136,14 +141,12 @@ def _load(config_key: str, path: str | Path, what: str = "", header: str = KEY_M
 def check_disguise(cfg: Config, train: ImageDataset) -> None:
     """Build the disguise under a throwaway key and apply it to a few real images, for what
     only the data decides: block divisibility, AES block bytes, channels, windows."""
-    name, params = spec_params(cfg.disguise)
-    cls = DISGUISES[name]
-    if not cls.buildable(params):
+    spec = resolve(cfg).disguise
+    if not spec.buildable():
         return
     probe = train.subset(range(min(PROBE_IMAGES, len(train))))
     try:
-        disguise = build_disguise(cfg.disguise,
-                                  DisguiseKey.generate(seed="preflight") if cls.keyed else None)
+        disguise = spec.build(DisguiseKey.generate(seed="preflight") if spec.keyed else None)
         disguise.apply(probe.images, probe.labels)
         disguise.apply_eval(probe.images, probe.labels)
     except ValueError as err:

@@ -24,7 +24,8 @@ from fedisguise.metrics import psnr, ssim, vfe, visual_privacy
 from fedisguise.models import build_model
 from fedisguise.node_data import node_disguise
 from fedisguise.partitions import server_test_set
-from fedisguise.training import evaluate, resolve_device, train_local
+from fedisguise.resolved import ResolvedRun
+from fedisguise.training import evaluate, train_local
 
 VFE_REGION = 4
 
@@ -53,14 +54,15 @@ def display_range(images: torch.Tensor) -> torch.Tensor:
     return ((flat - lo[:, None]) / scale[:, None]).view_as(images)
 
 
-def privacy_figures(cfg: Config, record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def privacy_figures(run: ResolvedRun, record: dict[str, Any], run_dir: Path
+                    ) -> dict[str, Any]:
     """Visual privacy, VFE, PSNR/SSIM and the plain | disguised grid for client 0's key."""
-    device = resolve_device(cfg.resources.device)
+    cfg, device = run.cfg, run.device
     test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
                            cfg.experiment.seed)
     # the key and draws secret node 0 used (in a local run the experimenter's machine is the
     # node's: a node 0 that never disguised gets its secret here)
-    disguise, _ = node_disguise(cfg, 0, "privacy", is_node=True)
+    disguise, _ = node_disguise(run, 0, "privacy", is_node=True)
     disguised, _ = disguise.apply(test.images, test.labels)
     examiner = train_examiner(cfg, device)
     _, examiner_plain_acc = evaluate(examiner, test, device=device)

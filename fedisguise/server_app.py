@@ -28,8 +28,9 @@ from fedisguise.fast_node import shorten_retries
 from fedisguise.faults import describe
 from fedisguise.models import build_model
 from fedisguise.partitions import server_test_set
+from fedisguise.resolved import resolve
 from fedisguise.results import new_record, out_of_space, write_run
-from fedisguise.training import evaluate, resolve_device
+from fedisguise.training import evaluate
 from strategies import (
     POLL_INTERVAL,
     NodeGuard,
@@ -96,7 +97,7 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     write_run(run_dir, record, ledger.entries)
 
     wait_for_nodes(grid, cfg.experiment.clients)
-    device = resolve_device(cfg.resources.device)
+    device = resolve(cfg).device
     record["device"] = str(device)
     test_set = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples, seed)
     c, h, _ = test_set.image_shape
@@ -263,13 +264,11 @@ def make_server_app(config: Config | None = None, mode: str = "simulation") -> S
 
 def flwr_run_refusal(cfg: Config) -> str | None:
     """What a user's own `flwr run` cannot do with `cfg`, in one line (None: all of it)."""
-    from fedisguise.disguise import DISGUISES
-    from fedisguise.disguise.base import spec_params
     from fedisguise.preflight import check_remote
 
-    name, params = cfg.disguise_name, spec_params(cfg.disguise)[1]
-    if not DISGUISES[name].buildable(params):
-        return (f"`flwr run` cannot prepare disguise {name!r} (it is built before the run, "
+    spec = resolve(cfg).disguise
+    if not spec.buildable():
+        return (f"`flwr run` cannot prepare disguise {spec.name!r} (it is built before the run, "
                 f"and every node must get the result): run `fedisguise run` once, or set the "
                 f"disguise's path")
     try:  # the nodes' keys are theirs: attacks need a defence without key or draws

@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 
 from fedisguise.config import Config, ConfigError
 from fedisguise.data import ImageDataset, dataset_fingerprint, load_dataset
-from fedisguise.disguise.base import build as build_disguise
-from fedisguise.disguise.base import spec_params
+from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.disguise.transform_net_training import (
     HARNESS_DEFAULTS,
     TRAINING_DEFAULTS,
@@ -117,9 +116,10 @@ def prepare(cfg: Config) -> Config:
     earlier run with the same settings trained, from experiment.out's cache), save h_θ in the
     run's folder, and return the config whose disguise spec points at it
     (TransformNet.prepare, for transform-net runs only)."""
-    _, params = spec_params(cfg.disguise)
+    spec = DisguiseSpec.parse(cfg.disguise)  # before the run: it changes with h_theta's path
+    params = spec.params
     if params.get("path"):
-        build_disguise(cfg.disguise)  # a missing, broken or mismatching file fails now
+        spec.build()  # a missing, broken or mismatching file fails now
         return cfg
     harness = {**HARNESS_DEFAULTS, **{k: v for k, v in params.items() if k in HARNESS_DEFAULTS}}
     training = {k: v for k, v in params.items() if k in TRAINING_DEFAULTS}
@@ -141,9 +141,7 @@ def prepare(cfg: Config) -> Config:
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (FILE, "transform-net.json"):
         shutil.copyfile(cached / name, run_dir / name)
-    return replace(cfg, disguise={**cfg.disguise, "path": str(run_dir / FILE)}
-                   if isinstance(cfg.disguise, dict) else {"name": cfg.disguise_name,
-                                                           "path": str(run_dir / FILE)})
+    return replace(cfg, disguise={"name": spec.name, **params, "path": str(run_dir / FILE)})
 
 
 def train_for(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
@@ -171,5 +169,5 @@ def train_for(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
 
 def figures(cfg: Config) -> dict[str, Any] | None:
     """What the run records about its h_θ (no history, no weights)."""
-    _, info = load_transform_net(spec_params(cfg.disguise)[1]["path"])
+    _, info = load_transform_net(DisguiseSpec.parse(cfg.disguise).params["path"])
     return {k: v for k, v in info.items() if k != "history"}

@@ -37,6 +37,7 @@ from fedisguise.disguise import DisguiseKey, build
 from fedisguise.metrics import psnr
 from fedisguise.models import build_model
 from fedisguise.optim import STAdam
+from fedisguise.resolved import resolve
 from fedisguise.training import batch_order
 
 CPU = Runtime(device=torch.device("cpu"), seed=0, progress=False)
@@ -352,7 +353,7 @@ def test_an_attack_built_for_another_defence_is_reported_not_applicable(tmp_path
 
     monkeypatch.setattr(suite, "load_view", unused)
     monkeypatch.setattr(suite, "ground_truth", unused)
-    results = suite.run_attacks(cfg, tmp_path, progress=False)
+    results = suite.run_attacks(resolve(cfg), tmp_path, progress=False)
     assert [r["status"] for r in results.values()] == ["not applicable"] * 3
     assert results["instahide_attack"]["reason"] == "built for ['instahide'], not visualmixer"
     assert results["jigsaw"]["target"] == {"round": 1, "client": 1}

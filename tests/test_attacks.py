@@ -15,6 +15,7 @@ from fedisguise.data import ImageDataset, load_dataset
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.metrics import psnr
 from fedisguise.models import build_model
+from fedisguise.resolved import resolve
 from fedisguise.training import train_local
 
 from .conftest import DEBIAN_FMNIST
@@ -242,7 +243,8 @@ def test_attacks_run_on_the_updates_the_server_captured_in_a_real_simulation(tmp
     assert gi["label_accuracy"] == 1.0
     from fedisguise.attacks.suite import ground_truth
 
-    truth = ground_truth(cfg, 2, 1)  # the image behind that update, and the attack's start
+    # the image behind that update, and the attack's start
+    truth = ground_truth(resolve(cfg), 2, 1)
     start = torch.rand(truth.batch_plain.shape, generator=torch.Generator().manual_seed(0))
     assert gi["psnr_vs_original"] >= psnr(start, truth.batch_plain).item() + 4.0
     assert gi["psnr_vs_disguised"] == gi["psnr_vs_original"]  # no disguise

@@ -15,6 +15,7 @@ from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.keys import node_key
 from fedisguise.models import build_model
 from fedisguise.node_data import node_batch_draws, node_data
+from fedisguise.resolved import resolve
 from fedisguise.training import training_order_seed
 from tests.conftest import synthetic_config
 
@@ -33,8 +34,8 @@ def _cfg(tmp_path, **extra):
 def test_disguised_once_and_reused_across_rounds(tmp_path):
     _PREPARED.clear()
     cfg = _cfg(tmp_path)
-    first = prepared_data(cfg, _context(0), server_round=1)
-    assert prepared_data(cfg, _context(0), server_round=2) is first
+    first = prepared_data(resolve(cfg), _context(0), server_round=1)
+    assert prepared_data(resolve(cfg), _context(0), server_round=2) is first
     assert first.test.images.shape == (50, 1, 28, 28)  # its shard of the 100 test images
 
 
@@ -43,29 +44,29 @@ def test_an_actor_serving_many_clients_keeps_them_all_where_they_fit(tmp_path, m
     # number missed on every call (each client's data disguised again each round).
     _PREPARED.clear()
     cfg = _cfg(tmp_path, **{"experiment.clients": 12})
-    first = [prepared_data(cfg, _context(i, 12), server_round=1) for i in range(12)]
-    again = [prepared_data(cfg, _context(i, 12), server_round=2) for i in range(12)]
+    first = [prepared_data(resolve(cfg), _context(i, 12), server_round=1) for i in range(12)]
+    again = [prepared_data(resolve(cfg), _context(i, 12), server_round=2) for i in range(12)]
     assert all(a is b for a, b in zip(first, again, strict=True))
     # Bounded by bytes: past the bound the least recent go, the newest always stays.
     one = client_work._nbytes(first[0])
     monkeypatch.setattr(client_work, "PREPARED_MAX_BYTES", 3 * one)
-    newest = prepared_data(cfg, _context(0, 12), server_round=3)
+    newest = prepared_data(resolve(cfg), _context(0, 12), server_round=3)
     assert newest is first[0] and len(_PREPARED) == 12  # a hit evicts nothing
     _PREPARED.clear()
     monkeypatch.setattr(client_work, "PREPARED_MAX_BYTES", 0)
-    kept = [prepared_data(cfg, _context(i, 12), server_round=1) for i in range(3)]
+    kept = [prepared_data(resolve(cfg), _context(i, 12), server_round=1) for i in range(3)]
     assert list(_PREPARED.values()) == [kept[-1]]
 
 
 def test_fresh_noise_each_round_only_when_asked(tmp_path):
     _PREPARED.clear()
     cfg = _cfg(tmp_path, **{"client.redisguise": "round"})
-    r1 = prepared_data(cfg, _context(0), server_round=1)
-    r2 = prepared_data(cfg, _context(0), server_round=2)
+    r1 = prepared_data(resolve(cfg), _context(0), server_round=1)
+    r2 = prepared_data(resolve(cfg), _context(0), server_round=2)
     assert not torch.equal(r1.train.images, r2.train.images)
     assert torch.equal(r1.test.images, r2.test.images)  # evaluation stays comparable
     _PREPARED.clear()
-    again = prepared_data(cfg, _context(0), server_round=2)
+    again = prepared_data(resolve(cfg), _context(0), server_round=2)
     assert torch.equal(again.train.images, r2.train.images)  # reproducible per round
 
 
@@ -112,13 +113,13 @@ def test_the_cache_notices_a_key_file_rewritten_in_place_and_holds_no_key(tmp_pa
     DisguiseKey.generate(seed="one").save(key_file)
     cfg = _cfg(tmp_path, **{"client.key_file": str(key_file),
                             "disguise": '{"name": "block-permutation", "block_size": 7}'})
-    before = prepared_data(cfg, _context(0), server_round=1)
-    assert prepared_data(cfg, _context(0), server_round=2) is before  # cached
+    before = prepared_data(resolve(cfg), _context(0), server_round=1)
+    assert prepared_data(resolve(cfg), _context(0), server_round=2) is before  # cached
     DisguiseKey.generate(seed="two").save(key_file)  # same path, new key
-    after = prepared_data(cfg, _context(0), server_round=2)
+    after = prepared_data(resolve(cfg), _context(0), server_round=2)
     assert after is not before and not torch.equal(after.train.images, before.train.images)
     # exactly what the node's data is under the new key (fedisguise.node_data's rule)
-    assert torch.equal(after.train.images, node_data(cfg, 0, 2).train.images)
+    assert torch.equal(after.train.images, node_data(resolve(cfg), 0, 2).train.images)
     material = DisguiseKey.load(key_file)._material
     for entry_key, entry in _PREPARED.items():
         assert not any(isinstance(part, DisguiseKey) or part == material
@@ -127,7 +128,8 @@ def test_the_cache_notices_a_key_file_rewritten_in_place_and_holds_no_key(tmp_pa
             assert split is None or set(vars(split)) == {"images", "labels", "num_classes"}
     with pytest.raises(FileNotFoundError, match="disguise key file not found"):
         key_file.unlink()
-        prepared_data(cfg, _context(0), server_round=3)  # a missing key is an error, not stale
+        # a missing key is an error, not stale
+        prepared_data(resolve(cfg), _context(0), server_round=3)
 
 
 def test_the_cache_notices_a_replaced_dataset_file(tmp_path):
@@ -137,10 +139,10 @@ def test_the_cache_notices_a_replaced_dataset_file(tmp_path):
     _write_fmnist(folder, seed=1)
     cfg = synthetic_config(tmp_path, **{"data.dataset": "fashion-mnist",
                                         "data.data_dir": str(folder)})
-    before = prepared_data(cfg, _context(0), server_round=1)
-    assert prepared_data(cfg, _context(0), server_round=2) is before
+    before = prepared_data(resolve(cfg), _context(0), server_round=1)
+    assert prepared_data(resolve(cfg), _context(0), server_round=2) is before
     _write_fmnist(folder, seed=2)  # new pixels, same file names
-    after = prepared_data(cfg, _context(0), server_round=2)
+    after = prepared_data(resolve(cfg), _context(0), server_round=2)
     assert not torch.equal(after.train.images, before.train.images)
 
 
@@ -187,15 +189,16 @@ def test_batch_mode_draws_every_batch_afresh_and_the_attack_suite_replays_it(
     _PREPARED.clear()
     cfg = _cfg(tmp_path, **{"client.redisguise": "batch", "disguise": json.dumps(spec),
                             "train.batch_size": 16, "train.local_epochs": 2})
-    assert torch.equal(prepared_data(cfg, _context(0), 1).train.images,
-                       node_data(cfg, 0, 1).plain.train.images)  # nothing disguised ahead
+    run = resolve(cfg)  # nothing disguised ahead:
+    assert torch.equal(prepared_data(run, _context(0), 1).train.images,
+                       node_data(run, 0, 1).plain.train.images)
     seen = _recording(monkeypatch, "train_local")
-    train_reply(_message(cfg, 1), _context(0), cfg)
+    train_reply(_message(cfg, 1), _context(0), resolve(cfg))
     assert len(seen) == 8  # 64 images, batches of 16, two epochs
     # each epoch holds every image once: epoch two shows them again under other draws
     first = torch.cat([x for x, _ in seen[:4]])
     assert not any(torch.equal(a, b) for a in first for b in seen[4][0])
-    truth = ground_truth(cfg, 1, 0)
+    truth = ground_truth(resolve(cfg), 1, 0)
     assert torch.equal(truth.batch_index, torch.arange(64))  # two whole epochs
     # every image as the client first trained on it, exactly
     calls = trained_batches(cfg, 64, training_order_seed(0, 1, 0))
@@ -203,7 +206,7 @@ def test_batch_mode_draws_every_batch_afresh_and_the_attack_suite_replays_it(
     for (x, _), idx in zip(seen[:4], calls[0]):
         assert torch.equal(truth.train_disguised[idx], x)
     # a new round draws anew
-    train_reply(_message(cfg, 2), _context(0), cfg)
+    train_reply(_message(cfg, 2), _context(0), resolve(cfg))
     assert not torch.equal(seen[8][0], seen[0][0])
 
 
@@ -213,16 +216,16 @@ def test_batch_mode_evaluates_on_freshly_disguised_test_batches(tmp_path, monkey
     cfg = _cfg(tmp_path, **{"client.redisguise": "batch", "disguise": json.dumps(spec),
                             "train.batch_size": 10})
     seen = _recording(monkeypatch, "evaluate")
-    reply = evaluate_reply(_message(cfg, 1), _context(0), cfg)
+    reply = evaluate_reply(_message(cfg, 1), _context(0), resolve(cfg))
     assert reply["metrics"]["num-examples"] == 50
     assert [len(x) for x, _ in seen] == [10] * 5  # the training batch size, as the authors
-    plain = node_data(cfg, 0, 1).plain.test.images
+    plain = node_data(resolve(cfg), 0, 1).plain.test.images
     assert not torch.equal(seen[0][0], plain[:10])
-    replay = node_batch_draws(cfg, 0).evaluation("test", 1)
-    labels = node_data(cfg, 0, 1).plain.test.labels
+    replay = node_batch_draws(resolve(cfg), 0).evaluation("test", 1)
+    labels = node_data(resolve(cfg), 0, 1).plain.test.labels
     batches = list(torch.arange(50).split(10))
     assert torch.equal(replay(plain, labels, batches, 0)[0][0], seen[0][0])  # its own draws
-    evaluate_reply(_message(cfg, 2), _context(0), cfg)
+    evaluate_reply(_message(cfg, 2), _context(0), resolve(cfg))
     assert not torch.equal(seen[5][0], seen[0][0])  # another round, other draws
 
 
@@ -239,9 +242,9 @@ def test_batch_mode_ground_truth_of_a_few_steps_is_the_batches_the_client_drew(
         seen = _recording(monkeypatch, "train_dp", dp_module)
     else:
         seen = _recording(monkeypatch, "train_local")
-    train_reply(_message(cfg, 3), _context(1), cfg)
+    train_reply(_message(cfg, 3), _context(1), resolve(cfg))
     assert len(seen) == 2
-    truth = ground_truth(cfg, 3, 1)
+    truth = ground_truth(resolve(cfg), 3, 1)
     first, second = (x for x, _ in seen)
     assert torch.equal(truth.batch_disguised, truth.train_disguised[truth.batch_index])
     rows = {tuple(r.flatten().tolist()) for r in torch.cat([first, second])}

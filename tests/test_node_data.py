@@ -26,6 +26,7 @@ from fedisguise.disguise.keys import (
 )
 from fedisguise.models import build_model
 from fedisguise.node_data import node_data
+from fedisguise.resolved import resolve
 from tests.conftest import synthetic_config
 
 SPEC = {"name": "disguisednets", "block_size": 7, "noise_level": 25}
@@ -57,10 +58,10 @@ def test_key_dir_client_app_ground_truth_and_privacy_use_the_nodes_key(tmp_path,
     assert own[1] != derived  # so a derived-key copy would show
 
     _PREPARED.clear()
-    trained = prepared_data(cfg, _context(1), server_round=1).train.images
+    trained = prepared_data(resolve(cfg), _context(1), server_round=1).train.images
     secret = node_secret(cfg, 1)  # the node wrote it beside its key file
     assert secret_path(keys[1], 1).is_file()
-    truth = ground_truth(cfg, 1, 1)
+    truth = ground_truth(resolve(cfg), 1, 1)
     assert truth.disguise_key == own[1] and truth.disguise_secret == secret
     assert torch.equal(truth.train_disguised, trained)
     plain = truth.train_plain.images
@@ -73,7 +74,7 @@ def test_key_dir_client_app_ground_truth_and_privacy_use_the_nodes_key(tmp_path,
                         lambda cfg, device: build_model("lenet", 1, 10, 28))
     monkeypatch.setattr(privacy, "write_grid",
                         lambda cfg, plain, disguised, run_dir: shown.setdefault("d", disguised))
-    privacy.privacy_figures(cfg, {"final": {"plain_test_accuracy": 0.5}}, tmp_path)
+    privacy.privacy_figures(resolve(cfg), {"final": {"plain_test_accuracy": 0.5}}, tmp_path)
     test = server_test_set("synthetic", "", 40, 0)
     assert torch.equal(shown["d"], _disguised(own[0], node_secret(cfg, 0), "privacy",
                                               test.images))
@@ -84,11 +85,11 @@ def test_a_supernodes_own_key_file_wins_over_the_config(tmp_path):
     cfg = _cfg(tmp_path, **{"client.key_dir": str(tmp_path / "keys")})
     own = DisguiseKey.generate(9).save(tmp_path / "node.key")
     _PREPARED.clear()
-    data = prepared_data(cfg, _context(0, **{NODE_KEY_FILE: str(own)}), server_round=1)
+    data = prepared_data(resolve(cfg), _context(0, **{NODE_KEY_FILE: str(own)}), server_round=1)
     assert node_key(cfg, 0, str(own)) == DisguiseKey.generate(9)
     with pytest.raises(FileNotFoundError, match="client-0.node-0.secret does not exist"):
-        ground_truth(cfg, 1, 0)  # node 0 never drew from a secret beside the config's key
-    plain = node_data(cfg, 0, 1, str(own)).plain.train.images
+        ground_truth(resolve(cfg), 1, 0)  # node 0 never drew from a secret beside the config's key
+    plain = node_data(resolve(cfg), 0, 1, str(own)).plain.train.images
     secret = node_secret(cfg, 0, str(own))  # written beside the node's own key file
     assert secret_path(own, 0).is_file() and secret != node_secret(_cfg(tmp_path), 0)
     assert torch.equal(data.train.images, _disguised(DisguiseKey.generate(9), secret, "train",

@@ -18,6 +18,7 @@ from fedisguise.disguise.keys import (
     secret_path,
 )
 from fedisguise.node_data import node_disguise
+from fedisguise.resolved import resolve
 from tests.conftest import synthetic_config
 from tests.test_node_data import _context
 
@@ -38,7 +39,7 @@ def _federation_file(tmp_path, spec):
 
 def _noise(cfg, node: int) -> torch.Tensor:
     """Node `node`'s Δ on IMAGES: its disguise minus the same keyed transform without noise."""
-    noisy, key = node_disguise(cfg, node, "train", is_node=True)
+    noisy, key = node_disguise(resolve(cfg), node, "train", is_node=True)
     quiet = build({**NETS, "noise_level": 0.0}, key)
     return noisy.apply(IMAGES)[0] - quiet.apply(IMAGES)[0]
 
@@ -56,7 +57,7 @@ def test_two_nodes_under_one_federation_key_draw_uncorrelated_noise(tmp_path, so
 
 def test_the_keyed_transform_stays_the_federations(tmp_path):
     cfg, _ = _federation_file(tmp_path, {**NETS, "noise_level": 0.0})
-    nodes = [node_disguise(cfg, node, "train", is_node=True)[0] for node in (0, 1)]
+    nodes = [node_disguise(resolve(cfg), node, "train", is_node=True)[0] for node in (0, 1)]
     assert torch.equal(nodes[0].block_permutation(16), nodes[1].block_permutation(16))
     assert torch.equal(nodes[0]._block_matrices(16, torch.device("cpu")),
                        nodes[1]._block_matrices(16, torch.device("cpu")))
@@ -67,7 +68,7 @@ def test_instahide_nodes_draw_their_own_masks_weights_and_partners(tmp_path):
     cfg = _cfg(tmp_path, {"name": "instahide", "k": 4})
     ones, labels = torch.ones(60, 1, 28, 28), torch.arange(60) % 10
     # All-ones images mix to 1 whatever the weights: the output is the sign mask σ itself.
-    out = [node_disguise(cfg, node, "train", is_node=True)[0].apply(ones, labels)
+    out = [node_disguise(resolve(cfg), node, "train", is_node=True)[0].apply(ones, labels)
            for node in (0, 1)]
     assert torch.allclose(out[0][0].abs(), ones)
     agree = (out[0][0].sign() == out[1][0].sign()).float().mean().item()
@@ -79,10 +80,10 @@ def test_instahide_nodes_draw_their_own_masks_weights_and_partners(tmp_path):
 def test_the_attack_suite_rebuilds_each_nodes_data_from_its_secret(tmp_path):
     cfg, key_file = _federation_file(tmp_path, NETS)
     _PREPARED.clear()
-    trained = [prepared_data(cfg, _context(node), server_round=1).train.images
+    trained = [prepared_data(resolve(cfg), _context(node), server_round=1).train.images
                for node in (0, 1)]
     for node in (0, 1):
-        truth = ground_truth(cfg, 1, node)
+        truth = ground_truth(resolve(cfg), 1, node)
         assert torch.equal(truth.train_disguised, trained[node])
         assert truth.disguise_secret == node_secret(cfg, node)
     assert node_secret(cfg, 0) != node_secret(cfg, 1)

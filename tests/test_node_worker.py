@@ -19,6 +19,7 @@ from fedisguise import messages as m
 from fedisguise.client_app import uses_worker
 from fedisguise.disguise import DisguiseKey
 from fedisguise.models import build_model
+from fedisguise.resolved import resolve
 from tests.conftest import synthetic_config
 
 
@@ -63,13 +64,13 @@ def test_the_worker_replies_bit_identically_to_the_in_process_clientapp(tmp_path
     cfg, context, content, key_file = _setup(tmp_path)
     assert uses_worker(cfg, context)
     reply = node_worker.forward("train", content, context)
-    local = client_work.train_reply(content, context, cfg)
+    local = client_work.train_reply(content, context, resolve(cfg))
     assert reply[m.CLIENT][m.UPDATE_SHA256] == local[m.CLIENT][m.UPDATE_SHA256]
     assert m.arrays_digest(reply[m.ARRAYS]) == local[m.CLIENT][m.UPDATE_SHA256]
     assert dict(reply[m.METRICS]) == dict(local[m.METRICS])
     evaluated = node_worker.forward("evaluate", content, context)
     assert dict(evaluated[m.METRICS]) == dict(client_work.evaluate_reply(content, context,
-                                                                         cfg)[m.METRICS])
+                                                                         resolve(cfg))[m.METRICS])
     # one warm worker serves the node's messages, in a folder only its owner may enter
     sockets = list(worker_dir.glob("*.sock"))
     assert len(sockets) == 1 and _worker_pid(sockets[0]) > 0

@@ -10,6 +10,7 @@ from flwr.serverapp import Grid
 from fedisguise.client_work import handle_evaluate, handle_train
 from fedisguise.models import build_model
 from fedisguise import messages as m
+from fedisguise.resolved import resolve
 from strategies import UpdateLedger, build_strategy
 from tests.conftest import synthetic_config
 
@@ -51,13 +52,13 @@ class LoopbackGrid(Grid):
                           node_config={"partition-id": self.partition_of[node],
                                        "num-partitions": len(self.partition_of)})
             if msg.metadata.message_type == MessageType.TRAIN:
-                reply = handle_train(msg, ctx, self.cfg)
+                reply = handle_train(msg, ctx, resolve(self.cfg))
                 rnd = int(msg.content["config"]["server-round"])
                 self.sampled[rnd].append(node)
                 self.sent[rnd][node] = {k: v.numpy().copy()
                                         for k, v in reply.content[m.ARRAYS].items()}
             else:
-                reply = handle_evaluate(msg, ctx, self.cfg)
+                reply = handle_evaluate(msg, ctx, resolve(self.cfg))
             replies.append(reply)
         return replies
 

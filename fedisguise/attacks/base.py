@@ -34,6 +34,7 @@ import torch
 
 from fedisguise.data import ImageDataset
 from fedisguise.disguise.base import DISGUISES, Disguise, check_params
+from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.plugins import add, choices
 
 LEVELS = (0, 1, 2)
@@ -142,7 +143,9 @@ class Knowledge:
 
     level: int
     public: ImageDataset  # Level 0+: same distribution, disjoint from every client
-    algorithm: Any = None  # Level 1+: the disguise spec (name and parameters), no key
+    # Level 1+: the disguise algorithm and its parameters, no key (a name or a spec table is
+    # parsed into a DisguiseSpec)
+    algorithm: DisguiseSpec | None = None
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None  # Level 2: (plain, disguised)
 
     def __post_init__(self) -> None:
@@ -150,6 +153,8 @@ class Knowledge:
             raise ValueError(f"knowledge level must be one of {LEVELS}, got {self.level}")
         if self.level < 1 and self.algorithm is not None:
             raise ValueError("Level 0 does not know the disguise algorithm")
+        if self.algorithm is not None:
+            object.__setattr__(self, "algorithm", DisguiseSpec.parse(self.algorithm))
         if self.level < 2 and self.pairs is not None:
             raise ValueError("only Level 2 holds pairs under the victim's key")
 
@@ -158,9 +163,8 @@ class Knowledge:
         if self.level < 1 or self.algorithm is None:
             raise ValueError("a Level-0 attacker does not know the disguise algorithm")
         from fedisguise.disguise import DisguiseKey
-        from fedisguise.disguise import build as build_disguise
 
-        return build_disguise(self.algorithm, DisguiseKey.generate(seed + 7919))
+        return self.algorithm.build(DisguiseKey.generate(seed + 7919))
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,7 @@ class GroundTruth:
     batch_labels: torch.Tensor
     train_plain: ImageDataset  # the client's whole partition (members)
     train_disguised: torch.Tensor
-    disguise_spec: Any
+    disguise_spec: DisguiseSpec
     disguise_key: Any  # the victim's DisguiseKey; makes Level-2 pairs, never logged
     disguise_secret: Any = None  # the victim's own draws secret (DisguiseKey), never logged
     batch_index: torch.Tensor | None = None  # partition indices behind the update

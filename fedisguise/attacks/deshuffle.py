@@ -45,7 +45,6 @@ from fedisguise.attacks.base import (
 )
 from fedisguise.attacks.inverse import apply_inverse, train_inverse
 from fedisguise.attacks.scoring import Scorer, score_outsourced
-from fedisguise.disguise.base import spec_params
 from fedisguise.disguise.visualmixer import VisualMixer, window_levels
 from fedisguise.metrics import psnr
 
@@ -199,7 +198,7 @@ def attacker_shuffles(evidence: Evidence, knowledge: Knowledge, runtime: Runtime
     """The attacker's shuffles of `count` public images, or why the attack does not apply."""
     if evidence.images is None:
         raise ValueError("an attack on window shuffles needs the shuffled images")
-    name, _ = spec_params(knowledge.algorithm)
+    name = knowledge.algorithm.name
     if not has(name, "shuffles_windows"):
         return f"an attack on window shuffles, not {name}"
     if evidence.images.ndim != 4 or not torch.isfinite(evidence.images).all():

@@ -63,7 +63,6 @@ from fedisguise.attacks.instahide_recovery import (
     train_similarity,
 )
 from fedisguise.attacks.scoring import PSNR_CAP, Scorer, matching_order
-from fedisguise.disguise.base import spec_params
 from fedisguise.metrics import psnr, ssim
 
 # ---- the attack under the contract -------------------------------------------------------
@@ -102,7 +101,7 @@ class InstaHideAttack(Attack):
                     ) -> Reconstruction:
         if evidence.images is None:
             raise ValueError("the InstaHide attack needs encodings")
-        name, _ = spec_params(knowledge.algorithm)
+        name = knowledge.algorithm.name
         if not has(name, "mixes_images"):
             return Reconstruction(figures={"status": "not applicable",
                                            "reason": f"an attack on InstaHide, not {name}"})

@@ -33,7 +33,7 @@ from fedisguise.attacks.base import (
     Runtime,
 )
 from fedisguise.attacks.scoring import Scorer, score_outsourced
-from fedisguise.disguise.base import spec_params
+from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.unet import UNet
 
 
@@ -127,10 +127,9 @@ INVERSE_METHODS = ("unet", "known-pairs")
 TARGET_SETS = ("client", "test")
 
 
-def block_size_of(algorithm: object, image_size: int) -> int:
+def block_size_of(algorithm: DisguiseSpec, image_size: int) -> int:
     """The disguise's block size from its public parameters (whole image if it has none)."""
-    _, params = spec_params(algorithm)
-    return int(params.get("block_size", image_size))
+    return int(algorithm.params.get("block_size", image_size))
 
 
 @register

@@ -37,8 +37,6 @@ from fedisguise.attacks.base import (
     register,
 )
 from fedisguise.attacks.scoring import Scorer, score_outsourced
-from fedisguise.disguise import build as build_disguise
-from fedisguise.disguise.base import spec_params
 from fedisguise.metrics import ssim
 
 
@@ -193,7 +191,7 @@ class Jigsaw(Attack):
         disguised = evidence.images[:self.images]
         # A pure permutation keeps each block's pixels, so the public mean image says where
         # a block sits; DisguisedNets' per-block transforms change them, so edges alone there.
-        name, _ = spec_params(knowledge.algorithm) if knowledge.algorithm else (None, {})
+        name = knowledge.algorithm.name if knowledge.algorithm else None
         prior = knowledge.public.images if name and has(name, "keeps_block_pixels") else None
         solved = solve(disguised, self.block_size, prior)
         rec = reassemble(disguised, solved["placement"], self.block_size)
@@ -210,7 +208,7 @@ class Jigsaw(Attack):
         rec, plain = reconstruction.images, truth.observed_plain
         # DisguisedNets' blocks leave [0, 1]: SSIM on the displayable range, as before.
         figures["ssim_vs_original"] = ssim(rec.clamp(0, 1), plain).mean().item()
-        disguise = build_disguise(truth.disguise_spec, truth.disguise_key)
+        disguise = truth.disguise_spec.build(truth.disguise_key)
         gh, gw = reconstruction.extra["grid"]
         permutation = getattr(disguise, "block_permutation", None)
         perm = permutation(gh * gw) if permutation is not None else None

@@ -33,14 +33,13 @@ from fedisguise.attacks.capture import capture_path, capture_refused, final_glob
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.config import Config
 from fedisguise.data import ImageDataset, load_dataset
-from fedisguise.disguise import build as build_disguise
 from fedisguise.dp import poisson_batches
 from fedisguise.node_data import NodeData, node_data
 from fedisguise.privacy import display_range
+from fedisguise.resolved import ResolvedRun
 from fedisguise.training import (
     batch_indices,
     epoch_batches,
-    resolve_device,
     training_order_seed,
 )
 
@@ -75,11 +74,12 @@ def load_view(cfg: Config, run_dir: Path, server_round: int, partition: int,
         final_global_state=torch.load(final, weights_only=True) if final.is_file() else None)
 
 
-def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
+def ground_truth(run: ResolvedRun, server_round: int, partition: int) -> GroundTruth:
     """Re-create the target client's data exactly as it trained on it: under its key and
     its own secret's draws; with client.redisguise = "batch", batch by batch as it drew them."""
+    cfg = run.cfg
     seed = cfg.experiment.seed
-    data = node_data(cfg, partition, server_round, test=False)
+    data = node_data(run, partition, server_round, test=False)
     plain, key = data.plain.train, data.key
     steps, order_seed = cfg.train.local_steps, training_order_seed(seed, server_round, partition)
     disguised = data.train.images if data.batches is None else replay_batches(
@@ -97,7 +97,7 @@ def ground_truth(cfg: Config, server_round: int, partition: int) -> GroundTruth:
         idx = idx.unique()
     return GroundTruth(batch_plain=plain.images[idx], batch_disguised=disguised[idx],
                        batch_labels=plain.labels[idx], train_plain=plain,
-                       train_disguised=disguised, disguise_spec=cfg.disguise,
+                       train_disguised=disguised, disguise_spec=run.disguise,
                        disguise_key=key, disguise_secret=data.secret, batch_index=idx)
 
 
@@ -198,7 +198,7 @@ def evidence_for(attack: Attack, view: ServerView, truth: GroundTruth, paired: t
     count = getattr(attack, "targets", len(truth.train_plain))
     if getattr(attack, "target_set", "client") == "test":
         plain, labels = holdout.images[:count], holdout.labels[:count]
-        victim = build_disguise(truth.disguise_spec, truth.disguise_key)
+        victim = truth.disguise_spec.build(truth.disguise_key)
         victim.reseed("attack-targets", truth.disguise_secret)
         disguised = victim.apply(plain, labels)[0]
     else:  # the client's own images that are not among a Level-2 attacker's pairs
@@ -212,12 +212,12 @@ def evidence_for(attack: Attack, view: ServerView, truth: GroundTruth, paired: t
                     observed_labels=labels))
 
 
-def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+def run_attacks(run: ResolvedRun, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Figures per attack, keyed by name (a second attack of one name gets a suffix).
 
     Per attack: the server's view and the knowledge of its level go to `reconstruct`;
     the ground truth only to `score`."""
-    device = resolve_device(cfg.resources.device)
+    cfg, device = run.cfg, run.device
     test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir)
     order = np.random.default_rng([cfg.experiment.seed, 11]).permutation(len(test))
     holdout, public = test.subset(order[:HOLDOUT]), test.subset(order[HOLDOUT:])
@@ -231,18 +231,18 @@ def run_attacks(cfg: Config, run_dir: Path, progress: bool = True) -> dict[str, 
         label = attack_label(spec, results)
         about = {"attack": spec.name, "params": spec.params,
                  "target": {"round": spec.target.round, "client": spec.target.client}}
-        if not attack.applies_to(cfg.disguise_name):  # a defence-specific attack elsewhere
+        if not attack.applies_to(run.disguise.name):  # a defence-specific attack elsewhere
             results[label] = {"status": "not applicable", "level": getattr(attack, "level", 0),
                               "reason": f"built for {list(attack.scope())}, not "
-                                        f"{cfg.disguise_name}", **about}
+                                        f"{run.disguise.name}", **about}
             continue
         if spec.target not in loaded:  # attacks on one update share its capture and truth
             loaded[spec.target] = (
                 load_view(cfg, run_dir, spec.target.round, spec.target.client,
                           public.image_shape, public.num_classes),
-                ground_truth(cfg, spec.target.round, spec.target.client))
+                ground_truth(run, spec.target.round, spec.target.client))
         view, truth = loaded[spec.target]
-        knowledge, paired = knowledge_for(attack, truth, public, cfg.disguise,
+        knowledge, paired = knowledge_for(attack, truth, public, run.disguise,
                                           cfg.experiment.seed)
         evidence, truth = evidence_for(attack, view, truth, paired, holdout,
                                        cfg.experiment.seed)

@@ -11,7 +11,9 @@ from fedisguise.disguise import (  # noqa: F401
     visualmixer,
     visualmixer_authors,
 )
-from fedisguise.disguise.base import DISGUISES, Disguise, NoDisguise, build, check_images
+from fedisguise.disguise.base import DISGUISES, Disguise, NoDisguise, check_images
 from fedisguise.disguise.keys import DisguiseKey
+from fedisguise.disguise.spec import DisguiseSpec, build
 
-__all__ = ["DISGUISES", "Disguise", "DisguiseKey", "NoDisguise", "build", "check_images"]
+__all__ = ["DISGUISES", "Disguise", "DisguiseKey", "DisguiseSpec", "NoDisguise", "build",
+           "check_images"]

@@ -17,7 +17,7 @@ import torch
 
 from fedisguise.config import NO_DISGUISE
 from fedisguise.disguise.keys import DisguiseKey
-from fedisguise.plugins import add, choices
+from fedisguise.plugins import add
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -200,9 +200,13 @@ def register(cls: type[Disguise]) -> type[Disguise]:
 
 
 def spec_params(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(name, parameters) of a spec: a name, or a table with `name` and parameters."""
+    """(name, parameters) of a spec: a name, a table with `name` and parameters, or a parsed
+    spec (fedisguise.disguise.spec.DisguiseSpec)."""
     if isinstance(spec, str):
         return spec, {}
+    if isinstance(getattr(spec, "name", None), str) and isinstance(
+            getattr(spec, "params", None), Mapping):
+        return spec.name, dict(spec.params)
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
         raise ValueError(f"a disguise spec is a name or a table with a 'name', got {spec!r}")
     params = dict(spec)
@@ -228,15 +232,3 @@ def check_params(cls: type, params: Mapping[str, Any], kind: str = "disguise") -
         if isinstance(value, float) and not math.isfinite(value):  # JSON admits NaN, Infinity
             raise ValueError(f"{kind} {cls.name!r} parameter {name!r} must be finite, "
                              f"got {value!r}")
-
-
-def build(spec: str | Mapping[str, Any], key: DisguiseKey | None = None) -> Disguise:
-    """Build a disguise from a name or a `{name = ..., <params>}` table, under `key`."""
-    name, params = spec_params(spec)
-    if name not in DISGUISES:
-        raise ValueError(f"unknown disguise {name!r}; valid choices: {choices(DISGUISES)}")
-    cls = DISGUISES[name]
-    check_params(cls, params)
-    if cls.keyed and not isinstance(key, DisguiseKey):
-        raise ValueError(f"disguise {name!r} is keyed: pass a DisguiseKey, got {key!r}")
-    return cls(key, **params)

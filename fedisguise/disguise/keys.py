@@ -160,6 +160,28 @@ class DisguiseKey:
 
 NODE_KEY_FILE = "disguise-key-file"  # node_config entry: a SuperNode's own key file
 
+# Key files read once per process: a node's key and its draws secret are read on first use
+# and again only when the file changes (its inode, size, mtime or mode, taken by stat, which
+# reads no key), so a key rewritten in place, or made readable by others, is still noticed.
+_READ: dict[tuple[str, str], tuple[tuple[int, int, int, int], DisguiseKey]] = {}
+
+
+def read_key_file(path: str | Path, header: str = KEY_MAGIC) -> DisguiseKey:
+    """`DisguiseKey.load(path, header)`, read from disk once per process while the file is
+    unchanged; every error is `load`'s, for a file that is missing, too open or damaged."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return DisguiseKey.load(path, header)  # its own error, naming the file
+    signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+    entry = (str(path), header)
+    cached = _READ.get(entry)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    key = DisguiseKey.load(path, header)
+    _READ[entry] = (signature, key)
+    return key
+
 
 def key_path(key_dir: str | Path, partition_id: int) -> Path:
     """Node `partition_id`'s key file in a key folder (`client.key_dir`)."""
@@ -197,10 +219,10 @@ def node_key(cfg: Config, partition_id: int, node_key_file: str = "") -> Disguis
     """
     c = cfg.client
     if node_key_file:
-        return DisguiseKey.load(node_key_file)
+        return read_key_file(node_key_file)
     if c.key_dir:
-        return DisguiseKey.load(key_path(c.key_dir, partition_id))
-    master = DisguiseKey.load(c.key_file) if c.key_file else DisguiseKey.generate(
+        return read_key_file(key_path(c.key_dir, partition_id))
+    master = read_key_file(c.key_file) if c.key_file else DisguiseKey.generate(
         seed=f"experiment:{cfg.experiment.seed}")
     if c.key_scope == "federation":
         return master
@@ -255,7 +277,7 @@ def node_secret(cfg: Config, partition_id: int, node_key_file: str = "",
         raise FileNotFoundError(
             f"node {partition_id}'s draws secret {path} does not exist: a node writes it beside "
             f"its key file the first time it disguises, so this node never disguised here")
-    return DisguiseKey.load(path, SECRET_MAGIC)
+    return read_key_file(path, SECRET_MAGIC)
 
 
 def load_or_create_secret(path: str | Path) -> DisguiseKey:
@@ -275,4 +297,4 @@ def load_or_create_secret(path: str | Path) -> DisguiseKey:
             pass  # another process of this node made it first: use theirs
         finally:
             aside.unlink()
-    return DisguiseKey.load(path, SECRET_MAGIC)
+    return read_key_file(path, SECRET_MAGIC)

@@ -1,0 +1,74 @@
+"""A disguise spec parsed once: the defence's class and its parameters, checked.
+
+The config holds the spec as the user wrote it (a name, or a table with `name` and
+parameters), and messages and records carry it that way. Everything that builds or asks about
+the run's defence takes this typed form instead (fedisguise.resolved.ResolvedRun.disguise,
+an attacker's `Knowledge.algorithm`), so the spec is split, looked up and checked in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from collections.abc import Mapping
+from typing import Any
+
+from fedisguise.disguise.base import DISGUISES, Disguise, check_params, spec_params
+from fedisguise.disguise.keys import DisguiseKey
+from fedisguise.plugins import choices
+
+
+@dataclass(frozen=True)
+class DisguiseSpec:
+    """A registered defence and the parameters it is built with (never a key)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def parse(cls, spec: str | Mapping[str, Any] | DisguiseSpec) -> DisguiseSpec:
+        """A name or a `{name = ..., <params>}` table: an unknown name, parameter or type
+        is a ValueError that lists the choices."""
+        if isinstance(spec, DisguiseSpec):
+            return spec
+        name, params = spec_params(spec)
+        if name not in DISGUISES:
+            raise ValueError(f"unknown disguise {name!r}; valid choices: {choices(DISGUISES)}")
+        check_params(DISGUISES[name], params)
+        return cls(name, MappingProxyType(copy.deepcopy(params)))
+
+    @property
+    def defence(self) -> type[Disguise]:
+        """The registered class: what the defence can do (keyed, draws, capabilities)."""
+        return DISGUISES[self.name]
+
+    @property
+    def keyed(self) -> bool:
+        return self.defence.keyed
+
+    def redraws(self) -> bool:
+        """Whether, with these parameters, the defence makes random draws to redo."""
+        return self.defence.redraws(self.params)
+
+    def buildable(self) -> bool:
+        return self.defence.buildable(self.params)
+
+    def as_config(self) -> str | dict[str, Any]:
+        """The spec as a config writes it (a bare name where there are no parameters)."""
+        return {"name": self.name, **copy.deepcopy(dict(self.params))} if self.params \
+            else self.name
+
+    def build(self, key: DisguiseKey | None = None) -> Disguise:
+        """The defence under `key` (a keyed one refuses to be built without one)."""
+        if self.keyed and not isinstance(key, DisguiseKey):
+            raise ValueError(f"disguise {self.name!r} is keyed: pass a DisguiseKey, "
+                             f"got {key!r}")
+        return self.defence(key, **copy.deepcopy(dict(self.params)))
+
+
+def build(spec: str | Mapping[str, Any] | DisguiseSpec, key: DisguiseKey | None = None
+          ) -> Disguise:
+    """Build a disguise from a name, a `{name = ..., <params>}` table or a parsed spec,
+    under `key`."""
+    return DisguiseSpec.parse(spec).build(key)

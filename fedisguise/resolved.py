@@ -1,0 +1,80 @@
+"""A run resolved once per process: its validated config, and what the config names, typed.
+
+Why: each process that trains or scores (a Ray actor, a node's warm worker, the driver) used
+to rebuild the same things from the raw config at every use: the config validated and the
+plugins loaded on every message, the disguise spec split and checked at each site that needed
+it, the device looked up per message. `resolve` does that once per process and run, and the
+result is handed down (fedisguise.client_work, fedisguise.node_data, the attack suite).
+
+What may change while a run goes on is still checked where it is used, cheaply and without
+re-resolving: a key file by its stat (fedisguise.disguise.keys reads it again only when it
+changed), a dataset's files by their fingerprint (fedisguise.data).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedisguise.config import Config
+from fedisguise.disguise.spec import DisguiseSpec
+from fedisguise.training import resolve_device
+
+
+@dataclass(frozen=True, eq=False)
+class ResolvedRun:
+    """A validated config (plugins loaded), its defence as a typed spec, and its device."""
+
+    cfg: Config
+    disguise: DisguiseSpec
+    device: torch.device
+
+
+# Runs a long-lived process keeps resolved: a node's warm worker may serve several runs.
+_RESOLVED: OrderedDict[tuple, ResolvedRun] = OrderedDict()
+RESOLVED_MAX = 8
+
+
+def _token(settings: dict[str, Any], scope: object) -> tuple:
+    return scope, json.dumps(settings, sort_keys=True, default=str)
+
+
+def _remember(token: tuple, make) -> ResolvedRun:
+    run = _RESOLVED.get(token)
+    if run is None:
+        run = _RESOLVED[token] = make()
+        while len(_RESOLVED) > RESOLVED_MAX:
+            _RESOLVED.popitem(last=False)
+    _RESOLVED.move_to_end(token)
+    return run
+
+
+def _resolved(cfg: Config) -> ResolvedRun:
+    return ResolvedRun(cfg, DisguiseSpec.parse(cfg.disguise),
+                       resolve_device(cfg.resources.device))
+
+
+def resolve(cfg: Config, scope: object = None, validate: bool = False) -> ResolvedRun:
+    """The run `cfg` describes, resolved once per process and `scope` (e.g. a Flower run
+    id). `validate`: check the config first (one read from a run config; a config the driver
+    validated is handed over checked, and only its plugins are loaded here)."""
+
+    def make() -> ResolvedRun:
+        if validate:
+            cfg.validate()
+        else:
+            cfg.load_plugins()  # a Ray actor gets a checked config, not the driver's plugins
+        return _resolved(cfg)
+
+    return _remember(_token(cfg.to_dict(), scope), make)
+
+
+def resolve_flat(run_config: dict[str, Any], scope: object = None) -> ResolvedRun:
+    """The run a Flower run config describes, parsed and validated once per process and
+    `scope`: a node's warm worker gets the run config with every message."""
+    return _remember(_token(run_config, scope),
+                     lambda: _resolved(Config.from_flat(dict(run_config))))
