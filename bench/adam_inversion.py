@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.attacks.gradient_inversion import DEFAULT_SOFTNESS, invert, match_reconstructions
 from fedisguise.attacks.update_algebra import update_delta
-from fedisguise.data import load_dataset  # noqa: E402
+from fedisguise.data.datasets import load_dataset  # noqa: E402
 from fedisguise.metrics import psnr  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
 from fedisguise.training import OPTIMIZERS  # noqa: E402

@@ -59,7 +59,7 @@ from fedisguise.attacks.instahide_recovery import (  # noqa: E402
 )
 from fedisguise.attacks.scoring import Scorer  # noqa: E402
 from fedisguise.config import Config  # noqa: E402
-from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
+from fedisguise.data.datasets import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402
 from fedisguise.metrics import vfe  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402

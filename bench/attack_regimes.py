@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedisguise.attacks.base import Evidence, GroundTruth, Knowledge, Runtime, ServerView  # noqa: E402,E501
 from fedisguise.attacks.gradient_inversion import GradientInversion  # noqa: E402
 from fedisguise.attacks.scoring import Scorer  # noqa: E402
-from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
+from fedisguise.data.datasets import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
 from fedisguise.training import batch_indices, train_local  # noqa: E402

@@ -27,7 +27,7 @@ from fedisguise.attacks import inverse, jigsaw  # noqa: E402
 from fedisguise.attacks.gradient_inversion import invert  # noqa: E402
 from fedisguise.attacks.update_algebra import update_delta  # noqa: E402
 from fedisguise.attacks.membership import reference_statistics  # noqa: E402
-from fedisguise.data import load_dataset  # noqa: E402
+from fedisguise.data.datasets import load_dataset  # noqa: E402
 from fedisguise.disguise import DisguiseKey, build  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
 from fedisguise.training import train_local  # noqa: E402

@@ -4,10 +4,11 @@
 In one process, on configs/smoke.toml with 2 clients (5 rounds by default):
 
 - simulation (`run_simulation`, Ray);
-- deployment: a SuperLink and 2 SuperNodes on loopback, launched by fedisguise.fast_node
+- deployment: a SuperLink and 2 SuperNodes on loopback, launched by
+fedisguise.deployment.supernode.launcher
   (Flower's SuperNode polling every 0.2 s, each message's `flwr-clientapp` forked from a warm
   process), fedisguise's ClientApp handing each message to the node's warm worker
-  (fedisguise.node_worker);
+  (fedisguise.deployment.supernode.worker);
 - the same with Flower's stock `flower-supernode` (`deployment.fast_nodes = false`);
 - deployment without the worker (`warm-worker=false`, stock SuperNodes: every message trains
   in the fresh `flwr-clientapp` process Flower starts for it, as before either existed);
@@ -37,10 +38,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.config import DRIVER, DRIVER_KEY, load_config  # noqa: E402
-from fedisguise.deployment import LocalFederation  # noqa: E402
+from fedisguise.deployment.federation import LocalFederation  # noqa: E402
 from fedisguise.experiment import run_experiment  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
-from fedisguise.submission import APP_DIR, submit_app  # noqa: E402
+from fedisguise.deployment.submission import APP_DIR, submit_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_APP = ROOT / "bench" / "flower_floor"

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
+from fedisguise.data.datasets import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.disguise import DISGUISES, DisguiseKey, build  # noqa: E402
 from fedisguise.disguise.transform_net_training import (  # noqa: E402
     save_transform_net,

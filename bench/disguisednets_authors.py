@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedisguise.data import load_dataset
+from fedisguise.data.datasets import load_dataset
 from fedisguise.disguise import DisguiseKey, build
 
 

@@ -3,7 +3,7 @@
 
 A client with `target_epsilon` asks Opacus for the noise multiplier that spends it over the
 run (a bisection over the RDP accountant) and for ε twice (the round's and the running
-total). The baseline is the round's training itself (fedisguise.dp.train_dp, lenet, random
+total). The baseline is the round's training itself (fedisguise.privacy.dp.train_dp, lenet, random
 28×28 images, Poisson batches). Printed as ratios in this process: accounting uncached
 (every client, every round, as before the cache) and cached (what a client pays once the
 run's first round has asked), each against the training.
@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedisguise.data import ImageDataset  # noqa: E402
-from fedisguise.dp import epsilon, planned_noise, steps_per_round, train_dp  # noqa: E402
+from fedisguise.data.datasets import ImageDataset  # noqa: E402
+from fedisguise.privacy.dp import epsilon, planned_noise, steps_per_round, train_dp  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
 
 

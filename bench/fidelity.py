@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from fedisguise.config import Config
-from fedisguise.data import load_dataset
+from fedisguise.data.datasets import load_dataset
 from fedisguise.disguise import DISGUISES
 from fedisguise.metrics import psnr, vfe
 from fedisguise.node_data import node_disguise

@@ -32,11 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.config import load_config  # noqa: E402
-from fedisguise.deployment import child_env  # noqa: E402
+from fedisguise.deployment.federation import child_env  # noqa: E402
 from fedisguise.experiment import run_experiment  # noqa: E402
-from fedisguise.ports import await_listen, free_port  # noqa: E402
-from fedisguise.processes import end_descendants, flower_command  # noqa: E402
-from fedisguise.submission import APP_DIR, CONNECTION, write_connection  # noqa: E402
+from fedisguise.deployment.ports import await_listen, free_port  # noqa: E402
+from fedisguise.deployment.processes import end_descendants, flower_command  # noqa: E402
+from fedisguise.deployment.submission import APP_DIR, CONNECTION, write_connection  # noqa: E402
 
 
 def today(cfg, out: Path, name: str) -> float:

@@ -110,7 +110,7 @@ import sys
 
 import flwr, opacus, ray, torch, torchvision
 
-from fedisguise.data import load_fashion_mnist
+from fedisguise.data.datasets import load_fashion_mnist
 
 print("python", sys.version.split()[0], "torch", torch.__version__, "torchvision",
       torchvision.__version__, "flwr", flwr.__version__, "ray", ray.__version__, "opacus",

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.attacks.gradient_inversion import invert  # noqa: E402
 from fedisguise.attacks.update_algebra import total_variation  # noqa: E402
-from fedisguise.data import load_dataset  # noqa: E402
+from fedisguise.data.datasets import load_dataset  # noqa: E402
 from fedisguise.metrics import psnr  # noqa: E402
 from fedisguise.models import LeNet, build_model  # noqa: E402
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedisguise.attacks.gradient_inversion import METHODS, invert  # noqa: E402
-from fedisguise.data import ImageDataset, load_dataset  # noqa: E402
+from fedisguise.data.datasets import ImageDataset, load_dataset  # noqa: E402
 from fedisguise.metrics import psnr  # noqa: E402
 from fedisguise.models import MODELS, build_model  # noqa: E402
 from fedisguise.training import train_local  # noqa: E402

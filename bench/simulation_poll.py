@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedisguise import server_app  # noqa: E402
+from fedisguise.fl import server_app  # noqa: E402
 from fedisguise.config import load_config  # noqa: E402
 from fedisguise.experiment import run_experiment  # noqa: E402
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fedisguise.data import load_dataset
+from fedisguise.data.datasets import load_dataset
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.visualmixer_authors import IMAGENET
 from fedisguise.metrics import psnr, vfe

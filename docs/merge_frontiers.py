@@ -3,7 +3,7 @@ grid that earlier runs measured (their figures copied from those runs' tables).
 
 Why: a 2-core CPU cannot rerun the whole grid in one session, and a results folder goes with
 its machine. `--only` reruns some rows; this joins them with the rows it did not rerun, marks
-dominance over the joined set with the grid's own rule (fedisguise.frontier) and draws the
+dominance over the joined set with the grid's own rule (fedisguise.grids.frontier) and draws the
 grid's frontier figures from it. Rows the run measured win over earlier ones.
 
     python docs/merge_frontiers.py results/compare-fmnist-cpu/compare.json \\
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedisguise import frontier
+from fedisguise.grids import frontier
 
 
 def merged_rows(run: dict, earlier: dict) -> list[dict]:

@@ -30,7 +30,7 @@ from fedisguise.attacks.base import (
 )
 from fedisguise.attacks.base import register as register_attack
 from fedisguise.attacks.scoring import Scorer, score_outsourced
-from fedisguise.data import DatasetLoader, ImageDataset, register_dataset
+from fedisguise.data.datasets import DatasetLoader, ImageDataset, register_dataset
 from fedisguise.disguise.base import Disguise
 from fedisguise.disguise.base import register as register_disguise
 from fedisguise.disguise.keys import DisguiseKey

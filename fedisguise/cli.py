@@ -93,9 +93,9 @@ def cell_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from fedisguise.config import ConfigError
     from fedisguise.grids.runner import run_grid, selected_defences
     from fedisguise.grids.spec import load_grid
-    from fedisguise.config import ConfigError
 
     try:
         if args.config or args.superlink or args.root_certificates:
@@ -104,7 +104,7 @@ def run_compare(args: argparse.Namespace) -> int:
         grid = load_grid(args.compare, cell_overrides(args), out=args.out)
         only = None if args.only is None else args.only.split(",")
         chosen = selected_defences(grid, only)
-        from fedisguise.submission import check_security
+        from fedisguise.deployment.submission import check_security
         from fedisguise.preflight import preflight
 
         # cheap after the first cell: the data are loaded once
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--only picks defences of a comparison grid; it needs --compare "
                               "(or a config with a [compare] table)")
         if cfg.experiment.mode == "deployment":
-            from fedisguise.submission import check_security
+            from fedisguise.deployment.submission import check_security
 
             check_security(cfg, args.superlink)
         from fedisguise.preflight import preflight
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     install_signal_handlers()
-    from fedisguise.ports import PortsTaken
+    from fedisguise.deployment.ports import PortsTaken
     from fedisguise.experiment import run_experiment
     from fedisguise.results import NoSpace
 
@@ -275,7 +275,7 @@ def hard_exit(code: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(code))
     sys.stdout.flush()
     sys.stderr.flush()
-    from fedisguise.processes import descendants, end_descendants
+    from fedisguise.deployment.processes import descendants, end_descendants
 
     started = descendants(os.getpid())  # Ray's workers outlive the raylet, re-parented
     ray = sys.modules.get("ray")

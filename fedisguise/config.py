@@ -48,7 +48,7 @@ REDISGUISE = ("once", "round", "batch")
 STRUCTURED_KEYS = ("disguise", "attacks", "faults")
 # Flower's run config also says who finishes the run, outside the Config: DRIVER where
 # run.py's driver submits it and adds the figures itself; empty in a user's own `flwr run`,
-# whose ServerApp then adds them (fedisguise.server_app, fedisguise.finish).
+# whose ServerApp then adds them (fedisguise.fl.server_app, fedisguise.finish).
 DRIVER_KEY, DRIVER = "driver", "fedisguise"
 # The absence of a defence, as a run names it: the default, and the name under which
 # fedisguise.disguise.base registers NoDisguise (the config is a leaf: it imports no registry).

@@ -25,7 +25,7 @@ class ExperimentConfig:
 @dataclass
 class DataConfig:
     dataset: str = "fashion-mnist"
-    data_dir: str = ""  # searched first; empty = the default places (see fedisguise.data)
+    data_dir: str = ""  # searched first; empty = the default places (see fedisguise.data.datasets)
     partitioner: str = "iid"
     alpha: float = 0.5  # Dirichlet concentration, used by the `dirichlet` partitioner
     train_per_client: int = 0  # 0 = the whole partition; >0 caps it (fast runs)
@@ -113,7 +113,7 @@ class PrivacyConfig:
 
 @dataclass
 class DPConfig:
-    """Differential-privacy baseline (fedisguise.dp)."""
+    """Differential-privacy baseline (fedisguise.privacy.dp)."""
 
     # a registered mode (fedisguise.dp_modes): none | dp-sgd (Opacus, on every client) |
     # central-server | central-client (Flower's DP strategy wrappers: update clipping on the
@@ -132,15 +132,17 @@ class DPConfig:
 
 @dataclass
 class DeploymentConfig:
-    """How Flower's processes talk in deployment mode (fedisguise.deployment, fedisguise.tls).
+    """How Flower's processes talk in deployment mode (fedisguise.deployment: federation.py,
+    tls.py).
 
-    Paths are checked where they are used (`fedisguise.submission.check_security`), not here:
-    this config also reaches the ServerApp, possibly on a machine without these files.
+    Paths are checked where they are used (`fedisguise.deployment.submission.check_security`), not
+    here: this config also reaches the ServerApp, possibly on a machine without these files.
     """
 
     tls: bool = False  # HTTPS between SuperLink, SuperNodes and `flwr`
     # The local federation's SuperLink certificates: a folder with ca.crt, server.pem and
-    # server.key (`python -m fedisguise.tls certs DIR`); empty = fresh ones for loopback.
+    # server.key (`python -m fedisguise.deployment.tls certs DIR`); empty = fresh ones for
+    # loopback.
     certificates: str = ""
     # --superlink HOST:PORT: the CA certificate its certificate chains to; empty = the
     # system's CA store.
@@ -149,7 +151,7 @@ class DeploymentConfig:
     # SuperNode starts; the SuperLink refuses any other. A remote SuperLink's operator
     # registers its own SuperNodes. Needs tls.
     supernode_auth: bool = False
-    # The local federation's SuperNodes run through fedisguise.fast_node (Flower's SuperNode,
-    # polling every 0.2 s instead of 3 s, each message's ClientApp forked from a warm
-    # process); false: the stock `flower-supernode`.
+    # The local federation's SuperNodes run through fedisguise.deployment.supernode.launcher
+    # (Flower's SuperNode, polling every 0.2 s instead of 3 s, each message's ClientApp forked
+    # from a warm process); false: the stock `flower-supernode`.
     fast_nodes: bool = True

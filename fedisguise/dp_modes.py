@@ -2,7 +2,7 @@
 
 The pipeline asks a mode what it does, never what it is called:
 - `per_example`: every client trains with DP-SGD (Opacus: Poisson batches, per-sample
-  clipping and noise; fedisguise.dp), and reports its own ε;
+  clipping and noise; fedisguise.privacy.dp), and reports its own ε;
 - `clips_on`: "server" or "client", where Flower's central-DP wrapper clips each update
   before the server noises the aggregate (None: no wrapper); ε is then user-level, the
   server's estimate;

@@ -2,7 +2,8 @@
 
 Simulation runs Flower's simulation engine in this process (the ServerApp in a thread, the
 ClientApps in Ray actors with the configured per-client resources). Deployment starts real
-SuperLink/SuperNode processes (fedisguise.deployment). Both end with results/<run>/ on disk.
+SuperLink/SuperNode processes (fedisguise.deployment.federation). Both end with results/<run>/ on
+disk.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _run_experiment(cfg: Config, superlink: str | None, force: bool, claimed: bo
         if cfg.experiment.mode == "simulation":
             run_simulation(cfg)
         else:
-            from fedisguise.deployment import run_deployment
+            from fedisguise.deployment.federation import run_deployment
 
             run_deployment(cfg, superlink)
     except KeyboardInterrupt as why:
@@ -245,8 +246,8 @@ def run_simulation(cfg: Config) -> None:
     """Flower simulation: N virtual SuperNodes, each a ClientApp with its own partition."""
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    from fedisguise.client_app import make_client_app
-    from fedisguise.server_app import make_server_app
+    from fedisguise.fl.client_app import make_client_app
+    from fedisguise.fl.server_app import make_server_app
 
     resources = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus}
     backend_config = {"client_resources": resources, "init_args": ray_init_args(cfg)}

@@ -2,7 +2,7 @@
 attacks, then metrics.json and summary.md.
 
 run.py's driver does this after Flower returns (fedisguise.experiment); under a user's own
-`flwr run .` the ServerApp does it itself (fedisguise.server_app), so both paths write the same
+`flwr run .` the ServerApp does it itself (fedisguise.fl.server_app), so both paths write the same
 results. Where the nodes' keys cannot be known here (a federation this machine did not start,
 whose SuperNodes may bring their own key files), privacy figures are skipped with that reason
 and attacks are refused: never figures for a key that may not be the node's.
@@ -27,7 +27,7 @@ def after_training(cfg: Config, record: dict[str, Any], remote: bool,
     (or a signal that unwinds as one) marks it `interrupted` with the figures done so far."""
     from fedisguise.interrupts import as_interrupt
     from fedisguise.preflight import keys_known
-    from fedisguise.privacy import plain_grid, privacy_figures
+    from fedisguise.privacy.figures import plain_grid, privacy_figures
     from fedisguise.resolved import resolve
     from fedisguise.results import rewrite_record
 

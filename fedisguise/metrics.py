@@ -128,7 +128,7 @@ def vfe(images: torch.Tensor, region: int = 4, stride: int = 0) -> torch.Tensor:
 
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy via the training module's batched evaluation, on the model's device."""
-    from fedisguise.data import ImageDataset
+    from fedisguise.data.datasets import ImageDataset
     from fedisguise.training import evaluate
 
     if labels.ndim == 2:  # soft labels (InstaHide): score against the dominant class

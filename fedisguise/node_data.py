@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from fedisguise.config import Config
-from fedisguise.data import ImageDataset
+from fedisguise.data.datasets import ImageDataset
+from fedisguise.data.partitions import ClientData, client_data
 from fedisguise.disguise import Disguise
 from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
-from fedisguise.partitions import ClientData, client_data
 from fedisguise.resolved import ResolvedRun
 from fedisguise.training import BatchTransform
 

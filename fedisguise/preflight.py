@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import ImageDataset, load_dataset
+from fedisguise.data.datasets import ImageDataset, load_dataset
+from fedisguise.data.partitions import server_test_set
 from fedisguise.disguise import DISGUISES, DisguiseKey
 from fedisguise.disguise.keys import (
     KEY_MAGIC,
@@ -23,7 +24,6 @@ from fedisguise.disguise.keys import (
     node_secret_file,
     read_key_file,
 )
-from fedisguise.partitions import server_test_set
 from fedisguise.resolved import resolve
 from fedisguise.validation import disguise_error
 
@@ -91,7 +91,7 @@ def check_data(cfg: Config) -> ImageDataset:
 
 def check_validation(cfg: Config) -> None:
     """Every client keeps training images after its validation split is held out."""
-    from fedisguise.partitions import cached_partitions, held_out
+    from fedisguise.data.partitions import cached_partitions, held_out
 
     d = cfg.data
     parts = cached_partitions(d.dataset, d.data_dir, d.partitioner, d.alpha,

@@ -4,11 +4,11 @@ Why: each process that trains or scores (a Ray actor, a node's warm worker, the 
 to rebuild the same things from the raw config at every use: the config validated and the
 plugins loaded on every message, the disguise spec split and checked at each site that needed
 it, the device looked up per message. `resolve` does that once per process and run, and the
-result is handed down (fedisguise.client_work, fedisguise.node_data, the attack suite).
+result is handed down (fedisguise.fl.client_work, fedisguise.node_data, the attack suite).
 
 What may change while a run goes on is still checked where it is used, cheaply and without
 re-resolving: a key file by its stat (fedisguise.disguise.keys reads it again only when it
-changed), a dataset's files by their fingerprint (fedisguise.data).
+changed), a dataset's files by their fingerprint (fedisguise.data.datasets).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedisguise.data import ImageDataset
+from fedisguise.data.datasets import ImageDataset
 from fedisguise.optim import STAdam
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float, float], torch.optim.Optimizer]

@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import ImageDataset, dataset_fingerprint, load_dataset
+from fedisguise.data.datasets import ImageDataset, dataset_fingerprint, load_dataset
+from fedisguise.data.partitions import client_data, server_test_set, unassigned_train_indices
 from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.disguise.transform_net_training import (
     HARNESS_DEFAULTS,
@@ -37,7 +38,6 @@ from fedisguise.disguise.transform_net_training import (
     transform_images,
 )
 from fedisguise.models import build_model
-from fedisguise.partitions import client_data, server_test_set, unassigned_train_indices
 from fedisguise.training import evaluate, resolve_device, train_local
 
 FILE = "transform-net.pt"

@@ -37,12 +37,12 @@ def validate(self: Config) -> None:
     values against their ranges."""
     self.load_plugins()
     from fedisguise.attacks import ATTACKS, build_attack, parse_spec
-    from fedisguise.data import DATASETS
+    from fedisguise.data.datasets import DATASETS
+    from fedisguise.data.partitions import PARTITIONERS
     from fedisguise.disguise import DISGUISES
     from fedisguise.disguise.base import check_params, spec_params
     from fedisguise.faults import check_faults
     from fedisguise.models import MODELS
-    from fedisguise.partitions import PARTITIONERS
     from fedisguise.training import OPTIMIZERS
     from strategies import STRATEGIES, check_robust
 
@@ -77,7 +77,7 @@ def validate(self: Config) -> None:
     _check(d.union_of == 0 or (d.union_of >= 2 and e.clients == 1), "data.union_of",
            d.union_of, "0, or >= 2 with experiment.clients = 1 (one client holding the "
            "union of that many clients' images)")
-    # The evaluation set is cut into one shard per client (fedisguise.partitions.client_data).
+    # The evaluation set is cut into one shard per client (fedisguise.data.partitions.client_data).
     _check(d.test_samples == 0 or d.test_samples >= e.clients, "data.test_samples",
            d.test_samples, f"0 (all) or >= experiment.clients ({e.clients}): every "
            "client evaluates on its own shard")
@@ -138,7 +138,7 @@ def validate(self: Config) -> None:
            dp.noise_multiplier, "> 0 (or set dp.target_epsilon)")
     _check(0 < dp.delta < 1, "dp.delta", dp.delta, "in (0, 1)")
     if mode.per_example:
-        from fedisguise.dp import check_model
+        from fedisguise.privacy.dp import check_model
 
         _check(s.name != "fedprox", "strategy.name", s.name,
                f"not fedprox with dp.mode = {dp.mode!r} (its proximal term is not part "

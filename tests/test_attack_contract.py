@@ -29,10 +29,10 @@ from fedisguise.attacks.gradient_inversion import (
     _simulated_delta,
     match_reconstructions,
 )
-from fedisguise.attacks.update_algebra import trainable
 from fedisguise.attacks.scoring import Scorer
+from fedisguise.attacks.update_algebra import trainable
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import ImageDataset, load_dataset
+from fedisguise.data.datasets import ImageDataset, load_dataset
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.metrics import psnr
 from fedisguise.models import build_model

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from fedisguise.attacks import build_attack, inverse, jigsaw
 from fedisguise.attacks.gradient_inversion import invert
-from fedisguise.attacks.update_algebra import recover_labels, update_delta
 from fedisguise.attacks.membership import evaluate_membership, roc_auc, tpr_at_fpr
+from fedisguise.attacks.update_algebra import recover_labels, update_delta
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import ImageDataset, load_dataset
+from fedisguise.data.datasets import ImageDataset, load_dataset
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.metrics import psnr
 from fedisguise.models import build_model
@@ -47,7 +47,7 @@ def test_a_diverged_target_model_gives_no_membership_figures_not_a_perfect_auc()
     of 1.0 (seen on a central-DP run that diverged), so the attack reports `undefined`."""
     from fedisguise.attacks.base import Evidence, Knowledge, Runtime, ServerView
     from fedisguise.attacks.membership import Membership
-    from fedisguise.data import load_synthetic
+    from fedisguise.data.datasets import load_synthetic
     from fedisguise.models import build_model
 
     state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v

@@ -18,7 +18,7 @@ from fedisguise.attacks.deshuffle import (
     window_mean,
 )
 from fedisguise.attacks.scoring import Scorer
-from fedisguise.data import ImageDataset, load_dataset
+from fedisguise.data.datasets import ImageDataset, load_dataset
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.metrics import psnr
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import run
-from fedisguise import ports as loopback
 from fedisguise import cli, preflight, results
+from fedisguise.deployment import ports as loopback
 from tests.conftest import FEDAVG
 from tests.test_deployment import exiting_spawn
 
@@ -73,7 +73,7 @@ def test_labels_outside_the_classes_are_refused_before_flower_starts(tmp_path, c
 
 def test_the_good_small_folder_loads(tmp_path):
     """The two tests above fail for their one defect, not for the folder they build."""
-    from fedisguise.data import load_dataset
+    from fedisguise.data.datasets import load_dataset
 
     folder = idx_folder(tmp_path / "data")
     assert len(load_dataset("fashion-mnist", "train", str(folder))) == 40
@@ -123,7 +123,7 @@ def test_too_little_free_space_on_out_is_refused_up_front(tmp_path, capsys, monk
 
 
 def test_a_port_lost_on_every_try_exits_2_naming_the_ports(tmp_path, capsys, monkeypatch):
-    from fedisguise import deployment
+    from fedisguise.deployment import federation as deployment
 
     starts = []
     # a SuperLink whose port is always taken before it binds it

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fedisguise.config import Config, ConfigError
-from fedisguise.partitions import client_data, train_indices, unassigned_train_indices
+from fedisguise.data.partitions import client_data, train_indices, unassigned_train_indices
 
 ARGS = ("synthetic", "", "dirichlet", 0.5, 3)  # dataset, data_dir, partitioner, alpha, seed
 

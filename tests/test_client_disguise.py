@@ -7,12 +7,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fedisguise import client_work
 from fedisguise.attacks.suite import ground_truth, trained_batches
-from fedisguise.client_work import _PREPARED, evaluate_reply, prepared_data, train_reply
 from fedisguise.config import ConfigError
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.keys import node_key
+from fedisguise.fl import client_work
+from fedisguise.fl.client_work import _PREPARED, evaluate_reply, prepared_data, train_reply
 from fedisguise.models import build_model
 from fedisguise.node_data import node_batch_draws, node_data
 from fedisguise.resolved import resolve
@@ -168,7 +168,7 @@ def _message(cfg, server_round: int) -> RecordDict:
 
 def _recording(monkeypatch, name: str, module=client_work) -> list:
     """Every batch the client's model sees in `<module>.<name>` (train_local, evaluate,
-    fedisguise.dp.train_dp)."""
+    fedisguise.privacy.dp.train_dp)."""
     seen, real = [], getattr(module, name)
 
     def wrapped(*args, batch_transform=None, **kwargs):
@@ -237,7 +237,7 @@ def test_batch_mode_ground_truth_of_a_few_steps_is_the_batches_the_client_drew(
                             "train.local_steps": 2, "dp.mode": dp, "train.optimizer": "sgd",
                             "train.lr": 0.01})
     if dp == "dp-sgd":  # the DP round imports train_dp when it runs: record it at its source
-        from fedisguise import dp as dp_module
+        from fedisguise.privacy import dp as dp_module
 
         seen = _recording(monkeypatch, "train_dp", dp_module)
     else:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedisguise import data
-from fedisguise.data import load_dataset, read_idx
-from fedisguise.partitions import client_data, partition_indices
+from fedisguise.data import datasets as data
+from fedisguise.data.datasets import load_dataset, read_idx
+from fedisguise.data.partitions import client_data, partition_indices
 from tests.conftest import DEBIAN_FMNIST
 
 

@@ -14,11 +14,16 @@ from pathlib import Path
 import pytest
 
 import run
-from fedisguise import ports as loopback
-from fedisguise import tls
 from fedisguise.config import Config, ConfigError
-from fedisguise.deployment import FLOWER_COMMANDS, LocalFederation, child_env, flower_command
-from fedisguise.submission import (
+from fedisguise.deployment import ports as loopback
+from fedisguise.deployment import tls
+from fedisguise.deployment.federation import (
+    FLOWER_COMMANDS,
+    LocalFederation,
+    child_env,
+    flower_command,
+)
+from fedisguise.deployment.submission import (
     CONNECTION,
     SUPEREXEC_POLL,
     check_security,
@@ -73,7 +78,7 @@ def test_flower_commands_resolve_next_to_the_interpreter_without_path(monkeypatc
 
 
 def test_only_the_supernodes_superexecs_poll_fast(tmp_path, monkeypatch):
-    import fedisguise.deployment as deployment
+    import fedisguise.deployment.federation as deployment
 
     monkeypatch.delenv(deployment.SUPEREXEC_POLL_ENV, raising=False)
     seen = {}
@@ -188,11 +193,13 @@ def test_two_supernodes_both_contribute_and_nothing_is_left_behind(tmp_path, flw
         "worker-0.log", "worker-1.log"]
     assert not list(workers.glob("*.log"))
     assert not list(workers.glob("*.sock"))  # ended with the federation
-    # each SuperNode ran through fedisguise.fast_node, its zygote listening; stubs removed
+    # each SuperNode ran through fedisguise.deployment.supernode.launcher, its zygote listening;
+    # stubs removed
     for node in (0, 1):
         log = (tmp_path / "dep" / "logs" / f"supernode-{node}.log").read_text()
-        assert "fedisguise.fast_node: SuperNode polls every 0.2 s" in log
-        assert "fedisguise.fast_node: zygote" in log and " ready on clientapp-" in log
+        launcher = "fedisguise.deployment.supernode.launcher"
+        assert f"{launcher}: SuperNode polls every 0.2 s" in log
+        assert f"{launcher}: zygote" in log and " ready on clientapp-" in log
     assert not list(workers.glob("clientapp-*"))
     shutil.rmtree(workers)
     # the plugin was imported here and in both nodes' workers (and the ServerApp's process)
@@ -225,7 +232,7 @@ def test_federation_ends_its_processes_when_the_body_fails(tmp_path, flwr_tmp):
 @pytest.mark.slow
 def test_a_supernode_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh_one(
         tmp_path, flwr_tmp, monkeypatch):
-    from fedisguise import deployment
+    from fedisguise.deployment import federation as deployment
 
     with socket.socket() as taken, LocalFederation(1, log_dir=tmp_path) as federation:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: as an outbound connection's port
@@ -248,7 +255,7 @@ def test_a_supernode_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh
 @pytest.mark.slow
 def test_a_superlink_whose_port_is_taken_before_it_binds_starts_again_on_a_fresh_one(
         tmp_path, flwr_tmp, monkeypatch):
-    from fedisguise import deployment
+    from fedisguise.deployment import federation as deployment
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: as an outbound connection's port
@@ -282,7 +289,7 @@ def exiting_spawn(starts: list, log_line: str, code: int):
 
 
 def test_a_superlink_that_fails_for_another_reason_is_reported_not_retried(tmp_path, monkeypatch):
-    from fedisguise import deployment
+    from fedisguise.deployment import federation as deployment
 
     starts = []
     # a SuperLink that exits at once, not for its port
@@ -310,7 +317,7 @@ with socket.socket() as server:
 def test_a_port_another_process_listens_on_is_not_mistaken_for_the_childs(tmp_path):
     """free_port's port taken by a foreign *listener*: the child is not 'up' because something
     answers there; it exits with the port-taken line and starts again on a fresh port."""
-    from fedisguise import deployment
+    from fedisguise.deployment import federation as deployment
 
     log = tmp_path / "superlink.log"
     started, forgotten = [], []
@@ -346,7 +353,7 @@ def test_a_port_another_process_listens_on_is_not_mistaken_for_the_childs(tmp_pa
 
 
 def test_a_listener_in_a_grandchild_counts_as_the_childs(tmp_path):
-    from fedisguise import processes
+    from fedisguise.deployment import processes
 
     port = loopback.free_port()
     parent = subprocess.Popen([sys.executable, "-c",
@@ -362,7 +369,7 @@ def test_a_listener_in_a_grandchild_counts_as_the_childs(tmp_path):
 
 
 def test_free_port_never_hands_out_a_port_twice():
-    from fedisguise.ports import free_port
+    from fedisguise.deployment.ports import free_port
 
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == 200

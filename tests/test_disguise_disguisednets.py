@@ -53,7 +53,7 @@ def test_matrices_are_drawn_as_the_authors_draw_them():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST), reason="dataset-fashion-mnist not installed")
 def test_the_authors_projection_keeps_each_blocks_mean_brightness_on_fashion_mnist():
-    from fedisguise.data import load_dataset
+    from fedisguise.data.datasets import load_dataset
 
     images = load_dataset("fashion-mnist", "test").images[:100]
     means = torch.nn.functional.avg_pool2d(images, 7).flatten()

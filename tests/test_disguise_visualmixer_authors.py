@@ -107,7 +107,7 @@ def test_bad_parameters_and_images_are_errors(spec, shape, message):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(DEBIAN_FMNIST), reason="dataset-fashion-mnist not installed")
 def test_on_fashion_mnist_every_image_passes_the_top_threshold_as_with_the_authors_code():
-    from fedisguise.data import load_dataset
+    from fedisguise.data.datasets import load_dataset
 
     x = load_dataset("fashion-mnist", "test").images[:100]
     d = build("visualmixer-authors", KEY)

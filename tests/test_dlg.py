@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from fedisguise.attacks.base import Evidence, GroundTruth, Knowledge, Runtime, ServerView
 from fedisguise.attacks.gradient_inversion import GradientInversion, invert
-from fedisguise.attacks.update_algebra import update_delta
 from fedisguise.attacks.scoring import Scorer
-from fedisguise.data import ImageDataset, load_dataset
+from fedisguise.attacks.update_algebra import update_delta
+from fedisguise.data.datasets import ImageDataset, load_dataset
 from fedisguise.metrics import psnr
 from fedisguise.models import build_model
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import ImageDataset
-from fedisguise.dp import (
+from fedisguise.data.datasets import ImageDataset
+from fedisguise.models import build_model
+from fedisguise.privacy.dp import (
     check_model,
     epsilon,
     planned_noise,
@@ -13,7 +14,6 @@ from fedisguise.dp import (
     steps_per_round,
     train_dp,
 )
-from fedisguise.models import build_model
 
 from .conftest import synthetic_config
 
@@ -31,7 +31,7 @@ def test_epsilon_grows_with_steps_shrinks_with_noise_and_meets_its_target():
 def test_the_noise_search_runs_once_per_question_not_once_per_client_and_round(monkeypatch):
     """Opacus's bisection costs about 8 client rounds of training (bench/dp_round.py); every
     client asks it the same question each round, so it is answered once."""
-    import fedisguise.dp as dp
+    import fedisguise.privacy.dp as dp
 
     searches = []
     real = dp.get_noise_multiplier

@@ -1,4 +1,5 @@
-"""fedisguise.fast_node: sooner SuperNode polls, and ClientApps forked from a warm zygote."""
+"""fedisguise.deployment.supernode.launcher: sooner SuperNode polls, and ClientApps forked
+from a warm zygote."""
 
 import os
 import stat
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedisguise import fast_node
+from fedisguise.deployment.supernode import launcher as fast_node
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def test_the_poll_interval_defaults_and_is_read(monkeypatch):
 
 
 def test_the_supernode_loop_sleeps_at_most_the_cap_and_keeps_the_rest_of_time(monkeypatch):
-    from flwr.supernode import start_client_internal as loop
     from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal as loop
 
     monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
     for function in (inflatable_utils.pull_objects,
@@ -72,7 +73,7 @@ def zygote_dir(monkeypatch):
 
 
 def _start_zygote(sock: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "fedisguise.fast_node", "zygote",
+    process = subprocess.Popen([sys.executable, "-m", fast_node.MODULE, "zygote",
                                 str(sock), "--watch", str(os.getpid())], cwd=str(ROOT))
     deadline = time.monotonic() + 120
     while not sock.exists():
@@ -124,7 +125,7 @@ def test_the_stub_runs_flowers_clientapp_in_a_forked_child_with_its_output_and_e
 def test_the_zygote_ends_when_the_process_it_serves_is_gone(zygote_dir):
     sock = zygote_dir / "z.sock"
     # pid 1 is not its parent: the SuperNode it would serve is gone already
-    process = subprocess.run([sys.executable, "-m", "fedisguise.fast_node", "zygote",
+    process = subprocess.run([sys.executable, "-m", fast_node.MODULE, "zygote",
                               str(sock), "--watch", "1"], cwd=str(ROOT), timeout=120)
     assert process.returncode == 0
     assert not sock.exists()
@@ -139,7 +140,7 @@ def _dead_pid() -> int:
 def test_a_supernode_killed_outright_leaves_files_that_its_federation_removes(zygote_dir):
     # SIGKILL (a stop's grace ran out, Flower's 5 s force-exit) runs neither the SuperNode's
     # atexit nor its zygote's cleanup: the socket and the stub folder stay behind
-    from fedisguise.deployment import LocalFederation
+    from fedisguise.deployment.federation import LocalFederation
 
     dead = _dead_pid()
     sock, folder = fast_node.zygote_paths(dead)
@@ -162,21 +163,21 @@ def test_the_zygote_removes_its_stub_folder_when_the_stub_is_gone_already(zygote
     sock = zygote_dir / "z.sock"
     folder = sock.with_suffix("")
     folder.mkdir()
-    process = subprocess.run([sys.executable, "-m", "fedisguise.fast_node", "zygote",
+    process = subprocess.run([sys.executable, "-m", fast_node.MODULE, "zygote",
                               str(sock), "--watch", "1"], cwd=str(ROOT), timeout=120)
     assert process.returncode == 0
     assert not folder.exists()
 
 
 def test_the_launcher_refuses_a_bad_command_line():
-    process = subprocess.run([sys.executable, "-m", "fedisguise.fast_node", "zygote", "x"],
+    process = subprocess.run([sys.executable, "-m", fast_node.MODULE, "zygote", "x"],
                              capture_output=True, text=True, cwd=str(ROOT), timeout=60)
     assert process.returncode == 1 and "usage:" in process.stderr
 
 
 def test_a_bad_poll_interval_stops_the_federation_before_any_process_starts(
         tmp_path, monkeypatch):
-    from fedisguise.deployment import LocalFederation
+    from fedisguise.deployment.federation import LocalFederation
 
     monkeypatch.setenv(fast_node.POLL_ENV, "0")
     federation = LocalFederation(1, tmp_path / "logs")

@@ -127,7 +127,7 @@ def test_a_local_deployment_refuses_a_faulty_nodes_reply_and_goes_on(tmp_path, m
 
 
 def test_the_report_names_a_cells_faulty_clients(tmp_path):
-    from fedisguise.report import write_report
+    from fedisguise.grids.report import write_report
 
     config = Config().with_overrides(["experiment.clients=3", 'faults=[{"client": 1, "reply": '
                                       '"num-examples", "value": 1e12}]']).to_dict()

@@ -10,9 +10,9 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedisguise.config import DRIVER, DRIVER_KEY, Config
-from fedisguise.deployment import LocalFederation, flower_command
-from fedisguise.server_app import flwr_run_refusal, make_server_app
-from fedisguise.submission import APP_DIR, CONNECTION
+from fedisguise.deployment.federation import LocalFederation, flower_command
+from fedisguise.deployment.submission import APP_DIR, CONNECTION
+from fedisguise.fl.server_app import flwr_run_refusal, make_server_app
 from tests.conftest import synthetic_config
 
 ATTACK = {"name": "gradient_inversion", "round": 1, "client": 0, "iterations": 30}

@@ -6,13 +6,11 @@ import json
 
 import pytest
 
-from fedisguise.grids.done import cell_done, comparable
-
-from fedisguise.grids.spec import load_grid
-
-from fedisguise.grids.table import write_table
 from fedisguise.config import ConfigError
-from fedisguise.frontier import curve_name, dominators, mark_dominated
+from fedisguise.grids.done import cell_done, comparable
+from fedisguise.grids.frontier import curve_name, dominators, mark_dominated
+from fedisguise.grids.spec import load_grid
+from fedisguise.grids.table import write_table
 from tests.test_compare import BASE, MEMBERSHIP, PSNR, fake_attack, fake_record, use_registry
 
 

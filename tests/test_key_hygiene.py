@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from flwr.common.serde import recorddict_to_proto
 
-import fedisguise.server_app as server_app
+import fedisguise.fl.server_app as server_app
 from fedisguise.disguise import DisguiseKey
 from fedisguise.disguise.keys import SECRET_MAGIC
 from fedisguise.experiment import run_experiment

@@ -7,11 +7,10 @@ import json
 
 import pytest
 
-from fedisguise.grids.runner import run_grid
-
-from fedisguise.grids.spec import load_grid
 from fedisguise.config import ConfigError
-from fedisguise.more_seeds import called_for
+from fedisguise.grids.more_seeds import called_for
+from fedisguise.grids.runner import run_grid
+from fedisguise.grids.spec import load_grid
 from tests.test_compare import fake_record, grid_file
 
 GRID = """

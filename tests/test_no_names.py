@@ -30,7 +30,7 @@ ALLOWED = {
         "torch's cross_entropy(reduction='none')",
     ("fedisguise/disguise/visualmixer_authors.py", "none"):
         "an option of the authors' normalisation ('imagenet' or 'none')",
-    ("fedisguise/frontier.py", "membership"):
+    ("fedisguise/grids/frontier.py", "membership"):
         "the frontier figure's family and file name (frontier_membership.png): the "
         "membership-AUC axis, not the attack",
 }

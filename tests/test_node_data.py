@@ -10,10 +10,9 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.common.config import parse_config_args
 
-from fedisguise import deployment, privacy
 from fedisguise.attacks.suite import ground_truth
-from fedisguise.client_work import _PREPARED, prepared_data
-from fedisguise.partitions import server_test_set
+from fedisguise.data.partitions import server_test_set
+from fedisguise.deployment import federation as deployment
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.keygen import main as keygen
 from fedisguise.disguise.keys import (
@@ -24,8 +23,10 @@ from fedisguise.disguise.keys import (
     secret_path,
     write_key_dir,
 )
+from fedisguise.fl.client_work import _PREPARED, prepared_data
 from fedisguise.models import build_model
 from fedisguise.node_data import node_data
+from fedisguise.privacy import figures as privacy
 from fedisguise.resolved import resolve
 from tests.conftest import synthetic_config
 
@@ -115,14 +116,15 @@ def test_local_deployment_gives_each_supernode_its_key_file(tmp_path, monkeypatc
         return Process()
 
     monkeypatch.setattr(deployment.LocalFederation, "_spawn", spawn)
-    monkeypatch.setattr("fedisguise.ports.await_listen", lambda *a, **k: True)
+    monkeypatch.setattr("fedisguise.deployment.ports.await_listen", lambda *a, **k: True)
     monkeypatch.setattr(deployment, "submit_run", lambda *a, **k: None)
     deployment.run_deployment(cfg)
-    launched = [a for a in spawned if a[1:4] == ["-m", "fedisguise.fast_node", "supernode"]]
+    launcher = "fedisguise.deployment.supernode.launcher"
+    launched = [a for a in spawned if a[1:4] == ["-m", launcher, "supernode"]]
     stock = [a for a in spawned if Path(a[0]).name == "flower-supernode"]
     nodes = launched if fast else stock  # deployment.fast_nodes picks the launcher
     assert len(nodes) == 3 and len(launched + stock) == 3
-    workers = [a for a in spawned if a[1:3] == ["-m", "fedisguise.node_worker"]]
+    workers = [a for a in spawned if a[1:3] == ["-m", "fedisguise.deployment.supernode.worker"]]
     assert len(workers) == 3  # each node's warm worker starts beside its SuperNode
     for pid, args in enumerate(nodes):
         config = parse_config_args([args[args.index("--node-config") + 1]])

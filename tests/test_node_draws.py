@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fedisguise.attacks.suite import ground_truth
-from fedisguise.client_work import _PREPARED, prepared_data
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.keys import (
     SECRET_MAGIC,
@@ -17,6 +16,7 @@ from fedisguise.disguise.keys import (
     node_secret,
     secret_path,
 )
+from fedisguise.fl.client_work import _PREPARED, prepared_data
 from fedisguise.node_data import node_disguise
 from fedisguise.resolved import resolve
 from tests.conftest import synthetic_config

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fedisguise import client_work, node_worker
 from fedisguise import messages as m
-from fedisguise.client_app import uses_worker
 from fedisguise.disguise import DisguiseKey
+from fedisguise.fl import client_work
+from fedisguise.fl import worker_link as node_worker
+from fedisguise.fl.client_app import uses_worker
 from fedisguise.models import build_model
 from fedisguise.resolved import resolve
 from tests.conftest import synthetic_config
@@ -110,7 +111,7 @@ def test_the_worker_ends_with_the_supernode_it_serves(tmp_path, worker_dir):
     worker_dir.mkdir(mode=0o700)
     path = worker_dir / "node-test.sock"
     supernode = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    worker = subprocess.Popen([sys.executable, "-m", "fedisguise.node_worker", str(path),
+    worker = subprocess.Popen([sys.executable, "-m", node_worker.WORKER_MODULE, str(path),
                                "--watch", str(supernode.pid)], cwd=node_worker.PACKAGE_ROOT)
     try:
         deadline = time.monotonic() + 120

@@ -7,9 +7,9 @@ import torch
 from flwr.app import Context, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedisguise.client_work import handle_evaluate, handle_train
-from fedisguise.models import build_model
 from fedisguise import messages as m
+from fedisguise.fl.client_work import handle_evaluate, handle_train
+from fedisguise.models import build_model
 from fedisguise.resolved import resolve
 from strategies import UpdateLedger, build_strategy
 from tests.conftest import synthetic_config

@@ -18,7 +18,7 @@ from fedisguise import plugins
 from fedisguise.api import Disguise, register_dataset, register_disguise, register_model
 from fedisguise.attacks.base import ATTACKS
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import DATASETS, ImageDataset, dataset_fingerprint, load_dataset
+from fedisguise.data.datasets import DATASETS, ImageDataset, dataset_fingerprint, load_dataset
 from fedisguise.disguise import DISGUISES, build
 from fedisguise.disguise.keys import DisguiseKey
 from fedisguise.models import MODELS, build_model

@@ -278,7 +278,9 @@ def test_a_remote_run_never_rebuilds_a_node_with_a_guessed_key(capsys, tmp_path,
                     args=("--superlink", "10.0.0.1:9092"))
     assert code == 2 and err.startswith("error: attacks: ") and "disguise-key-file" in err
 
-    from fedisguise import deployment, privacy, results
+    from fedisguise import results
+    from fedisguise.deployment import federation as deployment
+    from fedisguise.privacy import figures as privacy
 
     monkeypatch.undo()  # the real run_experiment, around a run that only writes its record
     cfg = synthetic_config(tmp_path / "out", **{"experiment.mode": "deployment",

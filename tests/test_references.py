@@ -5,12 +5,10 @@ beyond that interval is flagged, never shown as a gain."""
 import pytest
 
 from fedisguise.grids.figures import cell_figures, table_rows
-
+from fedisguise.grids.intervals import difference_halfwidth, mean_halfwidth, t975
+from fedisguise.grids.references import references
 from fedisguise.grids.spec import load_grid
-
 from fedisguise.grids.table import table_markdown
-from fedisguise.intervals import difference_halfwidth, mean_halfwidth, t975
-from fedisguise.references import references
 from tests.test_compare import REPO, fake_record, grid_file
 
 GRID = """

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord, Error, Message
 
-from fedisguise.processes import alive
+from fedisguise.deployment.processes import alive
 from fedisguise.models import build_model
 from fedisguise.results import new_record, rewrite_record, summary_markdown, write_run
 from strategies import NodeGuard, RunFailed, build_strategy
@@ -199,7 +199,7 @@ def test_an_existing_run_folder_is_refused_without_force(tmp_path):
 
 # ---- interrupts ---------------------------------------------------------------------
 def descendants(pid: int) -> list[int]:
-    from fedisguise.processes import descendants
+    from fedisguise.deployment.processes import descendants
 
     return descendants(pid)
 
@@ -263,8 +263,7 @@ def test_an_error_raised_while_an_interrupt_unwinds_still_marks_the_run_interrup
     """Flower's simulation stops its backend in a `finally`; an error there replaces the
     KeyboardInterrupt. The run is still an interrupted one: marked so, exit 128 + signal,
     never `failed` and exit 1 (seen once in CI: Ctrl-C, then Ray's Broken pipe, exit 1)."""
-    from fedisguise import cli
-    from fedisguise import experiment, interrupts
+    from fedisguise import cli, experiment, interrupts
 
     cfg = synthetic_config(tmp_path)
 
@@ -299,7 +298,7 @@ def test_an_error_raised_while_an_interrupt_unwinds_still_marks_the_run_interrup
 def test_the_server_keeps_finished_rounds_and_marks_a_run_without_training_failed(
         tmp_path, task_identity):
     from fedisguise import cli
-    from fedisguise.server_app import run_server
+    from fedisguise.fl.server_app import run_server
 
     cfg = synthetic_config(tmp_path, **{"data.train_per_client": 32, "experiment.rounds": 3})
     grid = FailingGrid(cfg, 2, broken={1000: (2, "any"), 1001: (2, "any")})

@@ -10,10 +10,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from fedisguise.grids.report import embed_images
 from fedisguise.grids.spec import load_grid
-
 from fedisguise.grids.table import write_table
-from fedisguise.report import embed_images
 from tests.test_compare import LEVEL_GRID, finish_cells, grid_file
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

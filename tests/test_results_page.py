@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fedisguise import results_page
+from fedisguise.grids import results_page
 from fedisguise.config import ConfigError
-from fedisguise.results_page import answer_table, claim_rows, load_spec, render, verdict
+from fedisguise.grids.results_page import answer_table, claim_rows, load_spec, render, verdict
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -108,7 +108,7 @@ def test_the_committed_page_is_what_the_committed_json_makes(tmp_path):
     page = results_page.write_page(tmp_path / "docs" / "results-fmnist.toml")
     committed = (DOCS / "results-fmnist.md").read_text()
     assert page.read_text() == committed, (
-        "regenerate: python -m fedisguise.results_page docs/results-fmnist.toml")
+        "regenerate: python -m fedisguise.grids.results_page docs/results-fmnist.toml")
     # and, read back from the page, every row's accuracy and cost are the JSON's
     summary = json.loads((DOCS / "results-fmnist.json").read_text())
     table = [line for line in committed.split("## Method")[0].splitlines()
@@ -139,7 +139,7 @@ def test_the_page_leads_with_the_answer_and_keeps_the_history_short(tmp_path):
 
 
 def test_the_method_gives_each_rows_plateau_round_or_says_there_is_none():
-    from fedisguise.results_page import method_lines
+    from fedisguise.grids.results_page import method_lines
 
     summary = json.loads(json.dumps(SUMMARY))
     summary["rows"][0]["accuracy_per_round"] = (
@@ -159,7 +159,7 @@ def test_a_seed_that_never_learned_is_named_in_the_verdict():
 
 
 def test_rows_that_took_more_seeds_say_how_many_and_the_method_names_them():
-    from fedisguise.results_page import method_lines
+    from fedisguise.grids.results_page import method_lines
 
     summary = json.loads(json.dumps(SUMMARY))
     summary["more_seeds"], summary["more_seeds_called"] = [3, 4], {

@@ -1,4 +1,5 @@
-"""Certificates and SuperNode keys from fedisguise.tls, read the way Flower 1.41 reads them."""
+"""Certificates and SuperNode keys from fedisguise.deployment.tls, read the way Flower 1.41
+reads them."""
 
 import socket
 import ssl
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-from fedisguise import tls
+from fedisguise.deployment import tls
 
 
 def mode(path) -> int:

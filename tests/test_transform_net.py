@@ -12,7 +12,7 @@ import torch
 
 from fedisguise.attacks.inverse import apply_inverse, train_inverse
 from fedisguise.config import Config, ConfigError
-from fedisguise.data import load_dataset
+from fedisguise.data.datasets import load_dataset
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.disguise.transform_net_training import (
     feature_distance,

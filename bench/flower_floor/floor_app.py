@@ -60,7 +60,7 @@ server = ServerApp()
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     # fedisguise's reply polling and object-pull retries, installed beside it
-    from fedisguise.fast_node import shorten_retries
+    from fedisguise.fl.flower_timing import shorten_retries
     from strategies import POLL_INTERVAL, PromptGrid
 
     shorten_retries(POLL_INTERVAL)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedisguise.data import ImageDataset
+from fedisguise.data.datasets import ImageDataset
 from fedisguise.disguise.base import DISGUISES, Disguise, check_params
 from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.plugins import add, choices

@@ -32,7 +32,7 @@ from fedisguise.attacks.base import (
     register,
 )
 from fedisguise.attacks.scoring import Scorer
-from fedisguise.data import ImageDataset
+from fedisguise.data.datasets import ImageDataset
 from fedisguise.models import build_model
 from fedisguise.training import train_local
 

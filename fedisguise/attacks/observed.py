@@ -19,7 +19,7 @@ from fedisguise.attacks.base import (
     register,
 )
 from fedisguise.attacks.scoring import Scorer, score_outsourced
-from fedisguise.privacy import display_range
+from fedisguise.privacy.figures import display_range
 
 
 @register

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fedisguise.data import ImageDataset
+from fedisguise.data.datasets import ImageDataset
 from fedisguise.metrics import psnr, ssim
 from fedisguise.models import build_model
 from fedisguise.training import train_local

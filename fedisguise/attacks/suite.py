@@ -32,10 +32,10 @@ from fedisguise.attacks.base import (
 from fedisguise.attacks.capture import capture_path, capture_refused, final_global_path
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.config import Config
-from fedisguise.data import ImageDataset, load_dataset
-from fedisguise.dp import poisson_batches
+from fedisguise.data.datasets import ImageDataset, load_dataset
 from fedisguise.node_data import NodeData, node_data
-from fedisguise.privacy import display_range
+from fedisguise.privacy.dp import poisson_batches
+from fedisguise.privacy.figures import display_range
 from fedisguise.resolved import ResolvedRun
 from fedisguise.training import (
     batch_indices,

@@ -34,7 +34,7 @@ class InstaHide(Disguise):
         self.check_spec({"k": k, "mode": mode, "upper": upper, "num_classes": num_classes,
                          "public_dataset": public_dataset, "public": public})
         if mode == "cross" and public is None:
-            from fedisguise.data import load_dataset
+            from fedisguise.data.datasets import load_dataset
 
             public = load_dataset(public_dataset, "train").images
         if public is not None:
@@ -62,7 +62,7 @@ class InstaHide(Disguise):
             raise ValueError("cross-dataset InstaHide needs public_dataset (the name of a "
                              "dataset whose images it mixes in) or a `public` tensor")
         if public_dataset:
-            from fedisguise.data import DATASETS
+            from fedisguise.data.datasets import DATASETS
 
             if public_dataset not in DATASETS:
                 raise ValueError(f"unknown public_dataset {public_dataset!r}; valid choices: "

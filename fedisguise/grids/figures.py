@@ -13,13 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fedisguise import frontier, more_seeds
 from fedisguise.attacks.base import Figure, figure_catalogue, finite
+from fedisguise.grids import frontier, more_seeds
 from fedisguise.grids.done import cell_done
+from fedisguise.grids.intervals import difference_halfwidth
+from fedisguise.grids.references import is_plain, references
 from fedisguise.grids.spec import Cell, Grid
 from fedisguise.grids.tuned import resolve_tuning
-from fedisguise.intervals import difference_halfwidth
-from fedisguise.references import is_plain, references
 
 UTILITY_HEAD = ("accuracy", "accuracy_gap", "visual_privacy", "misusability", "epsilon")
 UTILITY_TAIL = ("seconds_per_round", "time_ratio", "first_round_seconds")
@@ -48,7 +48,7 @@ def finished(cells: Iterable[Cell]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def seeds_called(grid: Grid, figures: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The rows that take compare.more_seeds, and why, decided on the base seeds' finished
-    cells alone (fedisguise.more_seeds); `figures`: the finished cells' figures where the
+    cells alone (fedisguise.grids.more_seeds); `figures`: the finished cells' figures where the
     caller has read them already."""
     if not grid.more_seeds:
         return {}
@@ -217,7 +217,7 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
     by_label = {r["defence"]: r for r in rows}
     ref_of = row_references(grid)
     for row in rows:
-        # the gap against the plain row that trains the same way (fedisguise.references)
+        # the gap against the plain row that trains the same way (fedisguise.grids.references)
         row["reference"] = ref_of[row["defence"]]
         ref = by_label.get(row["reference"], {})
         row["accuracy_gap"] = (None if row["accuracy"] is None or ref.get("accuracy") is None
@@ -240,7 +240,7 @@ def table_rows(grid: Grid, figures: dict[str, dict[str, Any]]) -> list[dict[str,
 
 
 def row_references(grid: Grid) -> dict[str, str | None]:
-    """Per defence, the plain row its accuracy gap is against (fedisguise.references)."""
+    """Per defence, the plain row its accuracy gap is against (fedisguise.grids.references)."""
     any_utility = any(a.utility for a in grid.attacks)
     configs = {d.label: next(c.config for c in grid.cells if c.defence == d.label
                              and (c.utility or not any_utility)) for d in grid.defences}

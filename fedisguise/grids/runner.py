@@ -1,5 +1,5 @@
 """Running a grid: every cell a normal run, finished cells skipped while their settings hold,
-the tuning cells first, more seeds where they decide something (fedisguise.more_seeds)."""
+the tuning cells first, more seeds where they decide something (fedisguise.grids.more_seeds)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def run_grid(grid: Grid, progress: bool = True,
     bar = tqdm(total=sum(c.defence in chosen for c in (*grid.tune_cells, *grid.cells)),
                desc=f"compare {grid.name}", unit="cell", disable=not progress)
     # Tuning first: each sweep's first values, then, round by round, a value past an end
-    # where the best sits there (fedisguise.tuning); a run that fails is not retried here.
+    # where the best sits there (fedisguise.grids.tuning); a run that fails is not retried here.
     initial = [c for c in grid.tune_cells if c.defence in chosen]
     tried = {c.name for c in initial if cell_done(c)}
     skipped += sorted(tried)
@@ -69,7 +69,7 @@ def run_grid(grid: Grid, progress: bool = True,
         bar.update(1)
     _run_cells([c for c in cells if c not in untuned], bar, run_experiment, skipped, ran,
                failed)
-    # More seeds where the grid's own leave a row's gap open (fedisguise.more_seeds): the
+    # More seeds where the grid's own leave a row's gap open (fedisguise.grids.more_seeds): the
     # chosen rows so called, and their references, even where --only leaves those out.
     called, references_of = seeds_called(grid), row_references(grid)
     wanted = {label for label in called if label in chosen}

@@ -48,7 +48,8 @@ gradient inversion, say) thus prices the attack in its own regime without distor
 
 More seeds where they decide something: a row whose gap against its reference has a 95 %
 interval wider than the gap itself on `seeds` also runs `more_seeds`, and so does its reference
-(fedisguise.more_seeds); the tables count every finished seed and name the rows that took more.
+(fedisguise.grids.more_seeds); the tables count every finished seed and name the rows that took
+more.
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedisguise import frontier
 from fedisguise.config import SECTIONS, STRUCTURED_KEYS, Config, ConfigError, read_toml
-from fedisguise.references import is_plain
-from fedisguise.tuning import BASE, Tuning, literal, parse_tuning, tune_values
+from fedisguise.grids import frontier
+from fedisguise.grids.references import is_plain
+from fedisguise.grids.tuning import BASE, Tuning, literal, parse_tuning, tune_values
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 COMPARE_KEYS = {"name", "seeds", "more_seeds", "base", "defence", "attack", "tune"}
@@ -76,7 +77,7 @@ class Entry:
     label: str
     changes: dict[str, Any]
     utility: bool = True
-    curve: str = ""  # defences: the frontier curve it is a point of (fedisguise.frontier)
+    curve: str = ""  # defences: the frontier curve it is a point of (fedisguise.grids.frontier)
     tune: tuple[float, ...] | None = None  # defences: their own values of compare.tune.key
     tuned: bool = False  # attack settings: `tune = true`, its training regime tuned apart
     # defences: the attack settings it is crossed with (`attack_settings`), None = every one
@@ -108,7 +109,7 @@ class Grid:
     tuning: Tuning | None = None
     tune_cells: tuple[Cell, ...] = ()  # each sweep's first values, run first
     # (defence, regime, value) -> its tuning cell; the sweeps' further values are built
-    # with it as the finished runs call for them (fedisguise.tuning)
+    # with it as the finished runs call for them (fedisguise.grids.tuning)
     tune_cell: Callable[[str, str, float], Cell] | None = field(default=None, compare=False)
     tune_start: dict[tuple[str, str], tuple[float, ...]] = field(default_factory=dict)
     more_seeds: list[int] = field(default_factory=list)
@@ -122,7 +123,7 @@ class Grid:
     @property
     def reference(self) -> str:
         """The defence others are measured against: the first plain one (no disguise, no
-        DP, no faults: fedisguise.references.is_plain), else the first."""
+        DP, no faults: fedisguise.grids.references.is_plain), else the first."""
         plain = {c.defence for c in self.cells if is_plain(c.config)}
         return next((d.label for d in self.defences if d.label in plain),
                     self.defences[0].label)

@@ -8,17 +8,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fedisguise import frontier, report, strongest
+from fedisguise.grids import frontier, report, strongest
 from fedisguise.grids.figures import (
     BEST_ATTACK,
     BEST_BY,
     MAIN_FIGURES,
-    N,
     PLATEAU_TOLERANCE,
     PLATEAU_WINDOW,
     UTILITY_HEAD,
     UTILITY_TAIL,
     Column,
+    N,
     attack_columns,
     finished,
     plateau_texts,
@@ -27,7 +27,7 @@ from fedisguise.grids.figures import (
 )
 from fedisguise.grids.spec import Grid
 from fedisguise.grids.tuned import resolve_tuning
-from fedisguise.tuning import chosen_text, tuning_markdown
+from fedisguise.grids.tuning import chosen_text, tuning_markdown
 
 
 def _fmt(mean: float | None, std: float | None = None, digits: int = 3) -> str:
@@ -119,7 +119,7 @@ def write_table(grid: Grid) -> dict[str, Any]:
 
 def regime(grid: Grid) -> dict[str, Any]:
     """How the reference row trains (its utility cell's settings), for pages made from
-    compare.json alone (fedisguise.results_page)."""
+    compare.json alone (fedisguise.grids.results_page)."""
     c = next((c for c in grid.cells if c.defence == grid.reference and c.utility),
              grid.cells[0]).config
     return {"dataset": c.data.dataset, "clients": c.experiment.clients,
@@ -236,14 +236,14 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
         f"what the strongest attack recovers of the originals — per seed the strongest over "
         f"every attack setting, and the attack that reached the best PSNR. Mean ± std over "
         f"seeds. Gap: against the plain row that trains the same way (optimizer and its "
-        f"settings, data split, model, strategy, rounds: fedisguise/references.py; "
+        f"settings, data split, model, strategy, rounds: fedisguise/grids/references.py; "
         f"`{grid.reference}` for a plain row), ± its 95 % interval over seeds (Welch), "
         f"flagged \"above its reference\" where the row beats it beyond that; time ratio "
         f"against `{grid.reference}`. – : not defined or not measured "
         f"(visual privacy needs disguised images; ε needs DP). \"dominated by\": the "
         f"settings at least as accurate that let every shared attack figure (best PSNR, best "
         f"recognisability, membership AUC) reach at most as much, one of them strictly "
-        f"(fedisguise/frontier.py); – where no attack was measured.", ""]
+        f"(fedisguise/grids/frontier.py); – where no attack was measured.", ""]
     # (title, a row's entry) per column: utility first, attacks between, time last.
     shown: list[tuple[str, Any]] = [] if grid.tuning is None else [
         (f"tuned {grid.tuning.key}",
@@ -292,7 +292,7 @@ def table_markdown(grid: Grid, rows: list[dict[str, Any]], records: dict[str, An
                       f"then on): " + "; ".join(plateaus) + "."]
     if called:
         lines += ["", f"Seeds {grid.more_seeds} as well, where seeds {grid.seeds} left a "
-                      f"gap's sign open (fedisguise/more_seeds.py): " + "; ".join(
+                      f"gap's sign open (fedisguise/grids/more_seeds.py): " + "; ".join(
                           f"`{label}` ({why})" for label, why in called.items()) + "."]
     lines += ["", "Defences:", ""]
     lines += [f"- `{d.label}` (curve `{d.curve}`): "

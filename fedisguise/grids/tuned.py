@@ -1,4 +1,4 @@
-"""A grid's fair tuning (`[compare.tune]`, fedisguise.tuning): the sweeps of each defence and
+"""A grid's fair tuning (`[compare.tune]`, fedisguise.grids.tuning): the sweeps of each defence and
 regime, their tuning cells, and the value each cell of the grid then takes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fedisguise.attacks.base import finite
 from fedisguise.config import ConfigError
 from fedisguise.grids.done import cell_done, diverged
 from fedisguise.grids.spec import Cell, Grid, changed_keys
-from fedisguise.tuning import BASE, Sweep, literal, sweep
+from fedisguise.grids.tuning import BASE, Sweep, literal, sweep
 
 
 def sweep_label(defence: str, regime: str) -> str:

@@ -1,6 +1,6 @@
 """A results page that leads with the answer, made from a grid's compare.json alone.
 
-    python -m fedisguise.results_page docs/results-fmnist.toml
+    python -m fedisguise.grids.results_page docs/results-fmnist.toml
 
 The page spec (TOML) names the grid's compare.json (committed beside it), the papers' claims
 to test and a short history; everything else comes from the JSON, so the page can be redrawn
@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedisguise.grids.figures import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau_texts
 from fedisguise.config import ConfigError, read_toml
-from fedisguise.intervals import mean_halfwidth
+from fedisguise.grids.figures import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau_texts
+from fedisguise.grids.intervals import mean_halfwidth
 
 APPENDIX_LINES = 20
 # Verdict thresholds, stated on the page: recognisability is the share of reconstructions a
@@ -60,7 +60,7 @@ def level_figure(level: dict[str, Any] | None) -> str:
 
 def accuracy_text(row: dict[str, Any], summary: dict[str, Any]) -> str:
     """Accuracy with its interval, and its seed count where it is not the grid's (more seeds
-    where three left the cost open: fedisguise.more_seeds)."""
+    where three left the cost open: fedisguise.grids.more_seeds)."""
     text = _ci(row.get("accuracy"), row.get("accuracy_std"), row.get("accuracy_n"))
     n = row.get("accuracy_n")
     return text if row.get("accuracy") is None or n == len(summary["seeds"]) else \
@@ -289,7 +289,7 @@ def render(spec: dict[str, Any], summary: dict[str, Any], frontiers: list[str]) 
     missing = summary.get("missing") or []
     lines = [f"# {spec['title']}", "",
              f"Grid `{summary['grid']}` (`{summary['source']}`), generated from "
-             f"`{spec['json']}` by `python -m fedisguise.results_page {spec['_path']}`."
+             f"`{spec['json']}` by `python -m fedisguise.grids.results_page {spec['_path']}`."
              + (f" **{len(missing)} cells are not finished yet**; their rows say "
                 f"\"not run yet\" or stand on fewer seeds." if missing else ""), "",
              "## The answer", "",
@@ -345,7 +345,7 @@ def load_spec(path: Path) -> dict[str, Any]:
 
 def write_page(spec_path: Path) -> Path:
     """Write the page (and its frontier figures) the spec names; returns the page's path."""
-    from fedisguise import frontier
+    from fedisguise.grids import frontier
 
     spec = load_spec(spec_path)
     source = spec_path.parent / spec["json"]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fedisguise.processes import descendants
+from fedisguise.deployment.processes import descendants
 
 _HANDED_OUT: set[int] = set()  # ports free_port gave to processes started from here
 _HANDED_OUT_LOCK = threading.Lock()

@@ -7,8 +7,8 @@ own EC private key, and the SuperLink accepts only public keys registered before
 `flwr supernode register` (Flower 1.41: `flwr/cli/supernode/register.py` reads an OpenSSH
 public key; `flwr/supernode/cli/flower_supernode.py` reads an OpenSSH private key).
 
-    python -m fedisguise.tls certs certs/ --host superlink.example.org --host 10.0.0.5
-    python -m fedisguise.tls keys keys/ client-0 client-1
+    python -m fedisguise.deployment.tls certs certs/ --host superlink.example.org --host 10.0.0.5
+    python -m fedisguise.deployment.tls keys keys/ client-0 client-1
 
 `certs` writes `ca.crt`, `server.pem` and `server.key` (0600); the CA's own private key is
 never written, so nothing else can be signed with it: to add a host, generate a new set.
@@ -155,7 +155,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedisguise.tls",
+    parser = argparse.ArgumentParser(prog="python -m fedisguise.deployment.tls",
                                      description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     certs = commands.add_parser("certs", help=f"a CA and a SuperLink certificate: {CA_CERT}, "

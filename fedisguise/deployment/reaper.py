@@ -7,7 +7,7 @@ group. The reaper is a separate process, in its own session, holding the read en
 whose write end only run.py holds: when run.py exits by any means, the read returns EOF and the
 reaper ends every marked process.
 
-    python -m fedisguise.reaper MARKER     # started by LocalFederation, never by hand
+    python -m fedisguise.deployment.reaper MARKER     # started by LocalFederation, never by hand
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Datasets with local-first resolution, decoded once per machine into a shared copy
-(partitions among clients: fedisguise.partitions).
+(partitions among clients: fedisguise.data.partitions).
 
 Images are float32 tensors N×C×H×W in [0, 1] (disguises need that range), labels int64.
 An explicit `data_dir` is the only place a dataset is read from (or downloaded into); without

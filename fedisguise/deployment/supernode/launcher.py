@@ -9,8 +9,8 @@ even with a ClientApp that does nothing):
 - for every message its SuperExec starts a fresh `flwr-clientapp`, which spends ~2.5 s on a
   2-core machine importing Flower before it asks for the message.
 
-`python -m fedisguise.fast_node supernode ARGS...` runs Flower's `flower-supernode ARGS...` in
-this process with two changes, nothing else:
+`python -m fedisguise.deployment.supernode.launcher supernode ARGS...` runs Flower's
+`flower-supernode ARGS...` in this process with two changes, nothing else:
 
 1. the waits of that one module are capped at `FEDISGUISE_SUPERNODE_POLL` s (default 0.2):
    the SuperNode asks the SuperLink for messages 5x a second instead of every 3 s;
@@ -24,8 +24,8 @@ this process with two changes, nothing else:
 
 Only for the Flower releases whose internals were read for this (FLOWER_SERIES); for any
 other the launcher says so and runs the stock SuperNode unchanged. The zygote's socket sits in
-fedisguise.node_worker's 0700 folder, is 0600, and the zygote serves peers of its own uid only;
-nothing but a command line and three file descriptors crosses it.
+fedisguise.fl.worker_link's 0700 folder, is 0600, and the zygote serves peers of its own uid
+only; nothing but a command line and three file descriptors crosses it.
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ import time
 import traceback
 from pathlib import Path
 
+from fedisguise.fl.flower_timing import FLOWER_SERIES, shorten_retries, supported
+
 POLL_ENV = "FEDISGUISE_SUPERNODE_POLL"
 POLL_DEFAULT = 0.2
-FLOWER_SERIES = ("1.41.",)  # the releases whose SuperNode loop and SuperExec were read
 STUB_NAME = "flwr-clientapp"
+MODULE = "fedisguise.deployment.supernode.launcher"  # python -m MODULE supernode|zygote
 MAX_REQUEST = 1 << 16
 # What a flwr-clientapp run imports after start-up (measured: httpx's transport pulls in
 # httpcore and trio, ~0.7 s a message here); the zygote imports them once.
@@ -55,7 +57,7 @@ WARM_IMPORTS = ("httpcore", "httpx", "flwr.clientapp", "flwr.clientapp.mod",
                 "flwr.supernode.runtime.run_clientapp")
 
 STUB = '''#!{python} -S
-# fedisguise.fast_node's flwr-clientapp: hand this command to the node's zygote
+# fedisguise.deployment.supernode.launcher's flwr-clientapp: hand this command to the node's zygote
 import json, os, socket, struct, sys
 try:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -86,10 +88,6 @@ def poll_interval() -> float:
     return value
 
 
-def supported(version: str) -> bool:
-    return version.startswith(FLOWER_SERIES)
-
-
 class _SoonerSleep:
     """Stands in for the `time` module of Flower's SuperNode loop: sleeps at most `cap` s."""
 
@@ -116,31 +114,10 @@ def shorten_polls(cap: float) -> bool:
     return True
 
 
-def shorten_retries(first: float) -> bool:
-    """Retry a pull of a message's objects after `first` s instead of Flower's 1 s (doubling
-    up to its cap as before). A SuperNode records a message before it has pulled the
-    message's objects, so a ClientApp that starts at once finds them missing: one 1 s backoff
-    per message, which the 2.5 s start of a stock flwr-clientapp used to hide (the SuperLink
-    and the ServerApp's pulls of replies alike). False, and nothing changed, on a Flower
-    whose pulls were not read for this."""
-    import flwr
-    from flwr.supercore.inflatable import inflatable_utils
-
-    functions = (inflatable_utils.pull_objects,
-                 inflatable_utils.pull_and_inflate_object_from_tree)
-    if not supported(flwr.__version__) or not all(
-            "initial_backoff" in (f.__kwdefaults__ or {}) for f in functions):
-        return False
-    for function in functions:
-        function.__kwdefaults__["initial_backoff"] = min(
-            first, function.__kwdefaults__["initial_backoff"])
-    return True
-
-
 # ---- the launcher -----------------------------------------------------------------------
 def zygote_paths(pid: int) -> tuple[Path, Path]:
     """The zygote socket and the stub folder of the SuperNode launched as process `pid`."""
-    from fedisguise.node_worker import worker_dir
+    from fedisguise.fl.worker_link import worker_dir
 
     folder = worker_dir()
     return folder / f"clientapp-{pid}.sock", folder / f"clientapp-{pid}"
@@ -159,7 +136,7 @@ def remove_leftovers(pid: int) -> bool:
     """Remove the socket and stub folder of the fast SuperNode that ran as `pid`, once it is
     gone: a SuperNode and zygote ended by SIGKILL (a stop's grace ran out, Flower's own
     5 s force-exit) clean up nothing. False, and nothing removed, while `pid` runs."""
-    from fedisguise.processes import alive
+    from fedisguise.deployment.processes import alive
 
     if alive(pid):
         return False
@@ -180,7 +157,7 @@ def write_stub(folder: Path, sock: Path, real: str) -> Path:
 
 
 def real_clientapp() -> str:
-    from fedisguise.processes import flower_command
+    from fedisguise.deployment.processes import flower_command
 
     return flower_command(STUB_NAME)
 
@@ -191,7 +168,7 @@ def run_supernode(args: list[str]) -> None:
 
     cap = poll_interval()
     if not shorten_polls(cap):
-        print(f"fedisguise.fast_node: Flower {flwr.__version__} is not one of "
+        print(f"fedisguise.deployment.supernode.launcher: Flower {flwr.__version__} is not one of "
               f"{', '.join(s + 'x' for s in FLOWER_SERIES)}; running its SuperNode unchanged",
               file=sys.stderr)
     else:
@@ -199,7 +176,7 @@ def run_supernode(args: list[str]) -> None:
         write_stub(folder, sock, real_clientapp())
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()  # an earlier process's, with this pid
-        zygote = subprocess.Popen([sys.executable, "-m", "fedisguise.fast_node", "zygote",
+        zygote = subprocess.Popen([sys.executable, "-m", MODULE, "zygote",
                                    str(sock), "--watch", str(os.getpid())],
                                   stdin=subprocess.DEVNULL)
 
@@ -210,8 +187,8 @@ def run_supernode(args: list[str]) -> None:
 
         atexit.register(_cleanup)
         os.environ["PATH"] = os.pathsep.join([str(folder), os.environ.get("PATH", "")])
-        print(f"fedisguise.fast_node: SuperNode polls every {cap:g} s; ClientApps fork from "
-              f"a warm process", file=sys.stderr)
+        print(f"{MODULE}: SuperNode polls every {cap:g} s; ClientApps fork from a warm "
+              f"process", file=sys.stderr)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *args]
@@ -224,7 +201,10 @@ def serve_zygote(path: Path, watch: int) -> None:
     request's command line and descriptors, until process `watch` is gone or SIGTERM."""
     from flwr.supernode.cli import flwr_clientapp  # the import each message used to pay
 
-    from fedisguise.node_worker import peer_uid, unlink_own  # the worker's socket rules
+    from fedisguise.deployment.supernode.worker import (  # the worker's socket rules
+        peer_uid,
+        unlink_own,
+    )
 
     for name in WARM_IMPORTS:  # imported lazily by every flwr-clientapp run
         with contextlib.suppress(ImportError):
@@ -249,7 +229,7 @@ def serve_zygote(path: Path, watch: int) -> None:
     inode = path.stat().st_ino
     server.listen(16)
     server.settimeout(1.0)
-    print(f"fedisguise.fast_node: zygote {os.getpid()} ready on {path.name}", file=sys.stderr,
+    print(f"{MODULE}: zygote {os.getpid()} ready on {path.name}", file=sys.stderr,
           flush=True)
     try:
         while os.getppid() == watch or not watch:
@@ -317,8 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     elif argv[:1] == ["zygote"] and len(argv) == 4 and argv[2] == "--watch":
         serve_zygote(Path(argv[1]), int(argv[3]))
     else:
-        sys.exit("usage: python -m fedisguise.fast_node supernode FLOWER_SUPERNODE_ARGS...\n"
-                 "       python -m fedisguise.fast_node zygote SOCKET --watch PID")
+        sys.exit(f"usage: python -m {MODULE} supernode FLOWER_SUPERNODE_ARGS...\n"
+                 f"       python -m {MODULE} zygote SOCKET --watch PID")
 
 
 if __name__ == "__main__":

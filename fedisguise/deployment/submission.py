@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
-from fedisguise.processes import flower_command
-from fedisguise.tls import ServerCertificates
+from fedisguise.deployment.processes import flower_command
+from fedisguise.deployment.tls import ServerCertificates
 
-APP_DIR = Path(__file__).resolve().parents[1]  # the folder whose pyproject.toml is the app
+APP_DIR = Path(__file__).resolve().parents[2]  # the folder whose pyproject.toml is the app
 CONNECTION = "fedisguise"
 # Flower's SuperExec looks for new tasks every second by default; a message then waits up to
 # 1 s on each SuperNode before its ClientApp starts. Its own setting, kept unless set already.
@@ -80,12 +80,12 @@ def check_security(cfg: Config, superlink: str | None = None) -> None:
         if missing:
             raise ConfigError(
                 f"deployment.certificates: {dep.certificates} lacks {', '.join(missing)} "
-                "(make a set with `python -m fedisguise.tls certs DIR`)")
+                "(make a set with `python -m fedisguise.deployment.tls certs DIR`)")
         if certificates.key.stat().st_mode & 0o077:
             raise ConfigError(f"deployment.certificates: {certificates.key} is readable by "
                               f"others; `chmod 600` it")
     if dep.fast_nodes:
-        from fedisguise.fast_node import poll_interval
+        from fedisguise.deployment.supernode.launcher import poll_interval
 
         try:
             poll_interval()

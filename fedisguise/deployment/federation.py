@@ -11,7 +11,8 @@ With `superlink="host:port"` nothing is started: the run goes to SuperNodes else
 `root-certificates` in the `flwr` connection) and SuperNode authentication
 (`flower-superlink --enable-supernode-auth`; each public key registered with
 `flwr supernode register` before its SuperNode starts with `--auth-supernode-private-key`).
-Ports come from fedisguise.ports, and the run is submitted through fedisguise.submission.
+Ports come from fedisguise.deployment.ports, and the run is submitted through
+fedisguise.deployment.submission.
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ from types import TracebackType
 from typing import Self
 
 from fedisguise.config import Config
+from fedisguise.deployment import reaper
+from fedisguise.deployment.ports import (RUNTIME_PORT_TAKEN, SUPERLINK_PORT_TAKEN, free_port,
+                                         start_on_free_port)
+from fedisguise.deployment.processes import (descendants, die_with_parent, flower_command,
+                                             signal_tree)
+from fedisguise.deployment.reaper import MARKER_ENV, NODE_ENV, end_marked
+from fedisguise.deployment.submission import (APP_DIR, CONNECTION, SUPEREXEC_POLL_ENV,
+                                              check_security, child_env, submit_run,
+                                              write_connection)
+from fedisguise.deployment.supernode.launcher import remove_leftovers
+from fedisguise.deployment.tls import (ServerCertificates, generate_certificates,
+                                       generate_supernode_key)
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_path
-from fedisguise.fast_node import remove_leftovers
-from fedisguise.ports import (RUNTIME_PORT_TAKEN, SUPERLINK_PORT_TAKEN, free_port,
-                              start_on_free_port)
-from fedisguise.processes import descendants, die_with_parent, flower_command, signal_tree
-from fedisguise.reaper import MARKER_ENV, NODE_ENV, end_marked
-from fedisguise.submission import (APP_DIR, CONNECTION, SUPEREXEC_POLL_ENV, check_security,
-                                   child_env, submit_run, write_connection)
-from fedisguise.tls import ServerCertificates, generate_certificates, generate_supernode_key
 
 FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flwr")
 
@@ -49,10 +54,10 @@ class LocalFederation:
     """A SuperLink and `num_supernodes` SuperNodes on loopback, as a context manager.
 
     With `tls` every API is HTTPS: `certificates` names a folder with ca.crt, server.pem and
-    server.key, or None for a fresh CA and certificate for this host (fedisguise.tls). With
-    `supernode_auth` (needs tls) the SuperLink accepts only registered SuperNodes: each
-    SuperNode started here gets its own key pair, registered with `flwr supernode register`
-    before it starts. Generated certificates and keys live in `flwr_home` and go with it.
+    server.key, or None for a fresh CA and certificate for this host (fedisguise.deployment.tls).
+    With `supernode_auth` (needs tls) the SuperLink accepts only registered SuperNodes: each
+    SuperNode started here gets its own key pair, registered with `flwr supernode register` before
+    it starts. Generated certificates and keys live in `flwr_home` and go with it.
 
     `key_files`, when given, holds one key file per SuperNode: node i gets
     `disguise-key-file=<absolute path>` in its node config, as a SuperNode elsewhere would.
@@ -60,7 +65,7 @@ class LocalFederation:
 
     Every process started here carries a marker in its environment, so that helpers a
     SuperNode leaves behind when it dies are ended at once (a watcher thread), and a reaper
-    process ends them all if this process dies, even by SIGKILL (fedisguise.reaper).
+    process ends them all if this process dies, even by SIGKILL (fedisguise.deployment.reaper).
     """
 
     def __init__(self, num_supernodes: int, log_dir: Path, host: str = "127.0.0.1",
@@ -78,7 +83,7 @@ class LocalFederation:
         self.num_supernodes = num_supernodes
         self.key_files = [Path(k).resolve() for k in key_files]  # SuperNodes run elsewhere
         self.node_options = dict(node_options or {})  # more node-config entries, every node
-        self.fast_nodes = fast_nodes  # SuperNodes through fedisguise.fast_node
+        self.fast_nodes = fast_nodes  # SuperNodes through fedisguise.deployment.supernode.launcher
         self.log_dir = Path(log_dir)
         self.host = host
         self.start_timeout = start_timeout
@@ -137,9 +142,10 @@ class LocalFederation:
 
     def _start_reaper(self) -> None:
         """A process that ends this federation's processes if this one dies, even by
-        SIGKILL (fedisguise.reaper); a clean stop() closes its pipe and it finds nothing."""
+        SIGKILL (fedisguise.deployment.reaper); a clean stop() closes its pipe and it finds
+        nothing."""
         env = {k: v for k, v in os.environ.items() if k not in (MARKER_ENV, NODE_ENV)}
-        self._reaper = subprocess.Popen([sys.executable, "-m", "fedisguise.reaper", self.marker],
+        self._reaper = subprocess.Popen([sys.executable, "-m", reaper.__name__, self.marker],
                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, env=env,
                                         start_new_session=True, cwd=str(APP_DIR))
@@ -158,7 +164,7 @@ class LocalFederation:
 
     def __enter__(self) -> Self:
         if self.fast_nodes:  # a bad $FEDISGUISE_SUPERNODE_POLL, refused before anything starts
-            from fedisguise.fast_node import poll_interval
+            from fedisguise.deployment.supernode.launcher import poll_interval
 
             poll_interval()
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +239,7 @@ class LocalFederation:
         return launch
 
     def _spawn_supernode(self, launch: _Launch) -> subprocess.Popen:
-        launcher = ([sys.executable, "-m", "fedisguise.fast_node", "supernode"]
+        launcher = ([sys.executable, "-m", "fedisguise.deployment.supernode.launcher", "supernode"]
                     if self.fast_nodes else [flower_command("flower-supernode")])
         launch.port = free_port(self.host)
         args = [*launcher, "--superlink", self.address, "--port", str(launch.port),
@@ -271,13 +277,13 @@ class LocalFederation:
 
     def _prestart_worker(self, supernode: subprocess.Popen, index: int,
                          partition_id: int) -> None:
-        """Start the node's warm worker now (fedisguise.node_worker), as a process of this
-        federation marked as the SuperNode's (ended with its helpers; log worker-<n>.log);
+        """Start the node's warm worker now (fedisguise.deployment.supernode.worker), as a process
+        of this federation marked as the SuperNode's (ended with its helpers; log worker-<n>.log);
         the node config is read back with Flower's own parser, as the ClientApp sees it."""
         from flwr.common.config import parse_config_args
 
-        from fedisguise import node_worker
-        from fedisguise.client_app import worker_enabled
+        from fedisguise.fl import worker_link as node_worker
+        from fedisguise.fl.client_app import worker_enabled
 
         node_config = parse_config_args([self.node_config(partition_id)])
         if not worker_enabled(node_config):
@@ -343,7 +349,7 @@ class LocalFederation:
 
     def pids(self) -> list[int]:
         """Every live process of this federation, re-parented helpers included."""
-        from fedisguise.reaper import marked
+        from fedisguise.deployment.reaper import marked
 
         return sorted(set(marked(self.marker))
                       | {pid for p in self.processes for pid in (p.pid, *descendants(p.pid))})

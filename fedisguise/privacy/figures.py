@@ -18,12 +18,12 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from fedisguise.config import Config
-from fedisguise.data import load_dataset
+from fedisguise.data.datasets import load_dataset
+from fedisguise.data.partitions import server_test_set
 from fedisguise.disguise.base import NoDisguise
 from fedisguise.metrics import psnr, ssim, vfe, visual_privacy
 from fedisguise.models import build_model
 from fedisguise.node_data import node_disguise
-from fedisguise.partitions import server_test_set
 from fedisguise.resolved import ResolvedRun
 from fedisguise.training import evaluate, train_local
 

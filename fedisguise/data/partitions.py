@@ -1,6 +1,6 @@
 """Partitions of a dataset among clients (iid, Dirichlet label skew), each client's data and
 held-out images from them, and the server's test set: indices first, then the images from the
-shared decoded copy (fedisguise.data)."""
+shared decoded copy (fedisguise.data.datasets)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedisguise.data import ImageDataset, load_dataset, split_labels, split_subset
+from fedisguise.data.datasets import ImageDataset, load_dataset, split_labels, split_subset
+
 
 # ---- partitioners -----------------------------------------------------------------------
 def partition_iid(labels: np.ndarray, num_partitions: int, seed: int, alpha: float = 0.0

@@ -23,7 +23,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedisguise.data import ImageDataset
+from fedisguise.data.datasets import ImageDataset
 from fedisguise.training import OPTIMIZERS, BatchTransform
 
 

@@ -1,11 +1,19 @@
-"""A SuperNode's warm worker: one long-lived process per node that handles its messages.
+"""The ClientApp's link to its SuperNode's warm worker: where the worker listens, the wire
+format, and `forward`, which hands a message to the worker (starting it where none runs).
+
+Why: Flower 1.41 starts a fresh `flwr-clientapp` per message, and each would import torch and
+prepare the node's data. The ClientApp stays light and forwards the message to one long-lived
+worker per node (fedisguise.deployment.supernode.worker, started here by its module name, so
+that nothing here imports the deployment). What follows describes both ends.
+
+A SuperNode's warm worker: one long-lived process per node that handles its messages.
 
 Flower 1.41's SuperNode starts a fresh `flwr-clientapp` process for every message (its
 Kubernetes-only warm executors do not cover ClientApps). Each one would import torch, load the
 dataset, partition and disguise before training a few seconds' worth: that, not the training,
 made a deployment round 10-20x slower than a simulated one. Here the ClientApp stays light: it
 forwards the message's content and its Context over a Unix socket to this worker, which keeps
-torch imported and the node's prepared data in memory (fedisguise.client_work's cache), and
+torch imported and the node's prepared data in memory (fedisguise.fl.client_work's cache), and
 waits for the reply. Both ends run on the node's own machine, as the same user.
 
 - One worker per node: the socket's name is a digest of the node's config (partition, key
@@ -27,13 +35,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from flwr.app import Context, RecordDict
@@ -46,12 +52,13 @@ from flwr.common.serde import (
 from flwr.proto.message_pb2 import Context as ProtoContext  # pylint: disable=E0611
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=E0611
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("fedisguise", "strategies")
 IDLE_ENV = "FEDISGUISE_WORKER_IDLE"
 DIR_ENV = "FEDISGUISE_WORKER_DIR"
 START_TIMEOUT = 180.0  # importing torch on a loaded 2-core machine can take a while
 KINDS = ("train", "evaluate")
+WORKER_MODULE = "fedisguise.deployment.supernode.worker"  # started by name, never imported
 SOCKET_PATH_MAX = 107  # Linux's sun_path, less its terminating NUL
 
 
@@ -211,7 +218,7 @@ def prestart(node_config: dict, supernode: int, spawn=None) -> subprocess.Popen 
 
 
 def worker_command(path: Path, watch: int) -> list[str]:
-    return [sys.executable, "-m", "fedisguise.node_worker", str(path), "--watch", str(watch)]
+    return [sys.executable, "-m", WORKER_MODULE, str(path), "--watch", str(watch)]
 
 
 def _spawn(path: Path, watch: int) -> subprocess.Popen:
@@ -261,10 +268,14 @@ def _parent(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+LAUNCHER = b"fedisguise.deployment.supernode.launcher\x00supernode"  # its command line
+
+
 def supernode_pid() -> int:
     """The `flower-supernode` this process serves (an ancestor: SuperNode -> SuperExec ->
-    flwr-clientapp, or SuperNode -> zygote -> its fork under fedisguise.fast_node), else
-    this process's parent; 0 where /proc cannot tell."""
+    flwr-clientapp, or SuperNode -> zygote -> its fork under
+    fedisguise.deployment.supernode.launcher), else this process's parent; 0 where /proc cannot
+    tell."""
     pid = os.getppid()
     first = pid
     while pid > 1:
@@ -272,104 +283,7 @@ def supernode_pid() -> int:
             cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
         except OSError:
             break
-        if b"flower-supernode" in cmdline or b"fedisguise.fast_node\x00supernode" in cmdline:
+        if b"flower-supernode" in cmdline or LAUNCHER in cmdline:
             return pid
         pid = _parent(pid)
     return first if Path("/proc").is_dir() else 0
-
-
-# ---- the worker's side ------------------------------------------------------------------
-def serve(path: Path, watch: int = 0, idle: float | None = None) -> None:
-    """Answer messages on `path` until `watch` (a pid; 0: none) is gone, `idle` s pass
-    without one, or SIGTERM."""
-    from fedisguise import client_work  # torch, data, disguises: imported once, here
-    from fedisguise.resolved import resolve_flat
-    from fedisguise.processes import alive
-
-    idle = float(os.environ.get(IDLE_ENV, "600")) if idle is None else idle
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    old_umask = os.umask(0o077)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        server.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    inode = path.stat().st_ino
-    server.listen(16)
-    server.settimeout(1.0)
-    handlers = {"train": client_work.train_reply, "evaluate": client_work.evaluate_reply}
-    last = time.monotonic()
-    try:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                if (watch and not alive(watch)) or time.monotonic() - last > idle:
-                    break
-                continue
-            _answer(conn, handlers, resolve_flat)
-            last = time.monotonic()
-        # Leaving: new messages must start a new worker, and any already queued get answered.
-        unlink_own(path, inode)
-        server.setblocking(False)
-        while True:
-            try:
-                conn, _ = server.accept()
-            except (BlockingIOError, OSError):
-                break
-            _answer(conn, handlers, resolve_flat)
-    finally:
-        server.close()
-        unlink_own(path, inode)
-
-
-def unlink_own(path: Path, inode: int) -> None:
-    """Remove the socket file if it is still this worker's (a successor may have bound the
-    same name already)."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_ino == inode:
-            path.unlink()
-
-
-def _answer(conn: socket.socket, handlers: dict, resolve_flat) -> None:
-    """Read one request from `conn`, run its handler on the run its config describes
-    (resolved once per run: fedisguise.resolved), send the reply or the traceback."""
-    with conn:
-        conn.setblocking(True)
-        if peer_uid(conn) != os.getuid():
-            return  # only the node's own user may ask
-        try:
-            kind = _recv(conn).decode()
-            content, context = _decode(_recv(conn), _recv(conn))
-        except (EOFError, ValueError, UnicodeDecodeError, OSError):
-            return  # a client that went away, or not one of ours
-        try:
-            if kind not in handlers:
-                raise ValueError(f"unknown message kind {kind!r}")
-            reply = handlers[kind](content, context, resolve_flat(
-                dict(context.run_config), context.run_id))
-            frames = (b"ok", *_encode(reply, context))
-        except Exception:  # the ClientApp raises it again, with this traceback
-            frames = (b"error", traceback.format_exc().encode())
-        with contextlib.suppress(OSError):
-            _send(conn, *frames)
-
-
-def peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("socket", type=Path)
-    parser.add_argument("--watch", type=int, default=0, help="end when this pid is gone")
-    parser.add_argument("--idle", type=float, default=None, help=f"seconds (${IDLE_ENV})")
-    args = parser.parse_args(argv)
-    serve(args.socket, args.watch, args.idle)
-
-
-if __name__ == "__main__":
-    main()

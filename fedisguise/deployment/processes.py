@@ -1,7 +1,7 @@
-"""The machine's processes as a federation's launcher and its nodes see them: Flower's
-executables, a process's live descendants, ending them. A leaf: it imports nothing of the
-package but the reaper's `terminate`, so the launcher (deployment), the SuperNode launcher
-(fast_node) and the node's worker (node_worker) share it without importing each other."""
+"""The machine's processes as a federation's launcher and its nodes see them: Flower's executables,
+a process's live descendants, ending them. A leaf: it imports nothing of the package but the
+reaper's `terminate`, so the launcher (deployment), the SuperNode launcher (supernode/launcher.py)
+and the node's worker (supernode/worker.py) share it without importing each other."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from fedisguise.reaper import terminate
+from fedisguise.deployment.reaper import terminate
 
 
 def flower_command(name: str) -> str:

@@ -134,7 +134,7 @@ def provenance() -> dict[str, Any]:
     its tracked files differed from it), the library versions."""
     from fedisguise.results import versions
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str | None:
         try:

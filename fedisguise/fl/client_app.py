@@ -2,11 +2,11 @@
 
 Thin by design, and light to import: in deployment Flower 1.41's SuperNode starts a fresh
 `flwr-clientapp` process for every message, and importing torch alone costs seconds there.
-So in deployment the message goes to the node's warm worker (fedisguise.node_worker: one
-long-lived process per SuperNode with torch imported and the disguised partition in memory);
-in simulation, where Ray actors live across rounds, it is handled in this process
-(fedisguise.client_work). A node opts out of the worker with `--node-config "...
-warm-worker=false"`.
+So in deployment the message goes to the node's warm worker
+(fedisguise.deployment.supernode.worker: one long-lived process per SuperNode with torch imported
+and the disguised partition in memory); in simulation, where Ray actors live across rounds, it is
+handled in this process (fedisguise.fl.client_work). A node opts out of the worker with
+`--node-config "... warm-worker=false"`.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def reply_content(kind: str, content: RecordDict, context: Context, cfg: Config,
     """The reply to a `kind` ("train" or "evaluate") message, from the worker (which reads
     and validates the run config itself) or from here (validating `cfg` unless it is)."""
     if uses_worker(cfg, context):
-        from fedisguise.node_worker import forward
+        from fedisguise.fl.worker_link import forward
 
         return forward(kind, content, context)
-    from fedisguise import client_work
+    from fedisguise.fl import client_work
     from fedisguise.resolved import resolve
 
     # validated (from the run config) and its plugins loaded once per process and run

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
 from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
-from fedisguise.fast_node import shorten_retries
+from fedisguise.data.partitions import server_test_set
 from fedisguise.faults import describe
+from fedisguise.fl.flower_timing import shorten_retries
 from fedisguise.models import build_model
-from fedisguise.partitions import server_test_set
 from fedisguise.resolved import resolve
 from fedisguise.results import new_record, out_of_space, write_run
 from fedisguise.training import evaluate
@@ -229,7 +229,7 @@ def central_epsilon(cfg: Config, rounds: int) -> float | None:
     """User-level ε of central DP after `rounds` rounds: the subsampled Gaussian mechanism
     with sampling rate = sampled clients / clients, RDP accountant (an estimate: Flower
     samples a fixed number of clients, not Poisson). None when no noise is added."""
-    from fedisguise.dp import epsilon
+    from fedisguise.privacy.dp import epsilon
     from strategies import sampled_clients
 
     if cfg.dp.noise_multiplier <= 0:

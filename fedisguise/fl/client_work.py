@@ -4,8 +4,8 @@ key) -> train or evaluate, and the reply's content.
 Plain functions of (content, context, run), the run resolved once per process
 (fedisguise.resolved), so that the same code runs inside Flower's
 ClientApp (simulation: a Ray actor) and inside a node's warm worker (deployment:
-fedisguise.node_worker), which keeps torch imported and the prepared data in memory across
-Flower's one-process-per-message ClientApps. The node's partition comes from
+fedisguise.deployment.supernode.worker), which keeps torch imported and the prepared data in memory
+across Flower's one-process-per-message ClientApps. The node's partition comes from
 `context.node_config` (`partition-id`, `num-partitions`), which Flower sets for simulated nodes
 and `flower-supernode --node-config` sets in deployment.
 """
@@ -19,12 +19,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from fedisguise import messages as m
 from fedisguise.config import Config
-from fedisguise.data import ImageDataset, dataset_fingerprint
+from fedisguise.data.datasets import ImageDataset, dataset_fingerprint
+from fedisguise.data.partitions import ClientData
 from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint, node_secret
 from fedisguise.faults import corrupt, fault_for
 from fedisguise.models import build_model
 from fedisguise.node_data import BatchDraws, node_batch_draws, node_data
-from fedisguise.partitions import ClientData
 from fedisguise.resolved import ResolvedRun
 from fedisguise.training import (
     BatchTransform,
@@ -170,7 +170,7 @@ def _train_dp_round(model: torch.nn.Module, data: ImageDataset, cfg: Config, con
     """One DP-SGD round; ε for this round and over every round this node trained, with the
     node's step count kept in its persistent `context.state`."""
     # Opacus takes ~2 s to import: only DP-SGD runs pay for it.
-    from fedisguise.dp import epsilon, planned_noise, steps_per_round, train_dp
+    from fedisguise.privacy.dp import epsilon, planned_noise, steps_per_round, train_dp
 
     t, dp = cfg.train, cfg.dp
     sample_rate = min(1.0, t.batch_size / len(data))
