@@ -16,7 +16,7 @@ from fedisguise.attacks.instahide_recovery import (
     orient,
     retrieve_signs,
 )
-from fedisguise.data import ImageDataset, load_synthetic
+from fedisguise.data.datasets import ImageDataset, load_synthetic
 from fedisguise.disguise import DisguiseKey, build
 from fedisguise.metrics import psnr
 
@@ -110,7 +110,7 @@ def test_the_attack_recovers_private_images_from_the_encodings_alone():
     members = challenge_members(40, 2, 20, np.random.default_rng(2))
     encodings = victim.encode(private.images, members)[0]
     attack = build_attack({"name": "instahide_attack", "steps": 150, "public_images": 600,
-                           "restarts": 4, "rounds": 2})
+                           "restarts": 2, "rounds": 2})
     rec = attack.reconstruct(Evidence(view=view(40), images=encodings,
                                       images_from="outsourced"),
                              Knowledge(level=1, public=public, algorithm=spec),
@@ -129,7 +129,8 @@ def test_the_attack_recovers_private_images_from_the_encodings_alone():
     figures = attack.score(rec, truth, NoScorer())
     baseline = score_recovery(encodings[:40].abs(), encodings[:40].abs(), private.images,
                               private.labels)
-    # measured: |2x − 1| SSIM 0.93 (the encodings themselves: 0.43), PSNR 14.9 dB (8.2)
+    # measured: |2x − 1| SSIM 0.93 (the encodings themselves: 0.43), PSNR 14.5 dB (8.2); 4
+    # restarts instead of 2 gave the same SSIM for a quarter more time
     assert figures["abs_ssim"] > 0.6
     assert figures["abs_ssim"] > baseline["abs_ssim"] + 0.3
     assert figures["psnr_vs_original"] > baseline["psnr_vs_original"] + 3
