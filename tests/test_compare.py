@@ -403,7 +403,7 @@ def test_the_sweeps_grid_holds_every_setting_of_the_full_grid():
 def test_the_headline_grid_has_the_rows_the_answer_needs():
     """Each defence at its paper's operating point and a stronger setting, IID rows for
     `none` and two defences, a per-client key, three seeds (five where three leave a cost's
-    sign open), 45 rounds of 20 x 1000 images,
+    sign open), 60 rounds of 20 x 1000 images,
     and a centralised row (one client holding the union) for `none` and each disguise,
     measured against a centralised `none`."""
     grid = load_grid(REPO / "configs" / "compare-fmnist-cpu.toml")
@@ -416,7 +416,7 @@ def test_the_headline_grid_has_the_rows_the_answer_needs():
     assert grid.seeds == [0, 1, 2] and grid.more_seeds == [3, 4]
     none = next(c.config for c in grid.cells if c.defence == "none" and c.utility)
     assert (none.experiment.clients, none.data.train_per_client, none.experiment.rounds,
-            none.data.partitioner, none.data.alpha) == (20, 1000, 45, "dirichlet", 0.5)
+            none.data.partitioner, none.data.alpha) == (20, 1000, 60, "dirichlet", 0.5)
     from fedisguise.grids.figures import row_references
     refs = row_references(grid)
     central = [d for d in grid.defences if d.curve == "central"]
@@ -427,7 +427,7 @@ def test_the_headline_grid_has_the_rows_the_answer_needs():
         cells = [c for c in grid.cells if c.defence == d.label]
         assert {c.attack for c in cells} == {"utility"} and len(cells) == 3
         cfg = cells[0].config
-        assert (cfg.experiment.clients, cfg.data.union_of, cfg.experiment.rounds) == (1, 20, 45)
+        assert (cfg.experiment.clients, cfg.data.union_of, cfg.experiment.rounds) == (1, 20, 60)
         assert refs[d.label] == ("none" if d.label == "none-central" else "none-central")
         fl = next(c.config for c in grid.cells
                   if c.defence == d.label.removesuffix("-central") and c.utility)
