@@ -7,7 +7,9 @@ benchmark without editing the package. Everything here keeps its name within a m
   transform from `key.generator("purpose")`.
 - An attack: a subclass of `Attack` that sets `name`, `evidence` and `figures`, implements
   `reconstruct(evidence, knowledge, runtime)` and `score(reconstruction, truth, scorer)`,
-  decorated with `@register_attack`. `score_outsourced` scores image reconstructions.
+  decorated with `@register_attack`. `score_outsourced` scores image reconstructions. A
+  Level-1 attacker's `knowledge.algorithm` is a `DisguiseSpec` (`.name`, `.params`, the
+  defence's class as `.defence`, `.build(key)` under the attacker's own key).
 - A dataset: `@register_dataset("name")` on `loader(split, data_dir) -> ImageDataset`.
 - A model: `@register_model("name")` on `builder(in_channels, num_classes, image_size)`.
 - A DP mode: `register_dp_mode(DPMode(name, description, per_example=..., clips_on=...))`,
@@ -34,6 +36,7 @@ from fedisguise.data.datasets import DatasetLoader, ImageDataset, register_datas
 from fedisguise.disguise.base import Disguise
 from fedisguise.disguise.base import register as register_disguise
 from fedisguise.disguise.keys import DisguiseKey
+from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.dp_modes import DPMode, register_dp_mode
 from fedisguise.models import ModelBuilder, register_model
 
@@ -42,6 +45,7 @@ __all__ = [
     "DatasetLoader",
     "Disguise",
     "DisguiseKey",
+    "DisguiseSpec",
     "DPMode",
     "Evidence",
     "Figure",
