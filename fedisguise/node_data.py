@@ -17,7 +17,7 @@ from fedisguise.config import Config
 from fedisguise.data.datasets import ImageDataset
 from fedisguise.data.partitions import ClientData, client_data
 from fedisguise.disguise import Disguise
-from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
+from fedisguise.disguise.keys import DisguiseKey
 from fedisguise.resolved import ResolvedRun
 from fedisguise.training import BatchTransform
 
@@ -76,8 +76,7 @@ def _node_parts(run: ResolvedRun, partition_id: int, node_key_file: str, is_node
     """Node `partition_id`'s disguise, key and draws secret (each file read once per process:
     fedisguise.disguise.keys); `is_node`: the node itself, which makes its secret file on
     first use (the experimenter only reads it)."""
-    key = node_key(run.cfg, partition_id, node_key_file)
-    secret = node_secret(run.cfg, partition_id, node_key_file, create=is_node)
+    key, secret = run.node_keys(partition_id, node_key_file, create=is_node)
     return run.disguise.build(key), key, secret
 
 

@@ -21,17 +21,49 @@ from typing import Any
 import torch
 
 from fedisguise.config import Config
+from fedisguise.data.datasets import ImageDataset, load_dataset
+from fedisguise.data.partitions import server_test_set
+from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
 from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.training import resolve_device
 
 
+@dataclass(frozen=True)
+class RunData:
+    """The run's images, each split through fedisguise.data.datasets (a loader is called
+    once per split and process)."""
+
+    dataset: str
+    data_dir: str
+    test_samples: int
+    seed: int
+
+    def split(self, split: str) -> ImageDataset:
+        """A whole split ("train" or "test")."""
+        return load_dataset(self.dataset, split, self.data_dir)
+
+    def server_test_set(self) -> ImageDataset:
+        """The server's evaluation images (the same `test_samples` in every process)."""
+        return server_test_set(self.dataset, self.data_dir, self.test_samples, self.seed)
+
+
 @dataclass(frozen=True, eq=False)
 class ResolvedRun:
-    """A validated config (plugins loaded), its defence as a typed spec, and its device."""
+    """A validated config (plugins loaded), its data, its defence as a typed spec, its device,
+    and each node's keys."""
 
     cfg: Config
     disguise: DisguiseSpec
     device: torch.device
+    data: RunData
+
+    def node_keys(self, partition_id: int, node_key_file: str = "", create: bool = False
+                  ) -> tuple[DisguiseKey, DisguiseKey]:
+        """Node `partition_id`'s disguise key and its draws secret, by the one rule for the
+        node and the experimenter (fedisguise.disguise.keys: each file read once per process,
+        again only when it changes); `create`: the node itself, which makes its secret."""
+        return (node_key(self.cfg, partition_id, node_key_file),
+                node_secret(self.cfg, partition_id, node_key_file, create=create))
 
 
 # Runs a long-lived process keeps resolved: a node's warm worker may serve several runs.
@@ -54,8 +86,10 @@ def _remember(token: tuple, make) -> ResolvedRun:
 
 
 def _resolved(cfg: Config) -> ResolvedRun:
+    d = cfg.data
     return ResolvedRun(cfg, DisguiseSpec.parse(cfg.disguise),
-                       resolve_device(cfg.resources.device))
+                       resolve_device(cfg.resources.device),
+                       RunData(d.dataset, d.data_dir, d.test_samples, cfg.experiment.seed))
 
 
 def resolve(cfg: Config, scope: object = None, validate: bool = False) -> ResolvedRun:

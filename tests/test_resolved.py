@@ -154,3 +154,26 @@ def test_every_image_is_read_through_one_function_once_per_split(monkeypatch):
     data.load_dataset("faces-test-only", "train")
     assert sorted(reads) == ["test", "train"]
     data._load_split.cache_clear()
+
+
+def test_the_experimenter_gets_the_nodes_keys_and_data_from_the_resolved_run(tmp_path,
+                                                                             monkeypatch,
+                                                                             fresh):
+    """The attack suite and the privacy figures take the node's key, its secret and the run's
+    images from the run resolved in their process: the files are read once there too."""
+    key_file = tmp_path / "federation.key"
+    DisguiseKey.generate(seed="one").save(key_file)
+    cfg = synthetic_config(tmp_path, **{"disguise": json.dumps(SPEC),
+                                        "client.key_file": str(key_file)})
+    run = resolved.resolve(cfg)
+    assert resolved.resolve(synthetic_config(tmp_path, **{
+        "disguise": json.dumps(SPEC), "client.key_file": str(key_file)})) is run
+    reads = _counting(monkeypatch, Path, "read_text")
+    key, secret = run.node_keys(1, create=True)
+    assert run.node_keys(1) == (key, secret)
+    assert sorted(Path(p).name for (p, *_) in reads if Path(p).suffix in (".key", ".secret")) \
+        == ["federation.key", "federation.node-1.secret"]
+    assert key == DisguiseKey.load(key_file).for_client(1)  # key_scope per-client
+    assert run.data.split("test") is run.data.split("test")  # one load per process
+    assert torch.equal(run.data.server_test_set().images,
+                       server_test_set("synthetic", "", 0, cfg.experiment.seed).images)

@@ -32,7 +32,7 @@ from fedisguise.attacks.base import (
 from fedisguise.attacks.capture import capture_path, capture_refused, final_global_path
 from fedisguise.attacks.scoring import Scorer
 from fedisguise.config import Config
-from fedisguise.data.datasets import ImageDataset, load_dataset
+from fedisguise.data.datasets import ImageDataset
 from fedisguise.node_data import NodeData, node_data
 from fedisguise.privacy.dp import poisson_batches
 from fedisguise.privacy.figures import display_range
@@ -218,7 +218,7 @@ def run_attacks(run: ResolvedRun, run_dir: Path, progress: bool = True) -> dict[
     Per attack: the server's view and the knowledge of its level go to `reconstruct`;
     the ground truth only to `score`."""
     cfg, device = run.cfg, run.device
-    test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir)
+    test = run.data.split("test")
     order = np.random.default_rng([cfg.experiment.seed, 11]).permutation(len(test))
     holdout, public = test.subset(order[:HOLDOUT]), test.subset(order[HOLDOUT:])
     runtime = Runtime(device=device, seed=cfg.experiment.seed, progress=progress)

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from fedisguise.attacks.base import targets
 from fedisguise.attacks.capture import AttackCapture
 from fedisguise.config import DRIVER, DRIVER_KEY, Config, ConfigError
-from fedisguise.data.partitions import server_test_set
 from fedisguise.faults import describe
 from fedisguise.fl.flower_timing import shorten_retries
 from fedisguise.models import build_model
@@ -97,9 +96,10 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     write_run(run_dir, record, ledger.entries)
 
     wait_for_nodes(grid, cfg.experiment.clients)
-    device = resolve(cfg).device
+    run = resolve(cfg)  # once for this ServerApp: its device and data
+    device = run.device
     record["device"] = str(device)
-    test_set = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples, seed)
+    test_set = run.data.server_test_set()
     c, h, _ = test_set.image_shape
     model = build_model(cfg.model.name, c, test_set.num_classes, h)
     observers: list = [ledger]

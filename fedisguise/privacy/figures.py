@@ -58,8 +58,7 @@ def privacy_figures(run: ResolvedRun, record: dict[str, Any], run_dir: Path
                     ) -> dict[str, Any]:
     """Visual privacy, VFE, PSNR/SSIM and the plain | disguised grid for client 0's key."""
     cfg, device = run.cfg, run.device
-    test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
-                           cfg.experiment.seed)
+    test = run.data.server_test_set()
     # the key and draws secret node 0 used (in a local run the experimenter's machine is the
     # node's: a node 0 that never disguised gets its secret here)
     disguise, _ = node_disguise(run, 0, "privacy", is_node=True)
