@@ -11,17 +11,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedisguise import resolved
-
-from fedisguise.fl import client_app
-
-from fedisguise.data import datasets as data
-from fedisguise.fl.client_work import _PREPARED
 from fedisguise.config import Config, ConfigError
+from fedisguise.data import datasets as data
+from fedisguise.data.partitions import client_data, server_test_set
 from fedisguise.disguise import DisguiseKey, DisguiseSpec
 from fedisguise.disguise import spec as spec_module
 from fedisguise.disguise.keys import _READ
+from fedisguise.fl import client_app
+from fedisguise.fl.client_work import _PREPARED
 from fedisguise.models import build_model
-from fedisguise.data.partitions import client_data, server_test_set
 from tests.conftest import synthetic_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fedisguise"

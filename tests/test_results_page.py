@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fedisguise.grids import results_page
 from fedisguise.config import ConfigError
+from fedisguise.grids import results_page
 from fedisguise.grids.results_page import answer_table, claim_rows, load_spec, render, verdict
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,7 +4,6 @@ keyless disguise built from its file, and the inverse-network attack against it.
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import pytest

@@ -7,10 +7,9 @@ import math
 
 import pytest
 
-from fedisguise.grids.runner import run_grid
-
-from fedisguise.grids.spec import load_grid
 from fedisguise.config import ConfigError
+from fedisguise.grids.runner import run_grid
+from fedisguise.grids.spec import load_grid
 from fedisguise.grids.tuning import step_beyond, sweep
 from tests.test_compare import TUNE_TABLE, fake_record, fake_tuned_runs, grid_file
 

@@ -37,11 +37,11 @@ from fedisguise.attacks.base import (
     Evidence,
     Figure,
     GroundTruth,
-    has,
     Knowledge,
     Reconstruction,
-    register,
     Runtime,
+    has,
+    register,
 )
 from fedisguise.attacks.inverse import apply_inverse, train_inverse
 from fedisguise.attacks.scoring import Scorer, score_outsourced

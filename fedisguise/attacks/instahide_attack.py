@@ -65,6 +65,7 @@ from fedisguise.attacks.instahide_recovery import (
 from fedisguise.attacks.scoring import PSNR_CAP, Scorer, matching_order
 from fedisguise.metrics import psnr, ssim
 
+
 # ---- the attack under the contract -------------------------------------------------------
 @register
 class InstaHideAttack(Attack):

@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 
 from fedisguise.attacks.base import (
     Attack,
-    capable,
     Evidence,
     Figure,
     GroundTruth,
     Knowledge,
     Reconstruction,
-    register,
     Runtime,
+    capable,
+    register,
 )
 from fedisguise.attacks.scoring import Scorer, score_outsourced
 from fedisguise.disguise.spec import DisguiseSpec

@@ -9,9 +9,9 @@ an attacker's `Knowledge.algorithm`), so the spec is split, looked up and checke
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from collections.abc import Mapping
 from typing import Any
 
 from fedisguise.disguise.base import DISGUISES, Disguise, check_params, spec_params
