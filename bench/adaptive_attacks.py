@@ -65,7 +65,7 @@ from fedisguise.metrics import vfe  # noqa: E402
 from fedisguise.models import build_model  # noqa: E402
 from fedisguise.node_data import BatchDraws  # noqa: E402
 from fedisguise.training import evaluate, train_local  # noqa: E402
-from fedisguise.transform import prepare  # noqa: E402
+from fedisguise.disguise.transform_net_prepare import prepare  # noqa: E402
 
 from attack_regimes import DEFENCES as REGIME_DEFENCES  # noqa: E402
 

@@ -92,7 +92,7 @@ def test_save_load_round_trip_and_bad_files(trained, data, tmp_path):
 
 
 def test_a_run_given_a_file_checks_it_before_anything_starts(trained, tmp_path):
-    from fedisguise import transform
+    from fedisguise.disguise import transform_net_prepare as transform
 
     path = trained[0]
     wrong = synthetic_config(tmp_path).with_overrides(
@@ -107,7 +107,7 @@ def test_a_run_given_a_file_checks_it_before_anything_starts(trained, tmp_path):
 def test_runs_with_the_same_settings_train_h_theta_once(tmp_path, monkeypatch):
     # A grid's tuning runs and utility cell of one seed would each train the same h_θ
     # (minutes each); the first trains it, the others copy it. Another seed trains its own.
-    from fedisguise import transform
+    from fedisguise.disguise import transform_net_prepare as transform
 
     spec = ('{"name": "transform-net", "epochs": 1, "width": 4, "train_samples": 16, '
             '"classifier_epochs": 0, "batch_size": 8}')

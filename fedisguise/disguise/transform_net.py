@@ -1,6 +1,6 @@
 """The transformation network as a defence (Ito, Kinoshita, Kiya): h_θ applied to a client's
 images. h_θ itself (the network, its training, its file) is in transform_net_training; the
-experiment harness that trains one before a run is fedisguise.transform.
+experiment harness that trains one before a run is fedisguise.disguise.transform_net_prepare.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ class TransformNet(Disguise):
     """h_θ applied batch-wise, without gradients, on the images' device. Keyless (a key is
     accepted and ignored, as for every keyless defence).
 
-    `path` names a trained h_θ (a file from `save_transform_net`); with `path` empty the
-    experiment harness trains one before the run (fedisguise.transform.prepare) from the
-    training parameters (TRAINING_DEFAULTS) and the harness parameters: `classifier` (ψ's
-    model name; empty = the run's model) or `classifier_path` (a trained ψ's state dict),
-    `classifier_epochs`, `trainer` (`coordinator`: training images no client holds;
-    `client`: client `trainer_client`'s own partition) and `train_samples`. Training
-    parameters given beside a path must match the file's, so a spec never claims an α its
-    network was not trained with.
+    `path` names a trained h_θ (a file from `save_transform_net`); with `path` empty the experiment
+    harness trains one before the run (fedisguise.disguise.transform_net_prepare.prepare) from the
+    training parameters (TRAINING_DEFAULTS) and the harness parameters: `classifier` (ψ's model
+    name; empty = the run's model) or `classifier_path` (a trained ψ's state dict),
+    `classifier_epochs`, `trainer` (`coordinator`: training images no client holds; `client`:
+    client `trainer_client`'s own partition) and `train_samples`. Training parameters given beside
+    a path must match the file's, so a spec never claims an α its network was not trained with.
     """
 
     name = "transform-net"
@@ -53,7 +52,7 @@ class TransformNet(Disguise):
         if not path:
             raise ValueError("transform-net needs a trained h_θ: set `path` to a file made by "
                              "save_transform_net, or run it through run.py, which trains one "
-                             "before the run (fedisguise.transform.prepare)")
+                             "before the run (fedisguise.disguise.transform_net_prepare.prepare)")
         self.net, self.info = load_transform_net(path)
         trained = self.info.get("training", {})
         differ = {k: (v, trained.get(k)) for k, v in given.items() if trained.get(k) != v}
@@ -89,13 +88,13 @@ class TransformNet(Disguise):
 
     @classmethod
     def prepare(cls, cfg: Any) -> Any:
-        from fedisguise import transform
+        from fedisguise.disguise import transform_net_prepare as transform
 
         return transform.prepare(cfg)
 
     @classmethod
     def run_record(cls, cfg: Any) -> dict[str, Any]:
-        from fedisguise import transform
+        from fedisguise.disguise import transform_net_prepare as transform
 
         return {"transform_net": transform.figures(cfg)}
 
