@@ -39,8 +39,7 @@ def validate(self: Config) -> None:
     from fedisguise.attacks import ATTACKS, build_attack, parse_spec
     from fedisguise.data.datasets import DATASETS
     from fedisguise.data.partitions import PARTITIONERS
-    from fedisguise.disguise import DISGUISES
-    from fedisguise.disguise.base import check_params, spec_params
+    from fedisguise.disguise import DISGUISES, DisguiseSpec
     from fedisguise.faults import check_faults
     from fedisguise.models import MODELS
     from fedisguise.training import OPTIMIZERS
@@ -158,10 +157,9 @@ def validate(self: Config) -> None:
 
     disguise_name = self.disguise_name
     _choice("disguise", disguise_name, DISGUISES)
-    params = spec_params(self.disguise)[1]
     try:
-        check_params(DISGUISES[disguise_name], params)
-        DISGUISES[disguise_name].check_spec(params)  # values, before anything is built
+        spec = DisguiseSpec.parse(self.disguise)  # the process's one parse (resolved reuses it)
+        spec.defence.check_spec(dict(spec.params))  # values, before anything is built
     except ValueError as err:
         raise disguise_error(self.disguise, err) from None
     if not isinstance(self.attacks, list):
@@ -210,9 +208,9 @@ def _validate_keys(self: Config) -> None:
             if value:
                 raise ConfigError(f"disguise {name!r} takes no key; remove {key}")
     if name in DISGUISES and c.redisguise != "once":
-        from fedisguise.disguise.base import spec_params
+        from fedisguise.disguise import DisguiseSpec
 
-        if not DISGUISES[name].redraws(spec_params(self.disguise)[1]):
+        if not DisguiseSpec.parse(self.disguise).redraws():
             raise ConfigError(f"client.redisguise = {c.redisguise!r} has nothing to draw "
                               f"afresh: disguise {name!r} makes no random draws with "
                               f"these parameters; use 'once'")

@@ -41,6 +41,7 @@ def _message(server_round: int) -> RecordDict:
 def fresh(monkeypatch):
     """No run resolved, no key read and no data prepared in this process yet."""
     monkeypatch.setattr(resolved, "_RESOLVED", type(resolved._RESOLVED)())
+    monkeypatch.setattr(spec_module, "_PARSED", {})
     _READ.clear()
     _PREPARED.clear()
     yield
@@ -61,15 +62,17 @@ def _counting(monkeypatch, owner, name: str) -> list:
 
 def test_a_clientapp_validates_and_parses_once_per_run_not_per_message(tmp_path, monkeypatch,
                                                                         fresh):
-    cfg = synthetic_config(tmp_path, **{"disguise": json.dumps(SPEC),
-                                        "train.local_steps": 1})
-    validations = _counting(monkeypatch, Config, "validate")
     parses = _counting(monkeypatch, spec_module, "spec_params")
+    cfg = synthetic_config(tmp_path, **{"disguise": json.dumps(SPEC),
+                                        "train.local_steps": 1})  # the driver's check
+    validations = _counting(monkeypatch, Config, "validate")
     for server_round in (1, 2, 3):
         for pid in (0, 1):  # a Ray actor serving two nodes, as from a run config each time
             flat = Config.from_flat(cfg.to_flat(), validate=False)
             client_app.reply_content("train", _message(server_round), _context(pid), flat,
                                      validated=False)
+    # one parse of the spec in this process: the driver's check made it, the ClientApp's
+    # check and its resolved run reused it
     assert len(validations) == 1 and len(parses) == 1
     # another run in the same long-lived process is resolved (and checked) on its own
     flat = Config.from_flat(cfg.to_flat(), validate=False)

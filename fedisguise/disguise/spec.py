@@ -9,6 +9,7 @@ an attacker's `Knowledge.algorithm`), so the spec is split, looked up and checke
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,14 +30,26 @@ class DisguiseSpec:
     @classmethod
     def parse(cls, spec: str | Mapping[str, Any] | DisguiseSpec) -> DisguiseSpec:
         """A name or a `{name = ..., <params>}` table: an unknown name, parameter or type
-        is a ValueError that lists the choices."""
+        is a ValueError that lists the choices. Parsed once per process: the config's check
+        and the resolved run get the same spec (a failed parse is never kept)."""
         if isinstance(spec, DisguiseSpec):
             return spec
+        try:
+            token = json.dumps(spec, sort_keys=True)
+        except (TypeError, ValueError):
+            token = None  # not JSON (a user's own object): parsed, not kept
+        if token is not None and token in _PARSED and _PARSED[token].name in DISGUISES:
+            return _PARSED[token]
         name, params = spec_params(spec)
         if name not in DISGUISES:
             raise ValueError(f"unknown disguise {name!r}; valid choices: {choices(DISGUISES)}")
         check_params(DISGUISES[name], params)
-        return cls(name, MappingProxyType(copy.deepcopy(params)))
+        parsed = cls(name, MappingProxyType(copy.deepcopy(params)))
+        if token is not None:
+            _PARSED[token] = parsed
+            while len(_PARSED) > PARSED_MAX:
+                del _PARSED[next(iter(_PARSED))]
+        return parsed
 
     @property
     def defence(self) -> type[Disguise]:
@@ -65,6 +78,10 @@ class DisguiseSpec:
             raise ValueError(f"disguise {self.name!r} is keyed: pass a DisguiseKey, "
                              f"got {key!r}")
         return self.defence(key, **copy.deepcopy(dict(self.params)))
+
+
+_PARSED: dict[str, DisguiseSpec] = {}  # the specs this process parsed, by their JSON
+PARSED_MAX = 64
 
 
 def build(spec: str | Mapping[str, Any] | DisguiseSpec, key: DisguiseKey | None = None
