@@ -7,8 +7,13 @@ each cell's record (cell.json, metrics.json, rounds.csv, summary.md and its atta
 lets the next session resume where this one stopped. Captures and update dumps stay behind:
 the table, the page and the report read none of them.
 
-    python docs/grid_cells.py archive /tmp/grid/compare-fmnist-cpu docs/grid-cells/compare-fmnist-cpu
+    python docs/grid_cells.py archive /tmp/grid/compare-fmnist-cpu docs/grid-cells/compare-fmnist-cpu \
+        --grid configs/compare-fmnist-cpu.toml
     python docs/grid_cells.py restore docs/grid-cells/compare-fmnist-cpu /tmp/grid/compare-fmnist-cpu
+
+With --grid, only the cells that grid still counts as done are kept (fedisguise.grids.done):
+a cell finished under settings the grid has since changed is left out, and removed from the
+target, so the archive never holds a figure the grid would not use.
 """
 
 from __future__ import annotations
@@ -38,16 +43,39 @@ def copy_cell(source: Path, target: Path) -> None:
         shutil.copy2(picture, target / "images" / picture.name)
 
 
+def done_under(grid_file: Path, cells_dir: Path) -> set[str]:
+    """The cells of `grid_file` that are done in `cells_dir` (a grid's own folder)."""
+    from fedisguise.grids.done import cell_done
+    from fedisguise.grids.spec import load_grid
+    from fedisguise.grids.tuned import resolve_tuning, sweeps
+
+    grid = load_grid(grid_file, out=str(cells_dir.parent))
+    if grid.out != cells_dir:
+        raise SystemExit(f"{cells_dir} is not the folder of grid {grid_file} ({grid.out.name})")
+    tuning = [grid.tune_cell(defence, regime, value)
+              for (defence, regime), s in sweeps(grid).items() for value in s.values] \
+        if grid.tuning else []
+    tuned, _ = resolve_tuning(grid)  # the cells with each row's chosen value
+    return {cell.name for cell in (*tuning, *tuned.all_cells) if cell_done(cell)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["archive", "restore"])
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
+    parser.add_argument("--grid", type=Path, help="keep only the cells this grid counts as done")
     args = parser.parse_args(argv)
     if not args.source.is_dir():
         print(f"error: {args.source} is not a folder", file=sys.stderr)
         return 2
     cells = finished_cells(args.source)
+    if args.grid:
+        current = done_under(args.grid, args.source)
+        for stale in [c for c in finished_cells(args.target) if c.name not in current]:
+            shutil.rmtree(stale)
+            print(f"removed {stale.name}: finished under settings the grid has changed")
+        cells = [c for c in cells if c.name in current]
     copied = 0
     for cell in cells:
         target = args.target / cell.name
