@@ -37,7 +37,8 @@ from fedisguise.attacks.base import (
     register,
 )
 from fedisguise.attacks.scoring import Scorer
-from fedisguise.disguise.base import DISGUISES, NoDisguise, spec_params
+from fedisguise.disguise.base import DISGUISES, NoDisguise
+from fedisguise.disguise.spec import DisguiseSpec
 
 
 def specific_stage(disguise: str) -> str | None:
@@ -134,7 +135,7 @@ class Chain(Attack):
         """The stages this chain runs against a defence (named by the run's config)."""
         if self.stages:
             return self.stages
-        name, _ = spec_params(disguise)
+        name = DisguiseSpec.parse(disguise).name
         specs = default_stages(name, self.level)
         specs[0] = {**specs[0], **self.inversion}
         return [build_attack(s) for s in specs]

@@ -200,13 +200,9 @@ def register(cls: type[Disguise]) -> type[Disguise]:
 
 
 def spec_params(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(name, parameters) of a spec: a name, a table with `name` and parameters, or a parsed
-    spec (fedisguise.disguise.spec.DisguiseSpec)."""
+    """(name, parameters) of a spec: a name, or a table with `name` and parameters."""
     if isinstance(spec, str):
         return spec, {}
-    if isinstance(getattr(spec, "name", None), str) and isinstance(
-            getattr(spec, "params", None), Mapping):
-        return spec.name, dict(spec.params)
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
         raise ValueError(f"a disguise spec is a name or a table with a 'name', got {spec!r}")
     params = dict(spec)
