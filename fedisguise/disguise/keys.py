@@ -232,11 +232,6 @@ def node_key(cfg: Config, partition_id: int, node_key_file: str = "") -> Disguis
                      "['federation', 'per-client']")
 
 
-def key_fingerprint(cfg: Config, partition_id: int, node_key_file: str = "") -> str:
-    """The fingerprint of the key node `partition_id` disguises with (see `node_key`)."""
-    return node_key(cfg, partition_id, node_key_file).fingerprint()
-
-
 def secret_path(key_file: str | Path, partition_id: int) -> Path:
     """Where node `partition_id` keeps its draws secret: beside the key file it reads, named
     for the node (nodes of one machine may share a federation key file)."""

@@ -21,7 +21,7 @@ from fedisguise import messages as m
 from fedisguise.config import Config
 from fedisguise.data.datasets import ImageDataset, dataset_fingerprint
 from fedisguise.data.partitions import ClientData
-from fedisguise.disguise.keys import NODE_KEY_FILE, key_fingerprint, node_secret
+from fedisguise.disguise.keys import NODE_KEY_FILE
 from fedisguise.faults import corrupt, fault_for
 from fedisguise.models import build_model
 from fedisguise.node_data import BatchDraws, node_batch_draws, node_data
@@ -84,8 +84,8 @@ def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> Clie
                  dataset_fingerprint(d.dataset, d.data_dir), d.partitioner, d.alpha,
                  d.train_per_client, d.test_samples, d.validation, d.union_of,
                  repr(run.disguise),
-                 key_fingerprint(cfg, partition_id, node_key_file),
-                 node_secret(cfg, partition_id, node_key_file, create=True).fingerprint(),
+                 *(k.fingerprint() for k in run.node_keys(partition_id, node_key_file,
+                                                          create=True)),
                  c.redisguise, server_round if c.redisguise == "round" else 0)
     if cache_key in _PREPARED:
         _PREPARED.move_to_end(cache_key)
