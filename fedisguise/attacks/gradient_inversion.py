@@ -37,6 +37,7 @@ from fedisguise.attacks.base import (
     Runtime,
     register,
 )
+from fedisguise.attacks.memo import once
 from fedisguise.attacks.scoring import Scorer, matching_order
 from fedisguise.attacks.update_algebra import (
     recover_labels,
@@ -146,8 +147,24 @@ def invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: i
     plain images; a disguise's output range where the attacker knows its algorithm.
     `optimizer`, `momentum` and `weight_decay` are the client's, used where delta_mode is
     "unrolled" (_simulated_delta; the effective gradient reads every update as SGD's), and
-    `softness` is the soft sign an Adam-family unrolling matches with.
+    `softness` is the soft sign an Adam-family unrolling matches with. The same model,
+    update and settings are inverted once per process (fedisguise.attacks.memo: a chain at
+    Level 1 and Level 2 inverts one update alike); a reused answer says `reused`.
     """
+    # every argument but the model, the update and the progress bar
+    settings = {k: v for k, v in locals().items() if k not in ("model", "delta", "progress")}
+    device = str(next(model.parameters()).device)
+    out, reused = once("gradient inversion", (model, dict(delta), settings, device),
+                       lambda: _invert(model, delta, **settings, progress=progress))
+    return {**out, "reused": True} if reused else out
+
+
+def _invert(model: nn.Module, delta: Mapping[str, torch.Tensor], *, batch_size: int,
+            image_shape: tuple[int, int, int], lr: float, steps: int | Sequence[int],
+            momentum: float, optimizer: str, weight_decay: float, softness: float,
+            labels: torch.Tensor | None, method: str, delta_mode: str, iterations: int,
+            step_size: float | None, tv_weight: float, restarts: int, signed: bool,
+            init: str, seed: int, box: tuple[float, float], progress: bool) -> dict:
     if method not in METHODS:
         raise ValueError(f"unknown gradient inversion method {method!r}; valid: {METHODS}")
     if delta_mode not in DELTA_MODES:
@@ -364,6 +381,7 @@ class GradientInversion(Attack):
                                        "optimizer": view.optimizer, "tv_weight": tv_weight,
                                        "iterations": out["iterations"],
                                        "seconds": out["seconds"], "final_loss": out["loss"],
+                                       "reused": bool(out.get("reused")),
                                        "iterations_per_s": out["iterations"] / out["seconds"]})
 
     def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer

@@ -32,6 +32,7 @@ from fedisguise.attacks.base import (
     capable,
     register,
 )
+from fedisguise.attacks.memo import once
 from fedisguise.attacks.scoring import Scorer, score_outsourced
 from fedisguise.disguise.spec import DisguiseSpec
 from fedisguise.unet import UNet
@@ -42,7 +43,21 @@ def train_inverse(disguised: torch.Tensor, original: torch.Tensor, *, epochs: in
                   device: torch.device | str = "cpu", seed: int = 0,
                   progress: bool = True) -> tuple[UNet, dict]:
     """Fit a U-Net disguised -> original with MSE; returns it and its training figures.
-    The disguised side may carry extra channels (features an attack adds to the input)."""
+    The disguised side may carry extra channels (features an attack adds to the input).
+    The same pairs and settings train once per process (fedisguise.attacks.memo); the
+    figures of a network trained earlier say `reused`."""
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
+                "device": str(torch.device(device)), "seed": seed}
+    (net, info), reused = once("inverse network", (disguised, original, settings),
+                               lambda: _train_inverse(disguised, original, **settings,
+                                                      progress=progress),
+                               seeds_global_rng=True)
+    return net, {**info, "reused": True} if reused else info
+
+
+def _train_inverse(disguised: torch.Tensor, original: torch.Tensor, *, epochs: int,
+                   batch_size: int, lr: float, width: int, device: str, seed: int,
+                   progress: bool) -> tuple[UNet, dict]:
     if disguised.ndim != 4 or original.ndim != 4 or disguised.shape[0] != original.shape[0] \
             or disguised.shape[2:] != original.shape[2:]:
         raise ValueError(f"pairs must be two N×C×H×W tensors of one N, H and W, got "
