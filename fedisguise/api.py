@@ -11,7 +11,8 @@ benchmark without editing the package. Everything here keeps its name within a m
   Level-1 attacker's `knowledge.algorithm` is a `DisguiseSpec` (`.name`, `.params`, the
   defence's class as `.defence`, `.build(key)` under the attacker's own key).
 - A dataset: `@register_dataset("name")` on `loader(split, data_dir) -> ImageDataset`.
-- A model: `@register_model("name")` on `builder(in_channels, num_classes, image_size)`.
+- A model: `@register_model("name")` on `builder(in_channels, num_classes, image_size)`,
+  `image_size` being (H, W).
 - A DP mode: `register_dp_mode(DPMode(name, description, per_example=..., clips_on=...))`,
   a new name for a combination of the mechanisms the pipeline has (DP-SGD on the clients,
   or Flower's central-DP wrapper clipping on the server or the clients).

@@ -41,6 +41,7 @@ def preflight(cfg: Config, remote: bool = False) -> None:
         check_remote(cfg)
     else:
         train = check_data(cfg)
+        check_model(cfg, train)
         check_keys(cfg)
         check_disguise(cfg, train)
     check_out(cfg)  # last: it creates the folder, which a failed check must not leave behind
@@ -136,6 +137,30 @@ def _load(config_key: str, path: str | Path, what: str = "", header: str = KEY_M
         read_key_file(path, header)  # the read the experimenter's copies then reuse
     except (OSError, ValueError) as err:
         raise ConfigError(f"{config_key}{what}: {err}") from None
+
+
+def check_model(cfg: Config, train: ImageDataset) -> None:
+    """The model takes the data's images: at least its minimum size, and a forward pass of a
+    few real ones gives one logit per class (a plugin model that does not is named here)."""
+    import torch
+
+    from fedisguise.models import build_model, min_size
+
+    name, (c, h, w) = cfg.model.name, train.image_shape
+    min_h, min_w = min_size(name)
+    if h < min_h or w < min_w:
+        raise ConfigError(f"model.name: {name} needs images of at least {min_h}×{min_w}; "
+                          f"{cfg.data.dataset} images are {c}×{h}×{w}")
+    probe = train.images[:2]
+    try:
+        with torch.no_grad():
+            logits = build_model(name, c, train.num_classes, (h, w)).eval()(probe)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"model.name: {name} does not take {cfg.data.dataset} images "
+                          f"({c}×{h}×{w}): {err}") from None
+    if tuple(logits.shape) != (len(probe), train.num_classes):
+        raise ConfigError(f"model.name: {name} maps {c}×{h}×{w} images to logits of shape "
+                          f"{tuple(logits.shape)}, not (N, {train.num_classes})")
 
 
 def check_disguise(cfg: Config, train: ImageDataset) -> None:

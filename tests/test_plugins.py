@@ -149,9 +149,11 @@ def test_a_registered_dataset_without_data_dir_and_a_registered_model(isolated):
         return ImageDataset(torch.rand(40, 3, 16, 16, generator=gen), labels, 4)
 
     @register_model("linear")
-    def linear(in_channels: int, num_classes: int, image_size: int) -> torch.nn.Module:
+    def linear(in_channels: int, num_classes: int, image_size: tuple[int, int]
+               ) -> torch.nn.Module:
+        h, w = image_size
         return torch.nn.Sequential(torch.nn.Flatten(),
-                                   torch.nn.Linear(in_channels * image_size ** 2, num_classes))
+                                   torch.nn.Linear(in_channels * h * w, num_classes))
 
     assert dataset_fingerprint("tiny-rgb") == ()  # was a KeyError
     data = load_dataset("tiny-rgb", "test")

@@ -118,8 +118,8 @@ class GanReconstruction(Attack):
         if view.final_global_state is None:
             raise ValueError("the GAN attack needs the final global model capture")
         started = time.perf_counter()
-        c, h, _ = view.image_shape
-        model = build_model(view.model_name, c, view.num_classes, h)
+        c, h, w = view.image_shape
+        model = build_model(view.model_name, c, view.num_classes, (h, w))
         model.load_state_dict(view.final_global_state)
         gen = train_generator(model, self.target_class, view.image_shape,
                               iterations=self.iterations, device=runtime.device,

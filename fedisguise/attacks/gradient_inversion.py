@@ -360,8 +360,8 @@ class GradientInversion(Attack):
                 "reason": f"the update covers {count} images (> max_batch {self.max_batch})"})
         unrolled = (self.delta_mode == "unrolled" or (
             self.delta_mode == "auto" and (len(sizes) > 1 or view.optimizer != "sgd")))
-        c, h, _ = view.image_shape
-        model = build_model(view.model_name, c, view.num_classes, h).to(runtime.device)
+        c, h, w = view.image_shape
+        model = build_model(view.model_name, c, view.num_classes, (h, w)).to(runtime.device)
         model.load_state_dict(view.global_state)
         delta = update_delta(model, view.global_state, view.client_state)
         box = output_range(knowledge, runtime.seed)

@@ -175,10 +175,10 @@ class Membership(Attack):
         if state is None:
             raise ValueError("membership against the global model needs the final global "
                              "model capture")
-        c, h, _ = view.image_shape
+        c, h, w = view.image_shape
 
         def build() -> nn.Module:
-            return build_model(view.model_name, c, view.num_classes, h)
+            return build_model(view.model_name, c, view.num_classes, (h, w))
 
         model = build()
         model.load_state_dict(state)

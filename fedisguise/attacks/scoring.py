@@ -48,9 +48,9 @@ class Scorer:
 
     def classifier(self) -> torch.nn.Module:
         if self._classifier is None:
-            c, h, _ = self.public.image_shape
+            c, h, w = self.public.image_shape
             torch.manual_seed(self.seed + 101)
-            net = build_model(self.model_name, c, self.public.num_classes, h)
+            net = build_model(self.model_name, c, self.public.num_classes, (h, w))
             train_local(net, self.public, epochs=self.epochs, batch_size=64, optimizer="adam",
                         lr=1e-3, device=self.device,
                         generator=torch.Generator().manual_seed(self.seed + 101))

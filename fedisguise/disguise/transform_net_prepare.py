@@ -69,9 +69,9 @@ def trainer_data(cfg: Config, harness: dict[str, Any]) -> ImageDataset:
 def classifier(cfg: Config, harness: dict[str, Any], data: ImageDataset,
                device: torch.device) -> torch.nn.Module:
     """ψ: a supplied state dict, or the model trained on the trainer's plain images."""
-    c, h, _ = data.image_shape
+    c, h, w = data.image_shape
     torch.manual_seed(cfg.experiment.seed)
-    psi = build_model(harness["classifier"] or cfg.model.name, c, data.num_classes, h)
+    psi = build_model(harness["classifier"] or cfg.model.name, c, data.num_classes, (h, w))
     if harness["classifier_path"]:
         if not Path(harness["classifier_path"]).is_file():
             raise FileNotFoundError(f"classifier_path not found: {harness['classifier_path']}")

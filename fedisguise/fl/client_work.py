@@ -101,8 +101,8 @@ def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> Clie
 
 
 def _model_from(content: RecordDict, cfg: Config, data: ImageDataset) -> torch.nn.Module:
-    c, h, _ = data.image_shape
-    model = build_model(cfg.model.name, c, data.num_classes, h)
+    c, h, w = data.image_shape
+    model = build_model(cfg.model.name, c, data.num_classes, (h, w))
     model.load_state_dict(content[m.ARRAYS].to_torch_state_dict())
     return model
 

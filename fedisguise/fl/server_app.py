@@ -100,8 +100,8 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     device = run.device
     record["device"] = str(device)
     test_set = run.data.server_test_set()
-    c, h, _ = test_set.image_shape
-    model = build_model(cfg.model.name, c, test_set.num_classes, h)
+    c, h, w = test_set.image_shape
+    model = build_model(cfg.model.name, c, test_set.num_classes, (h, w))
     observers: list = [ledger]
     capture = None
     if cfg.attacks:  # the honest-but-curious server keeps the targeted updates

@@ -37,8 +37,8 @@ def train_examiner(cfg: Config, device: torch.device) -> torch.nn.Module:
     subset = train.subset(np.random.default_rng([cfg.experiment.seed, 7]).permutation(
         len(train))[:n])
     torch.manual_seed(cfg.experiment.seed)
-    c, h, _ = subset.image_shape
-    examiner = build_model(cfg.model.name, c, subset.num_classes, h)
+    c, h, w = subset.image_shape
+    examiner = build_model(cfg.model.name, c, subset.num_classes, (h, w))
     gen = torch.Generator().manual_seed(cfg.experiment.seed)
     for _ in tqdm(range(cfg.privacy.examiner_epochs), desc="DNN examiner", unit="epoch"):
         train_local(examiner, subset, epochs=1, batch_size=64, optimizer="adam", lr=1e-3,
