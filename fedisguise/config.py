@@ -186,6 +186,9 @@ class Config:
                 raw[section][name] = (list(raw[section][name]) if append else []) + (
                     value if isinstance(value, list) else [value])
                 continue
+            if hints[name] == list[int]:  # JSON, e.g. data.image_size=[64,48]
+                raw[section][name] = _json_list(key, text.strip(), "integers")
+                continue
             if append:
                 raise ConfigError(f"{key}+= adds to a list; {key} is not one")
             raw[section][name] = _parse_scalar(key, text, hints[name])
@@ -306,6 +309,14 @@ def _build_section(name: str, section_cls: type, table: dict[str, Any]) -> Any:
                 raise ConfigError(f"{name}.{key} must be a list of strings, got {value!r}")
             values[key] = list(value)
             continue
+        if expected == list[int]:
+            if isinstance(value, str):
+                value = _json_list(f"{name}.{key}", value, "integers")
+            if not (isinstance(value, list) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value)):
+                raise ConfigError(f"{name}.{key} must be a list of integers, got {value!r}")
+            values[key] = list(value)
+            continue
         if type(value) is not expected:
             raise ConfigError(
                 f"{name}.{key} must be {expected.__name__}, "
@@ -318,11 +329,11 @@ def _build_section(name: str, section_cls: type, table: dict[str, Any]) -> Any:
     return section
 
 
-def _json_list(key: str, text: str) -> Any:
+def _json_list(key: str, text: str, of: str = "strings") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise ConfigError(f"{key} must be a list of strings (JSON in a flat run config), "
+        raise ConfigError(f"{key} must be a list of {of} (JSON in a flat run config), "
                           f"got {text!r}") from None
 
 

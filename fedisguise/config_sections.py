@@ -37,6 +37,49 @@ class DataConfig:
     # partitioner, alpha, seed, train_per_client): centralised training on a federation's
     # images, for the same epochs, as the papers train (experiment.clients must be 1)
     union_of: int = 0
+    # Decoding, for any dataset: [H, W] resizes every image (non-square allowed; empty = as
+    # stored), `channels` 1 or 3 converts (0 = as stored). `test_fraction` > 0: an image
+    # folder of class folders alone gets a stratified test split of this fraction
+    # (fedisguise.data.folder), the same in every process and run.
+    image_size: list[int] = field(default_factory=list)
+    channels: int = 0
+    test_fraction: float = 0.0
+
+    @property
+    def source(self) -> str:
+        """The name every loader call, cache and shared decoded copy is keyed by: the
+        dataset, and its decoding options where any is set (fedisguise.data.datasets)."""
+        return source_name(self.dataset, self.image_size, self.channels, self.test_fraction)
+
+
+def source_name(dataset: str, image_size: list[int] | tuple[int, ...] = (), channels: int = 0,
+                test_fraction: float = 0.0) -> str:
+    """`dataset`, or `dataset?size=HxW&channels=C&test_fraction=F` with the options set."""
+    options = []
+    if image_size:
+        options.append("size=" + "x".join(str(int(v)) for v in image_size))
+    if channels:
+        options.append(f"channels={int(channels)}")
+    if test_fraction:
+        options.append(f"test_fraction={float(test_fraction)!r}")
+    return dataset + ("?" + "&".join(options) if options else "")
+
+
+def parse_source(source: str) -> tuple[str, dict]:
+    """Inverse of `source_name`: the dataset and its options (image_size as (H, W))."""
+    dataset, _, query = source.partition("?")
+    options: dict = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key == "size":
+            options["image_size"] = tuple(int(v) for v in value.split("x"))
+        elif key == "channels":
+            options["channels"] = int(value)
+        elif key == "test_fraction":
+            options["test_fraction"] = float(value)
+        else:
+            raise ValueError(f"unknown option {key!r} in data source {source!r}")
+    return dataset, options
 
 
 @dataclass

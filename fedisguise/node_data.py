@@ -103,7 +103,7 @@ def node_data(run: ResolvedRun, partition_id: int, server_round: int, node_key_f
     `is_node`: called by the node itself (see `_node_parts`)."""
     cfg = run.cfg
     d = cfg.data
-    plain = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
+    plain = client_data(d.source, d.data_dir, d.partitioner, d.alpha, cfg.experiment.seed,
                         partition_id, cfg.experiment.clients, d.train_per_client,
                         d.test_samples, d.validation, d.union_of)
     disguise, key, secret = _node_parts(run, partition_id, node_key_file, is_node)

@@ -74,8 +74,8 @@ def check_data(cfg: Config) -> ImageDataset:
                           f"(leave it empty to use the default places)")
     key = "data.data_dir" if d.data_dir else "data.dataset"
     try:
-        train = load_dataset(d.dataset, "train", d.data_dir)
-        test = server_test_set(d.dataset, d.data_dir, d.test_samples, cfg.experiment.seed)
+        train = load_dataset(d.source, "train", d.data_dir)
+        test = server_test_set(d.source, d.data_dir, d.test_samples, cfg.experiment.seed)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{key} ({d.dataset}): {err}") from None
     if len(train) < clients:
@@ -95,7 +95,7 @@ def check_validation(cfg: Config) -> None:
     from fedisguise.data.partitions import cached_partitions, held_out
 
     d = cfg.data
-    parts = cached_partitions(d.dataset, d.data_dir, d.partitioner, d.alpha,
+    parts = cached_partitions(d.source, d.data_dir, d.partitioner, d.alpha,
                                cfg.experiment.seed, d.union_of or cfg.experiment.clients)
     sizes = [min(len(p), d.train_per_client) if d.train_per_client else len(p) for p in parts]
     for pid, own in enumerate([sum(sizes)] if d.union_of else sizes):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fedisguise.config import Config
-from fedisguise.data.datasets import ImageDataset, load_dataset
+from fedisguise.data.datasets import ImageDataset, load_dataset, shared_split
 from fedisguise.data.partitions import server_test_set
 from fedisguise.disguise.keys import DisguiseKey, node_key, node_secret
 from fedisguise.disguise.spec import DisguiseSpec
@@ -45,6 +45,12 @@ class RunData:
     def server_test_set(self) -> ImageDataset:
         """The server's evaluation images (the same `test_samples` in every process)."""
         return server_test_set(self.dataset, self.data_dir, self.test_samples, self.seed)
+
+    def num_classes(self) -> int:
+        """The training split's number of classes (from the shared copy where there is one,
+        without holding the split's pixels)."""
+        shared = shared_split(self.dataset, "train", self.data_dir)
+        return shared.num_classes if shared is not None else self.split("train").num_classes
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,9 +93,25 @@ def _remember(token: tuple, make) -> ResolvedRun:
 
 def _resolved(cfg: Config) -> ResolvedRun:
     d = cfg.data
-    return ResolvedRun(cfg, DisguiseSpec.parse(cfg.disguise),
-                       resolve_device(cfg.resources.device),
-                       RunData(d.dataset, d.data_dir, d.test_samples, cfg.experiment.seed))
+    data = RunData(d.source, d.data_dir, d.test_samples, cfg.experiment.seed)
+    return ResolvedRun(cfg, with_data_defaults(DisguiseSpec.parse(cfg.disguise), data),
+                       resolve_device(cfg.resources.device), data)
+
+
+def with_data_defaults(spec: DisguiseSpec, data: RunData) -> DisguiseSpec:
+    """`spec` with the parameters its defence takes from the data (`from_data`) filled in
+    where the spec leaves them out: InstaHide's num_classes is the dataset's, never 10 by
+    default on a dataset of 3 or 40 classes."""
+    missing = [p for p in spec.defence.from_data if p not in spec.params]
+    if not missing:
+        return spec
+    values = {"num_classes": data.num_classes}
+    unknown = [p for p in missing if p not in values]
+    if unknown:
+        raise ValueError(f"{spec.name} takes {unknown} from the data; the data gives "
+                         f"{sorted(values)}")
+    return DisguiseSpec.parse({"name": spec.name, **spec.params,
+                               **{p: values[p]() for p in missing}})
 
 
 def resolve(cfg: Config, scope: object = None, validate: bool = False) -> ResolvedRun:

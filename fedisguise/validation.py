@@ -73,6 +73,16 @@ def validate(self: Config) -> None:
     _check(d.test_samples >= 0, "data.test_samples", d.test_samples, ">= 0")
     _check(0 <= d.validation < 0.5, "data.validation", d.validation,
            "a fraction in [0, 0.5) of each client's training images")
+    _check(d.image_size == [] or (len(d.image_size) == 2 and min(d.image_size) >= 1),
+           "data.image_size", d.image_size, "[] (as stored) or [H, W], each >= 1")
+    _check(d.channels in (0, 1, 3), "data.channels", d.channels, "0 (as stored), 1 or 3")
+    _check(0 <= d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in [0, 1)")
+    loader = DATASETS[d.dataset]
+    _check(d.test_fraction == 0 or getattr(loader, "decodes", False), "data.test_fraction",
+           d.test_fraction, f"0: it splits an image folder (dataset 'folder'); {d.dataset} "
+           f"has its own test split")
+    _check(not getattr(loader, "needs_data_dir", False) or d.data_dir != "", "data.data_dir",
+           d.data_dir, f"your image folder: the {d.dataset!r} dataset reads it")
     _check(d.union_of == 0 or (d.union_of >= 2 and e.clients == 1), "data.union_of",
            d.union_of, "0, or >= 2 with experiment.clients = 1 (one client holding the "
            "union of that many clients' images)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedisguise.config_sections import parse_source
+from fedisguise.data.folder import read_folder
 from fedisguise.plugins import choices, registrar
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -32,6 +35,7 @@ class ImageDataset:
     images: torch.Tensor  # N×C×H×W float32 in [0, 1]
     labels: torch.Tensor  # N int64
     num_classes: int
+    classes: tuple[str, ...] = ()  # class names by index, where the data names them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -42,7 +46,7 @@ class ImageDataset:
 
     def subset(self, indices: np.ndarray | torch.Tensor) -> ImageDataset:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return ImageDataset(self.images[idx], self.labels[idx], self.num_classes)
+        return ImageDataset(self.images[idx], self.labels[idx], self.num_classes, self.classes)
 
 
 # ---- Fashion-MNIST from IDX files -------------------------------------------------------
@@ -91,7 +95,7 @@ def _fashion_mnist_from(directory: Path, split: str) -> ImageDataset | None:
 
 
 def _from_uint8(images: np.ndarray, labels: np.ndarray, num_classes: int,
-                source: Path | str = "labels") -> ImageDataset:
+                source: Path | str = "labels", classes: tuple[str, ...] = ()) -> ImageDataset:
     """Images in [0, 1] and int64 labels; labels outside [0, num_classes) are an error here,
     not an index error in every client's loss after Flower has started."""
     labels = np.asarray(labels)
@@ -100,7 +104,23 @@ def _from_uint8(images: np.ndarray, labels: np.ndarray, num_classes: int,
         raise ValueError(f"{source}: {int(bad.sum())} labels outside [0, {num_classes}) "
                          f"(e.g. {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})")
     tensor = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
-    return ImageDataset(tensor, torch.from_numpy(np.asarray(labels, dtype=np.int64)), num_classes)
+    return ImageDataset(tensor, torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+                        num_classes, tuple(classes))
+
+
+def load_folder(split: str, data_dir: str = "", image_size: tuple[int, int] | None = None,
+                channels: int = 0, test_fraction: float = 0.0) -> ImageDataset:
+    """Your own images (fedisguise.data.folder): `data_dir` in ImageFolder layout, class
+    folders alone or a labels.csv, decoded at `image_size` and `channels`."""
+    if not data_dir:
+        raise ValueError("the folder dataset reads data.data_dir: set it to your image folder")
+    found = read_folder(data_dir, split, image_size, channels, test_fraction)
+    return _from_uint8(found.images, found.labels, len(found.classes), source=data_dir,
+                       classes=found.classes)
+
+
+load_folder.decodes = True  # takes the decoding options itself (read_split)
+load_folder.needs_data_dir = True
 
 
 def load_fashion_mnist(split: str, data_dir: str = "") -> ImageDataset:
@@ -176,6 +196,7 @@ DATASETS: dict[str, Callable[[str, str], ImageDataset]] = {
     "mnist": load_mnist,
     "cifar10": load_cifar10,
     "synthetic": load_synthetic,
+    "folder": load_folder,
 }
 
 
@@ -190,8 +211,9 @@ def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
 
 def load_dataset(name: str, split: str, data_dir: str = "") -> ImageDataset:
     """Load a whole split once per process (clients reuse it across rounds), again when its
-    files change (a long-lived worker must not keep serving a replaced dataset)."""
-    if name not in DATASETS:
+    files change (a long-lived worker must not keep serving a replaced dataset). `name` is a
+    config's `data.source`: the dataset, with its decoding options where any is set."""
+    if parse_source(name)[0] not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid choices: {choices(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid choices: {list(SPLITS)}")
@@ -206,13 +228,50 @@ def _load_split(name: str, split: str, data_dir: str, fingerprint: tuple) -> Ima
 def read_split(name: str, split: str, data_dir: str = "") -> ImageDataset:
     """The one call of a registered loader: every image the package reads comes through
     here, by way of `load_dataset` (a whole split, kept per process) or the shared decoded
-    copy (`split_subset`, `split_labels`)."""
-    return DATASETS[name](split, data_dir)
+    copy (`split_subset`, `split_labels`). The source's decoding options are the loader's
+    where it takes them (`decodes`), else applied here to its images (`converted`)."""
+    dataset, options = parse_source(name)
+    loader = DATASETS[dataset]
+    if getattr(loader, "decodes", False):
+        return loader(split, data_dir, **options)
+    if options.get("test_fraction"):
+        raise ValueError(f"data.test_fraction splits an image folder; {dataset} has its own "
+                         f"test split")
+    return converted(loader(split, data_dir), options.get("image_size"),
+                     options.get("channels", 0))
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's RGB -> L
+
+
+def converted(data: ImageDataset, image_size: tuple[int, int] | None, channels: int
+              ) -> ImageDataset:
+    """`data` at `channels` (1 <-> 3) and `image_size` (bilinear, antialiased); 8-bit images
+    stay 8-bit (rounded), so the shared copy still holds them exactly."""
+    images = data.images
+    if not image_size and channels in (0, images.shape[1]):
+        return data
+    eight_bit = torch.equal(images.mul(255.0).round_().div_(255.0), images)
+    if channels and channels != images.shape[1]:
+        if channels == 3 and images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        elif channels == 1 and images.shape[1] == 3:
+            images = torch.einsum("nchw,c->nhw", images, torch.tensor(LUMA))[:, None]
+        else:
+            raise ValueError(f"cannot convert {images.shape[1]}-channel images to {channels}")
+    if image_size and tuple(image_size) != tuple(images.shape[-2:]):
+        images = torch.nn.functional.interpolate(images, size=tuple(image_size),
+                                                 mode="bilinear", antialias=True,
+                                                 align_corners=False).clamp_(0.0, 1.0)
+    if eight_bit:
+        images = images.mul(255.0).round_().div_(255.0)
+    return ImageDataset(images.contiguous(), data.labels, data.num_classes, data.classes)
 
 
 def dataset_fingerprint(name: str, data_dir: str = "") -> tuple:
     """(path, size, mtime) of every file the dataset may be read from: what caches of data
     derived from it are keyed by, so a replaced or re-downloaded file is noticed."""
+    name = parse_source(name)[0]
     if name == "synthetic":
         return ()
     if data_dir:
@@ -242,12 +301,14 @@ class SharedSplit:
     images: np.ndarray  # N×C×H×W uint8, read-only memory map
     labels: np.ndarray  # N int64
     num_classes: int
+    classes: tuple[str, ...] = ()
 
     def subset(self, indices: np.ndarray) -> ImageDataset:
         idx = np.asarray(indices, dtype=np.int64)
         pixels = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
         return ImageDataset(pixels.to(torch.float32).div_(255.0),
-                            torch.from_numpy(self.labels[idx].copy()), self.num_classes)
+                            torch.from_numpy(self.labels[idx].copy()), self.num_classes,
+                            self.classes)
 
 
 def shared_split(name: str, split: str, data_dir: str = "") -> SharedSplit | None:
@@ -256,7 +317,7 @@ def shared_split(name: str, split: str, data_dir: str = "") -> SharedSplit | Non
     fingerprint; None for data that are not 8-bit images (synthetic) or when the copy cannot
     be written (callers then load the split whole)."""
     fingerprint = dataset_fingerprint(name, data_dir)
-    if name == "synthetic" or not fingerprint:
+    if parse_source(name)[0] == "synthetic" or not fingerprint:
         return None
     return _shared_split(name, split, data_dir, fingerprint)
 
@@ -279,11 +340,14 @@ def _shared_split(name: str, split: str, data_dir: str, fingerprint: tuple
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             _write_private(images_path, pixels.to(torch.uint8).numpy())
             _write_private(labels_path, full.labels.numpy())
-            _write_private(meta_path, str(full.num_classes))
+            _write_private(meta_path, json.dumps({"num_classes": full.num_classes,
+                                                  "classes": list(full.classes)}))
         except OSError:
             return None
+    meta = json.loads(meta_path.read_text())  # a bare count in copies written before
+    meta = meta if isinstance(meta, dict) else {"num_classes": meta, "classes": []}
     return SharedSplit(np.load(images_path, mmap_mode="r"), np.load(labels_path),
-                       int(meta_path.read_text()))
+                       int(meta["num_classes"]), tuple(meta["classes"]))
 
 
 def _write_private(path: Path, value: np.ndarray | str) -> None:

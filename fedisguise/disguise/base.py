@@ -56,6 +56,9 @@ class Disguise:
     # it comes in (InstaHide mixes within its batch; VisualMixer-authors averages attention
     # over it): then batches can be disguised together in one call.
     per_image: ClassVar[bool] = False
+    # Parameters that, left out of a spec, take the run's data's value (fedisguise.resolved):
+    # "num_classes" (InstaHide's one-hot labels) is the dataset's number of classes.
+    from_data: ClassVar[tuple[str, ...]] = ()
     # What attacks may exploit, declared by the defence (attacks choose by these, never by
     # name): each output block an affine map of its input block under the key, so known
     # (plain, disguised) pairs solve it; one keyed permutation of blocks, the same for every

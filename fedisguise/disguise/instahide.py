@@ -27,6 +27,7 @@ class InstaHide(Disguise):
     name = "instahide"
     mixes_images = True  # each encoding mixes k images (and flips signs)
     draws = True  # weights, partners and masks: all of it; the key fixes nothing
+    from_data = ("num_classes",)  # a run's dataset's, where the spec leaves it out
 
     def __init__(self, key: DisguiseKey, k: int = 4, mode: str = "inside", upper: float = 0.65,
                  num_classes: int = 10, public_dataset: str = "",

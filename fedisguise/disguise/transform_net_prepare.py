@@ -51,11 +51,11 @@ def trainer_data(cfg: Config, harness: dict[str, Any]) -> ImageDataset:
         if k >= e.clients:
             raise ConfigError(f"disguise.trainer_client {k} is not a client of this run "
                               f"({e.clients} clients)")
-        data = client_data(d.dataset, d.data_dir, d.partitioner, d.alpha, e.seed, k,
+        data = client_data(d.source, d.data_dir, d.partitioner, d.alpha, e.seed, k,
                            e.clients, d.train_per_client, d.test_samples,
                            union_of=d.union_of).train
         return data.subset(np.arange(min(len(data), harness["train_samples"])))
-    free = unassigned_train_indices(d.dataset, d.data_dir, d.partitioner, d.alpha, e.seed,
+    free = unassigned_train_indices(d.source, d.data_dir, d.partitioner, d.alpha, e.seed,
                                     e.clients, d.train_per_client, d.union_of)
     if len(free) < 10:
         raise ConfigError(
@@ -63,7 +63,7 @@ def trainer_data(cfg: Config, harness: dict[str, Any]) -> ImageDataset:
             f"the clients hold {'all' if not len(free) else 'all but ' + str(len(free))} of "
             "them: set data.train_per_client, or trainer = 'client'")
     chosen = np.random.default_rng([e.seed, 23]).permutation(free)[:harness["train_samples"]]
-    return load_dataset(d.dataset, "train", d.data_dir).subset(np.sort(chosen))
+    return load_dataset(d.source, "train", d.data_dir).subset(np.sort(chosen))
 
 
 def classifier(cfg: Config, harness: dict[str, Any], data: ImageDataset,
@@ -101,7 +101,7 @@ def cache_key(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
     d, e = cfg.data, cfg.experiment
     psi = harness["classifier_path"]
     ident = {"format": 1, "training": training, "harness": harness, "model": cfg.model.name,
-             "dataset": d.dataset, "files": dataset_fingerprint(d.dataset, d.data_dir),
+             "dataset": d.source, "files": dataset_fingerprint(d.source, d.data_dir),
              "partitioner": d.partitioner, "alpha": d.alpha, "seed": e.seed,
              "clients": e.clients, "train_per_client": d.train_per_client,
              "union_of": d.union_of, "test_samples": d.test_samples, "device": device.type,
@@ -150,7 +150,7 @@ def train_for(cfg: Config, harness: dict[str, Any], training: dict[str, Any],
     data = trainer_data(cfg, harness)
     psi = classifier(cfg, harness, data, device)
     net, info = train_transform_net(data.images, data.labels, psi, device=device, **training)
-    test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
+    test = server_test_set(cfg.data.source, cfg.data.data_dir, cfg.data.test_samples,
                            cfg.experiment.seed)
     transformed = transform_images(net, test.images.to(device)).cpu()
     net.cpu()

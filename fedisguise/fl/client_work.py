@@ -80,8 +80,8 @@ def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> Clie
     # Everything that changes the prepared data: the settings, the dataset's files, the key
     # and the node's draws secret (fingerprints, so a file rewritten in place is a new entry;
     # the cache holds disguised tensors only, never a key).
-    cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.dataset, d.data_dir,
-                 dataset_fingerprint(d.dataset, d.data_dir), d.partitioner, d.alpha,
+    cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.source, d.data_dir,
+                 dataset_fingerprint(d.source, d.data_dir), d.partitioner, d.alpha,
                  d.train_per_client, d.test_samples, d.validation, d.union_of,
                  repr(run.disguise),
                  *(k.fingerprint() for k in run.node_keys(partition_id, node_key_file,

@@ -102,6 +102,10 @@ def run_server(grid: Grid, cfg: Config, mode: str) -> dict:
     test_set = run.data.server_test_set()
     c, h, w = test_set.image_shape
     model = build_model(cfg.model.name, c, test_set.num_classes, (h, w))
+    # what the images are, never which: their shape and classes (by name where the data
+    # names them: an image folder's class folders)
+    record["data"] = {"image_shape": [c, h, w], "num_classes": test_set.num_classes,
+                      "classes": list(test_set.classes)}
     observers: list = [ledger]
     capture = None
     if cfg.attacks:  # the honest-but-curious server keeps the targeted updates

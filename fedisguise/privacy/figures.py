@@ -32,7 +32,7 @@ VFE_REGION = 4
 
 def train_examiner(cfg: Config, device: torch.device) -> torch.nn.Module:
     """A DNN examiner: the run's model architecture trained on plain training images."""
-    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir)
+    train = load_dataset(cfg.data.source, "train", cfg.data.data_dir)
     n = cfg.privacy.examiner_samples or len(train)
     subset = train.subset(np.random.default_rng([cfg.experiment.seed, 7]).permutation(
         len(train))[:n])
@@ -97,7 +97,7 @@ def plain_grid(cfg: Config, run_dir: Path) -> str:
     """The grid of a run without a disguise: both rows plain, because `none` is the identity
     (applied through the same interface, not assumed). No examiner is trained: a plain run
     has no privacy figures to report."""
-    test = server_test_set(cfg.data.dataset, cfg.data.data_dir, cfg.data.test_samples,
+    test = server_test_set(cfg.data.source, cfg.data.data_dir, cfg.data.test_samples,
                            cfg.experiment.seed)
     k = min(cfg.privacy.grid_images, len(test))
     shown, _ = NoDisguise().apply(test.images[:k], test.labels[:k])
