@@ -71,6 +71,19 @@ def node_partition(context: Context, cfg: Config) -> tuple[int, int]:
     return partition_id, num_partitions
 
 
+_FINGERPRINTS: dict[tuple[str, str], tuple[tuple, tuple]] = {}  # (source, dir): (round, fp)
+
+
+def round_fingerprint(source: str, data_dir: str, round_token: tuple) -> tuple:
+    """The dataset's files' fingerprint, walked once per process and round (a folder of your
+    own images may hold many files): a file replaced mid-run is noticed from the next round."""
+    seen = _FINGERPRINTS.get((source, data_dir))
+    if seen is None or seen[0] != round_token:
+        seen = _FINGERPRINTS[(source, data_dir)] = (round_token,
+                                                     dataset_fingerprint(source, data_dir))
+    return seen[1]
+
+
 def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> ClientData:
     """This client's train data and test shard, disguised here, under this client's key."""
     cfg = run.cfg
@@ -81,7 +94,8 @@ def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> Clie
     # and the node's draws secret (fingerprints, so a file rewritten in place is a new entry;
     # the cache holds disguised tensors only, never a key).
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.source, d.data_dir,
-                 dataset_fingerprint(d.source, d.data_dir), d.partitioner, d.alpha,
+                 round_fingerprint(d.source, d.data_dir, (context.run_id, server_round)),
+                 d.partitioner, d.alpha,
                  d.train_per_client, d.test_samples, d.validation, d.union_of,
                  repr(run.disguise),
                  *(k.fingerprint() for k in run.node_keys(partition_id, node_key_file,
