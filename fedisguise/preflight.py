@@ -16,7 +16,7 @@ from pathlib import Path
 from fedisguise.config import Config, ConfigError
 from fedisguise.data.datasets import ImageDataset, load_dataset
 from fedisguise.data.partitions import server_test_set
-from fedisguise.disguise import DISGUISES, DisguiseKey
+from fedisguise.disguise import DISGUISES, DisguiseKey, DisguiseSpec
 from fedisguise.disguise.keys import (
     KEY_MAGIC,
     SECRET_MAGIC,
@@ -171,13 +171,45 @@ def check_disguise(cfg: Config, train: ImageDataset) -> None:
         return
     probe = train.subset(range(min(PROBE_IMAGES, len(train))))
     try:
-        disguise = spec.build(DisguiseKey.generate(seed="preflight") if spec.keyed else None)
-        disguise.apply(probe.images, probe.labels)
-        disguise.apply_eval(probe.images, probe.labels)
+        _try(spec, probe)
     except ValueError as err:
         c, h, w = probe.image_shape
         raise disguise_error(cfg.disguise, ValueError(
-            f"on {cfg.data.dataset} images ({c}×{h}×{w}): {err}")) from None
+            f"on {cfg.data.dataset} images ({c}×{h}×{w}): {err}"
+            f"{sizes_that_work(spec, probe)}")) from None
+
+
+def _try(spec: DisguiseSpec, probe: ImageDataset) -> None:
+    disguise = spec.build(DisguiseKey.generate(seed="preflight") if spec.keyed else None)
+    disguise.apply(probe.images, probe.labels)
+    disguise.apply_eval(probe.images, probe.labels)
+
+
+SIZE_PARAMETERS = ("block_size", "window")  # a defence's tile side, which must divide H and W
+
+
+def sizes_that_work(spec: DisguiseSpec, probe: ImageDataset) -> str:
+    """For a defence that tiles the image: the tile sizes that divide H×W and with which it
+    does disguise these images (AES also needs whole cipher blocks), for its error."""
+    import inspect
+    import math
+
+    names = [n for n in SIZE_PARAMETERS
+             if n in inspect.signature(spec.defence.__init__).parameters]
+    _, h, w = probe.image_shape
+    common = math.gcd(h, w)
+    hints = []
+    for name in names:
+        works = []
+        for size in (d for d in range(2, common + 1) if common % d == 0):
+            try:
+                _try(DisguiseSpec.parse({"name": spec.name, **spec.params, name: size}), probe)
+            except ValueError:
+                continue
+            works.append(size)
+        hints.append(f"{name} values that work on {h}×{w}: "
+                     f"{works if works else 'none (set data.image_size)'}")
+    return "".join(f"; {hint}" for hint in hints)
 
 
 def check_out(cfg: Config) -> None:
