@@ -79,3 +79,75 @@ def test_every_defence_disguises_any_size_or_the_preflight_names_the_sizes_that_
     assert out.shape == (8, *shape) and torch.isfinite(out).all()
     if name != "none":
         assert not torch.equal(out, train.images[:8])  # it disguised something
+
+
+ATTACKS_ON_ANY_SIZE = [
+    {"name": "gradient_inversion", "round": 1, "client": 0, "iterations": 40},
+    *({"name": "chain", "round": 1, "client": 0, "level": level,
+       "stages": [{"name": "gradient_inversion", "iterations": 40},
+                  {"name": "deshuffler", "pairs": 100, "epochs": 1, "targets": 50}]}
+      for level in (1, 2)),
+    {"name": "window_stats", "round": 1, "client": 0, "targets": 50, "calibration": 100},
+    {"name": "deshuffler", "round": 1, "client": 0, "pairs": 100, "epochs": 1, "targets": 50},
+    {"name": "inverse_network", "round": 1, "client": 0, "level": 1, "pairs": 100,
+     "epochs": 1, "targets": 50},
+    {"name": "as_observed", "round": 1, "client": 0},
+    {"name": "jigsaw", "round": 1, "client": 0, "images": 50},
+    {"name": "instahide_attack", "round": 1, "client": 0},
+    {"name": "membership", "method": "loss", "candidates": 40},
+    {"name": "gan", "round": 1, "client": 0, "iterations": 10, "samples": 4},
+]
+
+
+@pytest.mark.slow
+def test_every_attack_runs_on_any_size_or_says_why_not(tmp_path):
+    """Synthetic images resized to 3×32×32 and 1×25×25, window-shuffled (window 4 tiles
+    32, 5 tiles 25): every attack either scores or reports "not applicable" with a reason."""
+    from fedisguise.experiment import ray_kept_between_runs, run_experiment
+    from tests.conftest import synthetic_config
+
+    with ray_kept_between_runs():  # one Ray for both runs
+        for (c, h, w), window in (((3, 32, 32), 4), ((1, 25, 25), 5)):
+            cfg = synthetic_config(tmp_path, **{
+                "experiment.name": f"s{h}", "experiment.rounds": "1",
+                "data.image_size": f"[{h},{w}]", "data.channels": str(c),
+                "data.train_per_client": "60", "data.test_samples": "40",
+                "model.name": "cnn-small", "train.local_steps": "1", "train.batch_size": "4",
+                "disguise": f'{{"name": "visualmixer-uniform", "window": {window}}}',
+                "attacks": repr(ATTACKS_ON_ANY_SIZE).replace("'", '"')})
+            cfg.validate()
+            record = run_experiment(cfg)
+            assert record["status"] == "finished", record.get("error")
+            assert record["data"]["image_shape"] == [c, h, w]
+            for label, figures in record["attacks"].items():
+                if figures["status"] == "not applicable":
+                    assert figures["reason"], label
+                    continue
+                assert figures["status"] == "ok", (label, figures)
+                score = figures.get("psnr_vs_original", figures.get("auc",
+                                                                    figures.get("recognisability")))
+                assert score is not None and score == score, (label, figures)  # not NaN
+            statuses = {k: v["status"] for k, v in record["attacks"].items()}
+            assert statuses["jigsaw"] == statuses["instahide_attack"] == "not applicable"
+            assert sum(s == "ok" for s in statuses.values()) == 9, statuses
+
+
+def test_the_jigsaw_takes_the_disguises_block_size_or_says_it_does_not_tile():
+    from fedisguise.attacks.base import Evidence, Knowledge, Runtime
+    from fedisguise.attacks.jigsaw import Jigsaw
+
+    torch.manual_seed(0)
+    plain = torch.rand(12, 1, 25, 25)
+    public = ImageDataset(torch.rand(20, 1, 25, 25), torch.arange(20) % 2, 2)
+    runtime = Runtime(device=torch.device("cpu"), seed=0, progress=False)
+    fives = DisguiseSpec.parse({"name": "block-permutation", "block_size": 5})
+    disguised = fives.build(DisguiseKey.generate(seed="j")).apply(plain)[0]
+    for params, status in (({}, "not applicable"), ({"block_size": 5}, "ok")):
+        spec = DisguiseSpec.parse({"name": "block-permutation", **params})  # what it knows
+        out = Jigsaw().reconstruct(Evidence(view=None, images=disguised),
+                                   Knowledge(level=1, public=public, algorithm=spec), runtime)
+        assert out.figures["status"] == status, out.figures
+        if status == "ok":  # the default (4) is the spec's: named by the defence, not by 7
+            assert out.figures["block_size"] == 5 and out.images.shape == plain.shape
+        else:
+            assert "blocks of 4 pixels do not tile 25×25" in out.figures["reason"]

@@ -40,14 +40,16 @@ from fedisguise.models import build_model
 
 
 class Generator(nn.Module):
-    """z -> C×S×S image in [0, 1] (DCGAN layout, two ×2 up-samplings)."""
+    """z -> C×H×W image in [0, 1] (DCGAN layout, two ×2 up-samplings from ⌈H/4⌉×⌈W/4⌉,
+    cropped to H×W where a side is not a multiple of 4)."""
 
-    def __init__(self, channels: int, size: int, latent: int = 64) -> None:
+    def __init__(self, channels: int, size: int | tuple[int, int], latent: int = 64) -> None:
         super().__init__()
-        if size % 4:
-            raise ValueError(f"the generator needs an image size divisible by 4, got {size}")
-        self.latent, self.base = latent, size // 4
-        self.fc = nn.Sequential(nn.Linear(latent, 128 * self.base ** 2), nn.ReLU())
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        if min(self.size) < 1:
+            raise ValueError(f"the generator needs an image of at least 1×1, got {self.size}")
+        self.latent, self.base = latent, tuple(-(-side // 4) for side in self.size)
+        self.fc = nn.Sequential(nn.Linear(latent, 128 * self.base[0] * self.base[1]), nn.ReLU())
         self.net = nn.Sequential(
             nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
             nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
@@ -55,7 +57,8 @@ class Generator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.fc(z).view(len(z), 128, self.base, self.base))
+        h, w = self.size
+        return self.net(self.fc(z).view(len(z), 128, *self.base))[..., :h, :w]
 
 
 def train_generator(discriminator: nn.Module, target_class: int, image_shape: tuple[int, ...],
@@ -63,7 +66,7 @@ def train_generator(discriminator: nn.Module, target_class: int, image_shape: tu
                     tv_weight: float = 0.2, diversity_weight: float = 0.1,
                     device: torch.device, seed: int, progress: bool = True) -> Generator:
     torch.manual_seed(seed)
-    gen = Generator(image_shape[0], image_shape[1]).to(device)
+    gen = Generator(image_shape[0], tuple(image_shape[1:])).to(device)
     discriminator.to(device).eval()
     for p in discriminator.parameters():
         p.requires_grad_(False)

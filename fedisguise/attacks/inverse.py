@@ -143,8 +143,9 @@ TARGET_SETS = ("client", "test")
 
 
 def block_size_of(algorithm: DisguiseSpec, image_size: int) -> int:
-    """The disguise's block size from its public parameters (whole image if it has none)."""
-    return int(algorithm.params.get("block_size", image_size))
+    """The disguise's block size from its public parameters, its default where the spec
+    leaves it out (the whole image if it has none)."""
+    return int(algorithm.value("block_size", image_size))
 
 
 @register

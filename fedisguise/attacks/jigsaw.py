@@ -36,6 +36,7 @@ from fedisguise.attacks.base import (
     has,
     register,
 )
+from fedisguise.attacks.inverse import block_size_of
 from fedisguise.attacks.scoring import Scorer, score_outsourced
 from fedisguise.metrics import ssim
 
@@ -178,9 +179,9 @@ class Jigsaw(Attack):
         Figure("recognisability", "jigsaw recognisability"),
     )
 
-    def __init__(self, block_size: int = 7, images: int = 1000) -> None:
-        if min(block_size, images) < 1:
-            raise ValueError("block_size and images must be >= 1")
+    def __init__(self, block_size: int | None = None, images: int = 1000) -> None:
+        if images < 1 or (block_size is not None and block_size < 1):
+            raise ValueError("block_size (None: the disguise's) and images must be >= 1")
         self.block_size, self.images = block_size, images
         self.targets, self.target_set = images, "client"
 
@@ -189,15 +190,23 @@ class Jigsaw(Attack):
         if evidence.images is None:
             raise ValueError("the jigsaw attack needs disguised images to reassemble")
         disguised = evidence.images[:self.images]
+        h, w = disguised.shape[-2:]
+        # Level 1 knows the algorithm's public parameters: its block size, unless given.
+        block = self.block_size or (block_size_of(knowledge.algorithm, 0)
+                                    if knowledge.algorithm else 0)
+        if not block or h % block or w % block:
+            return Reconstruction(figures={
+                "status": "not applicable", "reason": f"blocks of {block or 'unknown'} "
+                f"pixels do not tile {h}×{w} images: set the attack's block_size"})
         # A pure permutation keeps each block's pixels, so the public mean image says where
         # a block sits; DisguisedNets' per-block transforms change them, so edges alone there.
         name = knowledge.algorithm.name if knowledge.algorithm else None
         prior = knowledge.public.images if name and has(name, "keeps_block_pixels") else None
-        solved = solve(disguised, self.block_size, prior)
-        rec = reassemble(disguised, solved["placement"], self.block_size)
+        solved = solve(disguised, block, prior)
+        rec = reassemble(disguised, solved["placement"], block)
         return Reconstruction(
             images=rec, space="original",
-            figures={"status": "ok", "block_size": self.block_size, "images": len(disguised),
+            figures={"status": "ok", "block_size": block, "images": len(disguised),
                      "position_prior": prior is not None,
                      "seconds": solved["seconds"], "observed": evidence.images_from},
             extra={"placement": solved["placement"], "grid": solved["grid"]})
@@ -205,6 +214,8 @@ class Jigsaw(Attack):
     def score(self, reconstruction: Reconstruction, truth: GroundTruth, scorer: Scorer
               ) -> dict:
         figures = score_outsourced(reconstruction, truth, scorer)
+        if reconstruction.images is None:
+            return figures
         rec, plain = reconstruction.images, truth.observed_plain
         # DisguisedNets' blocks leave [0, 1]: SSIM on the displayable range, as before.
         figures["ssim_vs_original"] = ssim(rec.clamp(0, 1), plain).mean().item()
@@ -212,7 +223,7 @@ class Jigsaw(Attack):
         gh, gw = reconstruction.extra["grid"]
         permutation = getattr(disguise, "block_permutation", None)
         perm = permutation(gh * gw) if permutation is not None else None
-        if perm is not None and getattr(disguise, "block_size", None) == self.block_size:
+        if perm is not None and getattr(disguise, "block_size", None) == figures["block_size"]:
             # Disguised position q holds source block perm[q]: source p sits at argsort(perm)[p].
             truth_placement = torch.argsort(perm.cpu())
             figures.update(accuracy(reconstruction.extra["placement"], truth_placement,

@@ -43,7 +43,9 @@ from fedisguise.training import (
     training_order_seed,
 )
 
-HOLDOUT = 5000  # test images [0, 5000) are non-member candidates, the rest public data
+# Test images [0, 5000) are non-member candidates, the rest public data; a test split of
+# 10 000 images or fewer (your own folder) is halved, so the attacker always has some.
+HOLDOUT = 5000
 
 
 def claimed_examples(cfg: Config, claimed: int) -> int:
@@ -159,7 +161,7 @@ def knowledge_for(attack: Attack, truth: GroundTruth, public: ImageDataset,
     never those behind the attacked update."""
     level = getattr(attack, "level", 0)
     pairs, chosen = None, torch.empty(0, dtype=torch.long)
-    if level == 2:
+    if level == 2 and attack.pairs_wanted() > 0:  # a chain whose stages want none: none
         spare = torch.ones(len(truth.train_plain), dtype=torch.bool)
         spare[truth.batch_index] = False
         pool = spare.nonzero().flatten()
@@ -220,7 +222,8 @@ def run_attacks(run: ResolvedRun, run_dir: Path, progress: bool = True) -> dict[
     cfg, device = run.cfg, run.device
     test = run.data.split("test")
     order = np.random.default_rng([cfg.experiment.seed, 11]).permutation(len(test))
-    holdout, public = test.subset(order[:HOLDOUT]), test.subset(order[HOLDOUT:])
+    held = min(HOLDOUT, len(test) // 2)
+    holdout, public = test.subset(order[:held]), test.subset(order[held:])
     runtime = Runtime(device=device, seed=cfg.experiment.seed, progress=progress)
     scorer = Scorer(public, cfg.model.name, device, cfg.experiment.seed, progress=progress)
     results: dict[str, Any] = {}

@@ -9,6 +9,7 @@ an attacker's `Knowledge.algorithm`), so the spec is split, looked up and checke
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,15 @@ class DisguiseSpec:
     def redraws(self) -> bool:
         """Whether, with these parameters, the defence makes random draws to redo."""
         return self.defence.redraws(self.params)
+
+    def value(self, param: str, default: Any = None) -> Any:
+        """A parameter as the defence will use it: the spec's, else the defence's default
+        (`default` where the defence has no such parameter)."""
+        if param in self.params:
+            return self.params[param]
+        found = inspect.signature(self.defence.__init__).parameters.get(param)
+        return default if found is None or found.default is inspect.Parameter.empty \
+            else found.default
 
     def buildable(self) -> bool:
         return self.defence.buildable(self.params)
