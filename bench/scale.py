@@ -87,8 +87,8 @@ class PeakMemory(threading.Thread):
         self.join()
 
 
-def run_size(clients: int, rounds: int, fraction: float, out: Path, name: str = ""
-             ) -> dict[str, float]:
+def run_size(clients: int, rounds: int, fraction: float, out: Path, name: str = "",
+             folder: str = "") -> dict[str, float]:
     name = name or f"scale-{clients}"
     command = [sys.executable, str(ROOT / "run.py"), "--config", str(ROOT / "configs" / "fedavg.toml"),
                "--clients", str(clients), "--rounds", str(rounds), "--out", str(out),
@@ -96,6 +96,8 @@ def run_size(clients: int, rounds: int, fraction: float, out: Path, name: str = 
                "--set", f"strategy.fraction_train={fraction}",
                "--set", f"strategy.fraction_evaluate={fraction}",
                "--set", "data.test_samples=1000"]
+    if folder:  # your own images: the same sizes on an image folder
+        command += ["--set", "data.dataset=folder", "--set", f"data.data_dir={folder}"]
     started = time.perf_counter()
     log = (out / f"{name}.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -123,13 +125,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--folder", default="", help="an image folder (data.dataset = "
+                        "folder) instead of Fashion-MNIST; bench/data.py writes one")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="fedisguise-scale-") as tmp:
         for i, clients in enumerate(args.clients, 1):
             print(f"[{i}/{len(args.clients)}] {clients} clients ...", file=sys.stderr, flush=True)
-            results.append(run_size(clients, args.rounds, args.fraction, Path(tmp)))
+            results.append(run_size(clients, args.rounds, args.fraction, Path(tmp),
+                                    folder=args.folder))
             r = results[-1]
             print(f"    {r['s_per_round']:.2f} s/round, {r['s_per_sampled_client']:.3f} s per "
                   f"sampled client, peak {r['peak_pss_mb']:.0f} MB", file=sys.stderr)
@@ -139,7 +144,7 @@ def main() -> None:
             print(f"[control] {largest} clients, {sampled} sampled ...", file=sys.stderr,
                   flush=True)
             control = run_size(largest, args.rounds, sampled / largest, Path(tmp),
-                               name=f"control-{largest}")
+                               name=f"control-{largest}", folder=args.folder)
     base = results[0]
     ratios = {str(r["clients"]): {
         "s_per_round": r["s_per_round"] / base["s_per_round"],

@@ -189,3 +189,22 @@ def test_a_keyed_disguise_trains_on_a_non_square_rgb_folder(tmp_path):
     assert code == 0 and record["status"] == "finished"
     assert record["data"] == {"image_shape": [3, 20, 16], "num_classes": 3,
                               "classes": ["ant", "bee", "cat"]}
+
+
+def test_one_data_preparation_walks_the_folder_once(tmp_path, monkeypatch):
+    from fedisguise.data import datasets
+
+    root = image_folder(tmp_path / "data")
+    walks = []
+    real = datasets._fingerprint
+    monkeypatch.setattr(datasets, "_fingerprint", lambda *a: walks.append(a) or real(*a))
+    outside = dataset_fingerprint("folder", str(root))
+    with datasets.fingerprints_fixed():
+        for _ in range(3):
+            assert dataset_fingerprint("folder?size=8x8", str(root)) == outside
+    assert len(walks) == 2  # one outside, one for the whole block
+    with datasets.fingerprints_fixed({("folder", str(root)): outside}):
+        dataset_fingerprint("folder", str(root))
+    assert len(walks) == 2  # the walk it was handed
+    write_images(root / "train" / "ant", 1, start=50)
+    assert dataset_fingerprint("folder", str(root)) != outside and len(walks) == 3

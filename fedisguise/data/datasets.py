@@ -9,12 +9,13 @@ through torchvision where the network allows; otherwise the error says how to ge
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import json
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,30 +24,12 @@ import torch
 
 from fedisguise.config_sections import parse_source
 from fedisguise.data.folder import read_folder
+from fedisguise.data.images import ImageDataset, converted, from_uint8
 from fedisguise.plugins import choices, registrar
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("FEDISGUISE_DATA", Path.home() / ".cache" / "fedisguise"))
 SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class ImageDataset:
-    images: torch.Tensor  # N×C×H×W float32 in [0, 1]
-    labels: torch.Tensor  # N int64
-    num_classes: int
-    classes: tuple[str, ...] = ()  # class names by index, where the data names them
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    def subset(self, indices: np.ndarray | torch.Tensor) -> ImageDataset:
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return ImageDataset(self.images[idx], self.labels[idx], self.num_classes, self.classes)
 
 
 # ---- Fashion-MNIST from IDX files -------------------------------------------------------
@@ -91,21 +74,7 @@ def _fashion_mnist_from(directory: Path, split: str) -> ImageDataset | None:
     labels = read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{directory}: IDX image/label files do not match")
-    return _from_uint8(images[:, None], labels, num_classes=10, source=label_path)
-
-
-def _from_uint8(images: np.ndarray, labels: np.ndarray, num_classes: int,
-                source: Path | str = "labels", classes: tuple[str, ...] = ()) -> ImageDataset:
-    """Images in [0, 1] and int64 labels; labels outside [0, num_classes) are an error here,
-    not an index error in every client's loss after Flower has started."""
-    labels = np.asarray(labels)
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        raise ValueError(f"{source}: {int(bad.sum())} labels outside [0, {num_classes}) "
-                         f"(e.g. {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})")
-    tensor = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
-    return ImageDataset(tensor, torch.from_numpy(np.asarray(labels, dtype=np.int64)),
-                        num_classes, tuple(classes))
+    return from_uint8(images[:, None], labels, num_classes=10, source=label_path)
 
 
 def load_folder(split: str, data_dir: str = "", image_size: tuple[int, int] | None = None,
@@ -115,7 +84,7 @@ def load_folder(split: str, data_dir: str = "", image_size: tuple[int, int] | No
     if not data_dir:
         raise ValueError("the folder dataset reads data.data_dir: set it to your image folder")
     found = read_folder(data_dir, split, image_size, channels, test_fraction)
-    return _from_uint8(found.images, found.labels, len(found.classes), source=data_dir,
+    return from_uint8(found.images, found.labels, len(found.classes), source=data_dir,
                        classes=found.classes)
 
 
@@ -159,7 +128,7 @@ def _torchvision_download(name: str, root: Path, split: str, searched: list[str]
             f"{root} failed ({type(err).__name__}: {err}). To get it: {hint}run once on a "
             f"machine with network access, or set data.data_dir to a folder with the files."
         ) from err
-    return _from_uint8(images, np.asarray(ds.targets), num_classes=10)
+    return from_uint8(images, np.asarray(ds.targets), num_classes=10)
 
 
 def load_mnist(split: str, data_dir: str = "") -> ImageDataset:
@@ -241,37 +210,37 @@ def read_split(name: str, split: str, data_dir: str = "") -> ImageDataset:
                      options.get("channels", 0))
 
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's RGB -> L
+# Inside fingerprints_fixed: each dataset's walk, by (dataset, data_dir), taken at most once.
+_fixed: dict[tuple[str, str], tuple] | None = None
 
 
-def converted(data: ImageDataset, image_size: tuple[int, int] | None, channels: int
-              ) -> ImageDataset:
-    """`data` at `channels` (1 <-> 3) and `image_size` (bilinear, antialiased); 8-bit images
-    stay 8-bit (rounded), so the shared copy still holds them exactly."""
-    images = data.images
-    if not image_size and channels in (0, images.shape[1]):
-        return data
-    eight_bit = torch.equal(images.mul(255.0).round_().div_(255.0), images)
-    if channels and channels != images.shape[1]:
-        if channels == 3 and images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        elif channels == 1 and images.shape[1] == 3:
-            images = torch.einsum("nchw,c->nhw", images, torch.tensor(LUMA))[:, None]
-        else:
-            raise ValueError(f"cannot convert {images.shape[1]}-channel images to {channels}")
-    if image_size and tuple(image_size) != tuple(images.shape[-2:]):
-        images = torch.nn.functional.interpolate(images, size=tuple(image_size),
-                                                 mode="bilinear", antialias=True,
-                                                 align_corners=False).clamp_(0.0, 1.0)
-    if eight_bit:
-        images = images.mul(255.0).round_().div_(255.0)
-    return ImageDataset(images.contiguous(), data.labels, data.num_classes, data.classes)
+@contextlib.contextmanager
+def fingerprints_fixed(known: dict[tuple[str, str], tuple] | None = None) -> Iterator[None]:
+    """Inside, a dataset's files are walked at most once, and not at all where `known`
+    ({(source, data_dir): fingerprint}) already holds the walk: one client's data
+    preparation calls several loaders, each keyed by the files, and a folder of your own
+    images may hold 70 000 of them."""
+    global _fixed
+    before = _fixed
+    _fixed = {(parse_source(s)[0], d): fp for (s, d), fp in (known or {}).items()}
+    try:
+        yield
+    finally:
+        _fixed = before
 
 
 def dataset_fingerprint(name: str, data_dir: str = "") -> tuple:
     """(path, size, mtime) of every file the dataset may be read from: what caches of data
     derived from it are keyed by, so a replaced or re-downloaded file is noticed."""
     name = parse_source(name)[0]
+    if _fixed is None:
+        return _fingerprint(name, data_dir)
+    if (name, data_dir) not in _fixed:
+        _fixed[(name, data_dir)] = _fingerprint(name, data_dir)
+    return _fixed[(name, data_dir)]
+
+
+def _fingerprint(name: str, data_dir: str) -> tuple:
     if name == "synthetic":
         return ()
     if data_dir:

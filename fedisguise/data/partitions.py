@@ -11,7 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedisguise.data.datasets import ImageDataset, load_dataset, split_labels, split_subset
+from fedisguise.data.datasets import (
+    ImageDataset,
+    load_dataset,
+    split_labels,
+    split_subset,
+)
 
 
 # ---- partitioners -----------------------------------------------------------------------

@@ -15,11 +15,22 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 from fedisguise import messages as m
 from fedisguise.config import Config
-from fedisguise.data.datasets import ImageDataset, dataset_fingerprint
+from fedisguise.data.datasets import (
+    ImageDataset,
+    dataset_fingerprint,
+    fingerprints_fixed,
+)
 from fedisguise.data.partitions import ClientData
 from fedisguise.disguise.keys import NODE_KEY_FILE
 from fedisguise.faults import corrupt, fault_for
@@ -93,9 +104,9 @@ def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> Clie
     # Everything that changes the prepared data: the settings, the dataset's files, the key
     # and the node's draws secret (fingerprints, so a file rewritten in place is a new entry;
     # the cache holds disguised tensors only, never a key).
+    files = round_fingerprint(d.source, d.data_dir, (context.run_id, server_round))
     cache_key = (partition_id, num_partitions, cfg.experiment.seed, d.source, d.data_dir,
-                 round_fingerprint(d.source, d.data_dir, (context.run_id, server_round)),
-                 d.partitioner, d.alpha,
+                 files, d.partitioner, d.alpha,
                  d.train_per_client, d.test_samples, d.validation, d.union_of,
                  repr(run.disguise),
                  *(k.fingerprint() for k in run.node_keys(partition_id, node_key_file,
@@ -106,7 +117,8 @@ def prepared_data(run: ResolvedRun, context: Context, server_round: int) -> Clie
         return _PREPARED[cache_key]
     if c.redisguise == "round":
         _PREPARED.clear()  # only the current round's draw is needed
-    data = node_data(run, partition_id, server_round, node_key_file, is_node=True)
+    with fingerprints_fixed({(d.source, d.data_dir): files}):  # this round's walk, once
+        data = node_data(run, partition_id, server_round, node_key_file, is_node=True)
     _PREPARED[cache_key] = ClientData(train=data.train, test=data.test,
                                       validation=data.validation)
     while len(_PREPARED) > 1 and sum(map(_nbytes, _PREPARED.values())) > PREPARED_MAX_BYTES:
