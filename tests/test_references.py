@@ -87,3 +87,13 @@ def test_every_defence_of_the_fmnist_grids_has_a_plain_row_training_as_it_does(n
     assert found["visualmixer-vfe0.5"] == "none-st-adam"
     assert found["visualmixer-vfe0.5-iid"] == "none-iid-st-adam"
     assert found["disguisednets-b7-n100-iid"] == "none-iid"
+
+
+def test_a_list_setting_is_part_of_the_training_signature():
+    from fedisguise.config import Config
+    from fedisguise.grids.references import training_signature
+
+    base = Config()
+    resized = Config().with_overrides(["data.image_size=[32,32]"])
+    assert hash(training_signature(resized))  # a list setting is hashable here
+    assert training_signature(base) != training_signature(resized)

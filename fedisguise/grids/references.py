@@ -30,7 +30,8 @@ def training_signature(cfg: Config, tuned_key: str | None = None) -> tuple:
             values.pop(key, None)
         if tuned_key and tuned_key.startswith(f"{section}."):
             values.pop(tuned_key.partition(".")[2], None)
-        parts.append((section, tuple(sorted(values.items()))))
+        parts.append((section, tuple(sorted(  # a list (data.image_size) as a tuple
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()))))
     return tuple(parts)
 
 
