@@ -1,6 +1,7 @@
 """Every registered defence on images of any size and channels (issue 40 pt 5): it disguises
 3×32×32 and 1×25×25 images, or the preflight says why it cannot and which sizes would do."""
 
+import json
 import re
 
 import pytest
@@ -10,7 +11,10 @@ from fedisguise.config import Config, ConfigError
 from fedisguise.data.datasets import DATASETS, ImageDataset, register_dataset
 from fedisguise.disguise import DISGUISES, DisguiseKey
 from fedisguise.disguise.spec import DisguiseSpec
-from fedisguise.disguise.transform_net_training import save_transform_net, train_transform_net
+from fedisguise.disguise.transform_net_training import (
+    save_transform_net,
+    train_transform_net,
+)
 from fedisguise.models import build_model
 from fedisguise.preflight import check_disguise
 
@@ -94,31 +98,37 @@ ATTACKS_ON_ANY_SIZE = [
     {"name": "as_observed", "round": 1, "client": 0},
     {"name": "jigsaw", "round": 1, "client": 0, "images": 50},
     {"name": "instahide_attack", "round": 1, "client": 0},
-    {"name": "membership", "method": "loss", "candidates": 40},
+    {"name": "membership", "method": "loss", "candidates": 20},
     {"name": "gan", "round": 1, "client": 0, "iterations": 10, "samples": 4},
 ]
 
 
 @pytest.mark.slow
 def test_every_attack_runs_on_any_size_or_says_why_not(tmp_path):
-    """Synthetic images resized to 3×32×32 and 1×25×25, window-shuffled (window 4 tiles
-    32, 5 tiles 25): every attack either scores or reports "not applicable" with a reason."""
+    """Image folders of 3×32×24 (as stored) and of 20×16 RGB read as 1×25×25
+    (data.image_size, data.channels), window-shuffled under a key (window 4 tiles 32×24, 5
+    tiles 25×25): the run finishes, records the folder's classes, and every attack either
+    scores or reports "not applicable" with a reason."""
     from fedisguise.experiment import ray_kept_between_runs, run_experiment
     from tests.conftest import synthetic_config
+    from tests.test_folder_data import image_folder
 
+    cases = [((3, 32, 24), (32, 24), [], 4), ((1, 25, 25), (20, 16), [25, 25], 5)]
     with ray_kept_between_runs():  # one Ray for both runs
-        for (c, h, w), window in (((3, 32, 32), 4), ((1, 25, 25), 5)):
+        for (c, h, w), stored, size, window in cases:
+            root = image_folder(tmp_path / f"data{h}", train=20, test=10, size=stored)
             cfg = synthetic_config(tmp_path, **{
                 "experiment.name": f"s{h}", "experiment.rounds": "1",
-                "data.image_size": f"[{h},{w}]", "data.channels": str(c),
-                "data.train_per_client": "60", "data.test_samples": "40",
+                "data.dataset": "folder", "data.data_dir": str(root),
+                "data.image_size": json.dumps(size), "data.channels": str(c),
                 "model.name": "cnn-small", "train.local_steps": "1", "train.batch_size": "4",
                 "disguise": f'{{"name": "visualmixer-uniform", "window": {window}}}',
-                "attacks": repr(ATTACKS_ON_ANY_SIZE).replace("'", '"')})
+                "attacks": json.dumps(ATTACKS_ON_ANY_SIZE)})
             cfg.validate()
             record = run_experiment(cfg)
             assert record["status"] == "finished", record.get("error")
-            assert record["data"]["image_shape"] == [c, h, w]
+            assert record["data"] == {"image_shape": [c, h, w], "num_classes": 3,
+                                      "classes": ["ant", "bee", "cat"]}
             for label, figures in record["attacks"].items():
                 if figures["status"] == "not applicable":
                     assert figures["reason"], label

@@ -1,7 +1,6 @@
 """Your own images (issue 40): an image folder as a dataset, its decoding options, its errors,
 and the data-derived defaults, on small PNG folders written by the tests."""
 
-import json
 import os
 
 import numpy as np
@@ -175,20 +174,6 @@ def test_a_bad_folder_stops_the_cli_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "one class only" in err and "data.data_dir" in err
     assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.slow
-def test_a_keyed_disguise_trains_on_a_non_square_rgb_folder(tmp_path):
-    root = image_folder(tmp_path / "data", train=12, test=4)
-    code = run.main(["--config", str(FEDAVG), "--set", "data.dataset=folder", "--set",
-                     f"data.data_dir={root}", "--clients", "2", "--rounds", "1",
-                     "--set", "model.name=cnn-small", "--set",
-                     'disguise={"name": "instahide", "k": 2}', "--out", str(tmp_path / "o"),
-                     "--set", "experiment.name=folder"])
-    record = json.loads((tmp_path / "o" / "folder" / "metrics.json").read_text())
-    assert code == 0 and record["status"] == "finished"
-    assert record["data"] == {"image_shape": [3, 20, 16], "num_classes": 3,
-                              "classes": ["ant", "bee", "cat"]}
 
 
 def test_one_data_preparation_walks_the_folder_once(tmp_path, monkeypatch):
