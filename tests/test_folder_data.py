@@ -193,3 +193,10 @@ def test_one_data_preparation_walks_the_folder_once(tmp_path, monkeypatch):
     assert len(walks) == 2  # the walk it was handed
     write_images(root / "train" / "ant", 1, start=50)
     assert dataset_fingerprint("folder", str(root)) != outside and len(walks) == 3
+
+
+def test_a_link_back_up_the_folder_does_not_loop_the_walk(tmp_path):
+    root = image_folder(tmp_path / "data")
+    (root / "train" / "ant" / "up").symlink_to(root)  # a loop, were links followed
+    files = dataset_fingerprint("folder", str(root))
+    assert len(files) == 3 * (6 + 2) and not any("/up/" in f[0] for f in files)

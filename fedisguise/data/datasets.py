@@ -259,12 +259,13 @@ def _fingerprint(name: str, data_dir: str) -> tuple:
 
 def _files(folder: str, skip: str) -> list[tuple[str, int, int]]:
     """(path, size, mtime) of every file under `folder` but `skip`'s, sorted: os.scandir, 7×
-    faster than pathlib's rglob and a stat each on a folder of 12 000 images (38 ms)."""
+    faster than pathlib's rglob and a stat each on a folder of 12 000 images (38 ms). Like
+    rglob, it does not descend into linked folders (a link loop would never end)."""
     found, stack = [], [folder]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
-                if entry.is_dir():
+                if entry.is_dir(follow_symlinks=False):
                     if entry.path != skip:
                         stack.append(entry.path)
                 elif entry.is_file():
